@@ -1,0 +1,1 @@
+"""Bridges from MAE checkpoints to downstream frameworks (timm, Detectron2) and the ``lsmae`` CLI."""

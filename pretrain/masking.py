@@ -1,0 +1,45 @@
+"""Block masking decoupled from the patch size: k x k patches are masked or kept together."""
+from __future__ import annotations
+
+import torch
+
+
+def _block_patch_table(grid_size: int, downsampling: int) -> torch.Tensor:
+    """[n_blocks, k*k] patch indices of each mask block, -1 where a block overhangs the grid."""
+    k = downsampling
+    blocks_per_side = -(-grid_size // k)
+    rows = torch.arange(blocks_per_side).repeat_interleave(blocks_per_side)
+    cols = torch.arange(blocks_per_side).repeat(blocks_per_side)
+    dr, dc = torch.meshgrid(torch.arange(k), torch.arange(k), indexing="ij")
+    r = rows[:, None] * k + dr.reshape(1, -1)
+    c = cols[:, None] * k + dc.reshape(1, -1)
+    table = r * grid_size + c
+    return torch.where((r < grid_size) & (c < grid_size), table, torch.full_like(table, -1))
+
+
+def block_mask_indices(
+    batch_size: int,
+    grid_size: int,
+    mask_ratio: float,
+    downsampling: int = 1,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample ``(ids_keep [B, n_visible], ids_restore [B, L])`` as the release's loader does.
+
+    Each image's mask blocks are randomly permuted and expanded to their patches (patches of
+    blocks overhanging a non-divisible grid are dropped); the first ``int(L * (1 - mask_ratio))``
+    patches of that order are visible, and ``ids_restore`` is the inverse permutation. Sampling
+    runs batched on ``device`` (the generator must live there too).
+    """
+    if not 0.0 <= mask_ratio < 1.0:
+        raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+    num_patches = grid_size * grid_size
+    table = _block_patch_table(grid_size, downsampling).to(device)
+    noise = torch.rand(batch_size, table.shape[0], generator=generator, device=device)
+    order = torch.argsort(noise, dim=1)
+    ids_shuffle = table[order].reshape(batch_size, -1)
+    ids_shuffle = ids_shuffle[ids_shuffle >= 0].reshape(batch_size, num_patches)
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    n_visible = int(num_patches * (1 - mask_ratio))
+    return ids_shuffle[:, :n_visible].contiguous(), ids_restore

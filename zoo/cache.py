@@ -1,0 +1,230 @@
+"""The local checkpoint cache: paths keyed by entry id, locks, pinned digests, ``fetch``.
+
+Trust model (no digests are published for the release): a download is accepted when its
+structure matches the entry's architecture and, if the registry (or the caller) gives a
+SHA-256, when the digest matches. The digest of the first accepted download is pinned in
+``<LSMAE_HOME>/pinned-digests.json`` and every later use of the file is checked against it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import filelock
+
+from pretrain.errors import LsmaeError
+
+from .checkpoint import check_structure, load_checkpoint, model_state_dict
+from .download import CHUNK_SIZE, download, partial_path
+from .registry import Entry, entries, get_entry, license_url
+
+PINS_FILE = "pinned-digests.json"
+DEFAULT_LOCK_TIMEOUT_S = 3600.0
+
+
+class CacheError(LsmaeError):
+    pass
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def cache_root() -> Path:
+    """``LSMAE_HOME``, else ``$XDG_CACHE_HOME/lsmae``, else ``~/.cache/lsmae``."""
+    if os.environ.get("LSMAE_HOME"):
+        return Path(os.environ["LSMAE_HOME"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(xdg) / "lsmae"
+
+
+def entry_path(entry: Entry) -> Path:
+    """Cached file of an entry; keyed by id because the COCO and IN-1k 800-epoch basenames collide."""
+    return cache_root() / "checkpoints" / entry.id / entry.filename
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK_SIZE), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- pinned digests
+def _pins_path() -> Path:
+    return cache_root() / PINS_FILE
+
+
+def read_pins() -> dict[str, dict[str, Any]]:
+    try:
+        with open(_pins_path(), encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, json.JSONDecodeError) as e:
+        raise CacheError(f"{_pins_path()}: unreadable pinned-digest file ({e}); fix or delete it") from None
+
+
+def _write_pins(pins: dict[str, dict[str, Any]]) -> None:
+    path = _pins_path()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".pins-")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(pins, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _update_pins(entry_id: str, record: dict[str, Any] | None) -> None:
+    with _locked(_pins_path().with_suffix(".lock"), "the pinned-digest file"):
+        pins = read_pins()
+        if record is None:
+            pins.pop(entry_id, None)
+        else:
+            pins[entry_id] = record
+        _write_pins(pins)
+
+
+def unpin(entry_id: str) -> None:
+    _update_pins(entry_id, None)
+
+
+def expected_digest(entry: Entry, sha256: str | None = None) -> tuple[str | None, str]:
+    """The digest a file must have, and where it comes from (registry first, then caller, then pin)."""
+    if entry.sha256:
+        return entry.sha256.lower(), "the registry"
+    if sha256:
+        return sha256.lower(), "--sha256"
+    pin = read_pins().get(entry.id)
+    return (pin["sha256"], f"the digest pinned on {pin.get('pinned', 'first download')}") if pin else (None, "")
+
+
+# --------------------------------------------------------------------------- locking
+@contextmanager
+def _locked(path: Path, what: str) -> Iterator[None]:
+    """Hold an OS file lock: the kernel releases it when its holder dies, so it never goes stale."""
+    lock = filelock.FileLock(str(path), timeout=float(os.environ.get("LSMAE_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT_S)))
+    try:
+        try:
+            lock.acquire(blocking=False)
+        except filelock.Timeout:
+            print(f"waiting for another process using {what} (lock {path})", file=sys.stderr)
+            lock.acquire()
+    except filelock.Timeout:
+        raise CacheError(
+            f"timed out after {lock.timeout:.0f}s waiting for {path}; if no other process is fetching, "
+            "raise LSMAE_LOCK_TIMEOUT or check that this file system supports locks"
+        ) from None
+    except PermissionError:
+        raise _not_writable(path.parent) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _not_writable(path: Path) -> CacheError:
+    return CacheError(f"cache directory {path} is not writable; set LSMAE_HOME to a writable folder")
+
+
+def _ensure_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _not_writable(path) from e
+    if not os.access(path, os.W_OK):
+        raise _not_writable(path)
+
+
+# --------------------------------------------------------------------------- fetch / verify
+def verify_file(entry: Entry, path: Path, digest: str, sha256: str | None = None) -> None:
+    """Accept ``path`` for ``entry``: digest (when one is known), then structure."""
+    want, source = expected_digest(entry, sha256)
+    if want and digest != want:
+        raise CacheError(
+            f"{entry.id}: SHA-256 {digest[:16]}... of the download does not match {want[:16]}... from {source}"
+        )
+    check_structure(model_state_dict(load_checkpoint(path)), entry.model, entry.img_size)
+
+
+def _check_cached(entry: Entry, path: Path, sha256: str | None) -> None:
+    digest = sha256_file(path)
+    want, source = expected_digest(entry, sha256)
+    if want is None:  # cached by hand or pins deleted: verify the structure, then pin
+        verify_file(entry, path, digest)
+        _pin(entry, path, digest)
+    elif digest != want:
+        raise CacheError(
+            f"{path} does not match {source} (SHA-256 {digest[:16]}... vs {want[:16]}...); "
+            f"remove it with `lsmae cache rm {entry.id}` and fetch again"
+        )
+
+
+def _pin(entry: Entry, path: Path, digest: str) -> None:
+    _update_pins(entry.id, {
+        "sha256": digest, "size": path.stat().st_size, "url": entry.url(),
+        "pinned": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    })
+
+
+def fetch(
+    entry_id: str,
+    *,
+    mirror: str | None = None,
+    offline: bool | None = None,
+    quiet: bool = False,
+    sha256: str | None = None,
+) -> Path:
+    """Return the local path of a verified copy of ``entry_id``, downloading it if needed.
+
+    Many processes may call this at once (e.g. every DDP rank): one downloads, the others
+    wait on the entry's lock and then check the same file.
+    """
+    entry = get_entry(entry_id)
+    path = entry_path(entry)
+    offline = env_flag("LSMAE_OFFLINE") if offline is None else offline
+    if offline:
+        if not path.exists():
+            raise CacheError(
+                f"{entry.id} is not cached at {path} and offline mode is on (LSMAE_OFFLINE / --offline); "
+                f"fetch it on a machine with network access and copy it there"
+            )
+        _check_cached(entry, path, sha256)
+        return path
+    _ensure_dir(path.parent)
+    with _locked(path.with_name(path.name + ".lock"), entry.id):
+        if path.exists():
+            _check_cached(entry, path, sha256)
+            return path
+        url = entry.url(mirror)
+        if not quiet and partial_path(path).exists():
+            print(f"resuming {entry.id} from {partial_path(path).stat().st_size} bytes", file=sys.stderr)
+        digest = download(url, path, lambda part, d: verify_file(entry, part, d, sha256),
+                          quiet=quiet, desc=entry.id)
+        _pin(entry, path, digest)
+    if not quiet:
+        print(f"{entry.id}: verified, SHA-256 {digest} pinned. Weights licensed {entry.license} "
+              f"({license_url(entry.license)}).", file=sys.stderr)
+    return path
+
+
+def load_state_dict(id_or_path: str | Path, **fetch_kwargs: Any) -> dict[str, Any]:
+    """Verified MAE weights of a zoo entry id or of a checkpoint file."""
+    path = Path(id_or_path)
+    if path.is_file():
+        sd = model_state_dict(load_checkpoint(path))
+        check_structure(sd)
+        return sd
+    # fetch only returns files whose digest matches one pinned after a structural check
+    return model_state_dict(load_checkpoint(fetch(str(id_or_path), **fetch_kwargs)))
+
+
+def cached_entries() -> list[tuple[Entry, Path]]:
+    return [(e, entry_path(e)) for e in entries() if entry_path(e).exists()]

@@ -1,0 +1,220 @@
+"""Reading checkpoints without trusting them: safe unpickling and structural verification.
+
+A checkpoint is checked against the architecture table of :mod:`pretrain` (the source of
+truth for keys and shapes), built on the meta device so no weights are allocated.
+"""
+from __future__ import annotations
+
+import argparse
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pretrain import create_model, list_models, model_config
+from pretrain.errors import LsmaeError
+
+# The release's training checkpoints pickle their command line as an argparse.Namespace.
+SAFE_GLOBALS = [argparse.Namespace]
+ENCODER_PREFIXES = ("cls_token", "pos_embed", "patch_embed.", "blocks.", "norm.")
+
+
+class CheckpointError(LsmaeError):
+    """A file that is not a usable MAE checkpoint (damaged, unsafe, or of another kind)."""
+
+
+class VerificationError(CheckpointError):
+    """A checkpoint whose keys or shapes differ from what its architecture defines."""
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """``torch.load`` with ``weights_only=True`` (plus ``argparse.Namespace``), memory-mapped.
+
+    Anything that would execute code while unpickling is refused before it runs.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    mmap = zipfile.is_zipfile(path)  # only the zip format can be memory-mapped
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"unsupported GLOBAL (\S+)|Unsupported global: GLOBAL (\S+)", str(e))
+        if found:
+            name = found.group(1) or found.group(2)
+            raise CheckpointError(
+                f"{path}: refused to load: the file asks to run or build {name}, which a weights "
+                "file never needs (not loaded; nothing was executed)"
+            ) from None
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_first_line(e)})") from None
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as e:
+        if mmap or "zip archive" in str(e):
+            reason = str(e).partition("zip archive: ")[2].split(".")[0] or _first_line(e)
+            raise CheckpointError(f"{path}: damaged or truncated checkpoint ({reason})") from None
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a legacy pickle)") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a checkpoint dict")
+    return obj
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__
+
+
+def model_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights of a release-format (``{'model': ...}``) or bare state-dict checkpoint."""
+    sd = checkpoint.get("model", checkpoint)
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(
+            f"no model weights found (top-level keys: {', '.join(map(str, list(checkpoint)[:8]))})"
+        )
+    return sd
+
+
+@dataclass
+class CheckpointInfo:
+    """What a checkpoint's shapes say it is."""
+
+    embed_dim: int
+    depth: int
+    patch_size: int
+    in_chans: int
+    grid_size: int
+    k_bias: str  # "qkv.bias" | "q_bias/v_bias" | "none"
+    has_decoder: bool
+    decoder_embed_dim: int | None = None
+    decoder_depth: int | None = None
+    decoder_downsampling: int = 1
+    pred_downsampling: int = 1
+    num_tensors: int = 0
+    num_params: int = 0
+    num_bytes: int = 0
+    dtypes: list[str] = field(default_factory=list)
+    matching_models: list[str] = field(default_factory=list)
+
+    @property
+    def img_size(self) -> int:
+        return self.grid_size * self.patch_size
+
+    def model_overrides(self) -> dict[str, Any]:
+        """``create_model`` options that reproduce this checkpoint's layout."""
+        return dict(
+            img_size=self.img_size, in_chans=self.in_chans, no_k_bias=self.k_bias == "q_bias/v_bias",
+            decoder_downsampling=self.decoder_downsampling, pred_downsampling=self.pred_downsampling,
+        )
+
+
+def _foreign_kind(sd: dict[str, torch.Tensor]) -> str | None:
+    if any(k.startswith("backbone.net.") for k in sd):
+        return "a Detectron2 ViTDet checkpoint"
+    if "head.weight" in sd or "fc_norm.weight" in sd:
+        return "a fine-tuned classifier (it has a classification head)"
+    return None
+
+
+def _block_count(sd: dict[str, torch.Tensor], prefix: str) -> int:
+    ids = {int(k[len(prefix):].split(".", 1)[0]) for k in sd if k.startswith(prefix)}
+    return max(ids) + 1 if ids else 0
+
+
+def describe(sd: dict[str, torch.Tensor]) -> CheckpointInfo:
+    """Infer the architecture from the shapes alone (heads are taken from the table)."""
+    foreign = _foreign_kind(sd)
+    if foreign:
+        raise CheckpointError(f"this is {foreign}, not an MAE pretraining checkpoint")
+    try:
+        embed_dim = sd["cls_token"].shape[-1]
+        proj = sd["patch_embed.proj.weight"].shape
+        grid = round((sd["pos_embed"].shape[1] - 1) ** 0.5)
+    except KeyError as e:
+        raise CheckpointError(f"not an MAE checkpoint: no {e.args[0]!r} tensor") from None
+    k_bias = "q_bias/v_bias" if "blocks.0.attn.q_bias" in sd else (
+        "qkv.bias" if "blocks.0.attn.qkv.bias" in sd else "none")
+    info = CheckpointInfo(
+        embed_dim=embed_dim, depth=_block_count(sd, "blocks."), patch_size=proj[-1], in_chans=proj[1],
+        grid_size=grid, k_bias=k_bias, has_decoder="decoder_embed.weight" in sd,
+        num_tensors=len(sd), num_params=sum(t.numel() for t in sd.values()),
+        num_bytes=sum(t.numel() * t.element_size() for t in sd.values()),
+        dtypes=sorted({str(t.dtype).removeprefix("torch.") for t in sd.values()}),
+    )
+    if info.has_decoder:
+        info.decoder_embed_dim = sd["decoder_embed.weight"].shape[0]
+        info.decoder_depth = _block_count(sd, "decoder_blocks.")
+        decoder_grid = round((sd["decoder_pos_embed"].shape[1] - 1) ** 0.5)
+        info.decoder_downsampling = max(1, grid // max(decoder_grid, 1))
+        pred_patch = round((sd["decoder_pred.weight"].shape[0] / info.in_chans) ** 0.5)
+        info.pred_downsampling = max(1, pred_patch // info.patch_size)
+    info.matching_models = [
+        name for name in list_models()
+        if _same_shape_family(model_config(name), info)
+    ]
+    return info
+
+
+def _same_shape_family(cfg: dict[str, Any], info: CheckpointInfo) -> bool:
+    if (cfg["embed_dim"], cfg["depth"], cfg["patch_size"]) != (info.embed_dim, info.depth, info.patch_size):
+        return False
+    return not info.has_decoder or (
+        (cfg["decoder_embed_dim"], cfg["decoder_depth"]) == (info.decoder_embed_dim, info.decoder_depth)
+    )
+
+
+def expected_shapes(model_name: str, **overrides: Any) -> dict[str, torch.Size]:
+    """Keys and shapes of ``create_model(model_name, **overrides)``, built on the meta device."""
+    with torch.device("meta"):
+        model = create_model(model_name, **overrides)
+    return {k: v.shape for k, v in model.state_dict().items()}
+
+
+def check_structure(
+    sd: dict[str, torch.Tensor], model_name: str | None = None, img_size: int | None = None
+) -> CheckpointInfo:
+    """Verify ``sd`` against an architecture (inferred when ``model_name`` is None).
+
+    Full (with decoder) and encoder-only checkpoints are both accepted; every tensor must be
+    floating point and finite. Raises :class:`VerificationError` listing what differs.
+    """
+    info = describe(sd)
+    if model_name is None:
+        if not info.matching_models:
+            raise VerificationError(
+                f"no known architecture has width {info.embed_dim}, depth {info.depth}, "
+                f"patch {info.patch_size}" + (f", decoder {info.decoder_embed_dim}x{info.decoder_depth}"
+                                              if info.has_decoder else "")
+            )
+        model_name = info.matching_models[0]
+    overrides = info.model_overrides()
+    if img_size is not None and img_size != info.img_size:
+        raise VerificationError(
+            f"position embeddings are for a {info.grid_size}x{info.grid_size} grid "
+            f"({info.img_size}px at patch {info.patch_size}), expected {img_size}px for {model_name}"
+        )
+    expected = expected_shapes(model_name, **overrides)
+    if not info.has_decoder:
+        expected = {k: v for k, v in expected.items() if k.startswith(ENCODER_PREFIXES)}
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(sd) if sd[k].shape != expected[k])
+    if missing or unexpected or wrong:
+        parts = [f"does not match {model_name}"]
+        for label, keys in (("missing", missing), ("unexpected", unexpected)):
+            if keys:
+                parts.append(f"{len(keys)} {label} ({', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} with other shapes ({k}: {tuple(sd[k].shape)} vs {tuple(expected[k])}"
+                         f"{', ...' if len(wrong) > 1 else ''})")
+        raise VerificationError("checkpoint " + "; ".join(parts))
+    for k, t in sd.items():
+        if not t.is_floating_point():
+            raise VerificationError(f"tensor {k} has dtype {t.dtype}, expected floating point")
+        if not torch.isfinite(t).all():
+            raise VerificationError(f"tensor {k} holds NaN or infinite values")
+    info.matching_models = [model_name] + [m for m in info.matching_models if m != model_name]
+    return info

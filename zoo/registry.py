@@ -1,0 +1,106 @@
+"""The released checkpoints, read from ``registry.json``, and entry-id resolution."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pretrain.errors import LsmaeError
+
+REGISTRY_FILE = Path(__file__).with_name("registry.json")
+ASSETS_DIR = Path(__file__).with_name("assets")
+PACKAGE_PREFIX = "package"  # an entry whose url_prefix is this ships inside the package
+
+
+class UnknownEntryError(LsmaeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One released checkpoint; ``epochs`` is the effective count (COCO: file epochs x repeat)."""
+
+    id: str
+    arch: str
+    model: str
+    dataset: str
+    dataset_name: str
+    epochs: int
+    file_epochs: int
+    repeat: int
+    path: str
+    img_size: int
+    patch_size: int
+    mask_downsampling: int
+    decoder: dict[str, int]
+    license: str
+    sha256: str = ""
+    url_prefix: str = ""
+    notes: str = ""
+
+    @property
+    def filename(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def is_packaged(self) -> bool:
+        return self.url_prefix == PACKAGE_PREFIX
+
+    def url(self, mirror: str | None = None) -> str:
+        """Download URL; ``mirror`` (or ``LSMAE_MIRROR``) replaces the release's URL prefix."""
+        if self.is_packaged:
+            return (ASSETS_DIR / self.path).as_uri()
+        prefix = mirror or os.environ.get("LSMAE_MIRROR") or self.url_prefix
+        return prefix.rstrip("/") + "/" + self.path
+
+
+@lru_cache(maxsize=None)
+def _load() -> dict[str, Any]:
+    with open(REGISTRY_FILE, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def license_url(license: str) -> str:
+    return _load()["licenses"].get(license, "")
+
+
+def entries() -> list[Entry]:
+    """All registry entries, in file order."""
+    doc = _load()
+    return [Entry(**{"url_prefix": doc["url_prefix"], **e}) for e in doc["entries"]]
+
+
+def _valid_ids() -> str:
+    return ", ".join(e.id for e in entries())
+
+
+def get_entry(entry_id: str) -> Entry:
+    """Resolve ``ARCH/DATASET/EPOCHS`` (aliases allowed: ``vitb/imagenet/1600``) or ``demo``."""
+    by_id = {e.id: e for e in entries()}
+    if entry_id in by_id:
+        return by_id[entry_id]
+    aliases = _load()["aliases"]
+    parts = entry_id.strip().strip("/").lower().split("/")
+    if len(parts) != 3:
+        raise UnknownEntryError(
+            f"unknown checkpoint id {entry_id!r}: expected ARCH/DATASET/EPOCHS; valid ids: {_valid_ids()}"
+        )
+    arch = aliases["arch"].get(parts[0], parts[0])
+    dataset = aliases["dataset"].get(parts[1], parts[1])
+    epochs = parts[2].removesuffix("ep")
+    candidate = f"{arch}/{dataset}/{epochs}"
+    if candidate in by_id:
+        return by_id[candidate]
+    file_epoch_match = [e for e in by_id.values() if e.arch == arch and e.dataset == dataset
+                        and str(e.file_epochs) == epochs and e.repeat > 1]
+    if file_epoch_match:
+        e = file_epoch_match[0]
+        raise UnknownEntryError(
+            f"{entry_id!r}: the {e.dataset_name} checkpoint's file is named '{epochs}ep' because it made "
+            f"{e.file_epochs} passes over a data set repeated {e.repeat}x, i.e. {e.epochs} effective epochs; "
+            f"use {e.id!r}. (The ImageNet-1k {epochs}-epoch file has the same basename: {arch}/in1k/{epochs}.)"
+        )
+    raise UnknownEntryError(f"unknown checkpoint id {entry_id!r}; valid ids: {_valid_ids()}")
