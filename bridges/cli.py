@@ -13,7 +13,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lsmae",
         description="Long-sequence MAE checkpoints: fetch, verify and inspect the released weights.",
         epilog="Environment: LSMAE_HOME (cache folder), LSMAE_MIRROR (URL prefix), LSMAE_OFFLINE=1, "
-               "LSMAE_LOCK_TIMEOUT (seconds).",
+               "LSMAE_REGISTRY (registry file), LSMAE_LOCK_TIMEOUT (seconds).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     zoo_commands.add_parsers(sub)

@@ -51,7 +51,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                 f"{path}: refused to load: the file asks to run or build {name}, which a weights "
                 "file never needs (not loaded; nothing was executed)"
             ) from None
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_first_line(e)})") from None
+        detail = str(e).partition("WeightsUnpickler error:")[2].strip().split("\n")[0] or _first_line(e)
+        raise CheckpointError(
+            f"{path}: refused to load: not a PyTorch weights file, or it uses pickle features a weights "
+            f"file never needs ({detail}; nothing was executed)"
+        ) from None
     except (RuntimeError, EOFError, KeyError, ValueError, OSError) as e:
         if mmap or "zip archive" in str(e):
             reason = str(e).partition("zip archive: ")[2].split(".")[0] or _first_line(e)

@@ -57,10 +57,22 @@ class Entry:
         return prefix.rstrip("/") + "/" + self.path
 
 
-@lru_cache(maxsize=None)
+def registry_file() -> Path:
+    """``LSMAE_REGISTRY`` (a registry of your own, same format) or the packaged one."""
+    return Path(os.environ.get("LSMAE_REGISTRY") or REGISTRY_FILE)
+
+
 def _load() -> dict[str, Any]:
-    with open(REGISTRY_FILE, encoding="utf-8") as f:
-        return json.load(f)
+    return _read(registry_file())
+
+
+@lru_cache(maxsize=None)
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise LsmaeError(f"cannot read the checkpoint registry {path}: {e}") from None
 
 
 def license_url(license: str) -> str:
