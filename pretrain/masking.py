@@ -10,7 +10,8 @@ def _block_patch_table(grid_size: int, downsampling: int) -> torch.Tensor:
     blocks_per_side = -(-grid_size // k)
     rows = torch.arange(blocks_per_side).repeat_interleave(blocks_per_side)
     cols = torch.arange(blocks_per_side).repeat(blocks_per_side)
-    dr, dc = torch.meshgrid(torch.arange(k), torch.arange(k), indexing="ij")
+    # within a block the release lists patches column by column: (0,0), (1,0), (0,1), (1,1)
+    dr, dc = torch.meshgrid(torch.arange(k), torch.arange(k), indexing="xy")
     r = rows[:, None] * k + dr.reshape(1, -1)
     c = cols[:, None] * k + dc.reshape(1, -1)
     table = r * grid_size + c
@@ -34,6 +35,8 @@ def block_mask_indices(
     """
     if not 0.0 <= mask_ratio < 1.0:
         raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+    if downsampling < 1 or grid_size < 1:
+        raise ValueError(f"grid_size and downsampling must be >= 1, got {grid_size} and {downsampling}")
     num_patches = grid_size * grid_size
     table = _block_patch_table(grid_size, downsampling).to(device)
     noise = torch.rand(batch_size, table.shape[0], generator=generator, device=device)

@@ -143,6 +143,11 @@ class MaskedAutoencoderViT(nn.Module):
         no_k_bias: bool = False,
     ) -> None:
         super().__init__()
+        if decoder_downsampling < 1 or pred_downsampling < 1:
+            raise ValueError(
+                f"decoder_downsampling and pred_downsampling must be >= 1, "
+                f"got {decoder_downsampling} and {pred_downsampling}"
+            )
         if img_size % patch_size:
             raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
         self.grid_size = img_size // patch_size
@@ -299,6 +304,6 @@ class MaskedAutoencoderViT(nn.Module):
         """``mask`` is [B, L] with 1 on masked patches, as in the release."""
         latent = self.forward_encoder(imgs, ids_keep)
         pred = self.forward_decoder(latent, ids_restore)
-        mask = torch.ones(ids_restore.shape, device=imgs.device, dtype=imgs.dtype)
+        mask = torch.ones(ids_restore.shape, device=imgs.device)
         mask.scatter_(1, ids_keep, 0.0)
         return self.forward_loss(imgs, pred, mask), pred, mask
