@@ -107,15 +107,29 @@ def expected_digest(entry: Entry, sha256: str | None = None) -> tuple[str | None
 
 
 # --------------------------------------------------------------------------- locking
+def _lock_timeout() -> float:
+    value = os.environ.get("LSMAE_LOCK_TIMEOUT", "").strip()
+    if not value:
+        return DEFAULT_LOCK_TIMEOUT_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds >= 0:
+        raise CacheError(f"LSMAE_LOCK_TIMEOUT={value!r}: expected a number of seconds")
+    return seconds
+
+
 @contextmanager
-def _locked(path: Path, what: str) -> Iterator[None]:
+def _locked(path: Path, what: str, quiet: bool = False) -> Iterator[None]:
     """Hold an OS file lock: the kernel releases it when its holder dies, so it never goes stale."""
-    lock = filelock.FileLock(str(path), timeout=float(os.environ.get("LSMAE_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT_S)))
+    lock = filelock.FileLock(str(path), timeout=_lock_timeout())
     try:
         try:
             lock.acquire(blocking=False)
         except filelock.Timeout:
-            print(f"waiting for another process using {what} (lock {path})", file=sys.stderr)
+            if not quiet:
+                print(f"waiting for another process using {what} (lock {path})", file=sys.stderr)
             lock.acquire()
     except filelock.Timeout:
         raise CacheError(
@@ -190,29 +204,39 @@ def fetch(
     entry = get_entry(entry_id)
     path = entry_path(entry)
     offline = env_flag("LSMAE_OFFLINE") if offline is None else offline
-    if offline:
-        if not path.exists():
-            raise CacheError(
-                f"{entry.id} is not cached at {path} and offline mode is on (LSMAE_OFFLINE / --offline); "
-                f"fetch it on a machine with network access and copy it there"
-            )
+    if path.exists():
+        # Files only ever appear by a rename after verification: reading needs no lock, so a
+        # read-only (e.g. cluster-shared) cache works and DDP ranks check the file in parallel.
         _check_cached(entry, path, sha256)
         return path
+    if offline:
+        raise CacheError(
+            f"{entry.id} is not cached at {path} and offline mode is on (LSMAE_OFFLINE / --offline); "
+            f"fetch it on a machine with network access and copy it there"
+        )
     _ensure_dir(path.parent)
-    with _locked(path.with_name(path.name + ".lock"), entry.id):
+    with _locked(path.with_name(path.name + ".lock"), entry.id, quiet):
         if path.exists():
             _check_cached(entry, path, sha256)
             return path
         url = entry.url(mirror)
         if not quiet and partial_path(path).exists():
             print(f"resuming {entry.id} from {partial_path(path).stat().st_size} bytes", file=sys.stderr)
-        digest = download(url, path, lambda part, d: verify_file(entry, part, d, sha256),
+        digest = download(url, path, lambda part, d: _verify_download(entry, url, part, d, sha256),
                           quiet=quiet, desc=entry.id)
         _pin(entry, path, digest)
     if not quiet:
         print(f"{entry.id}: verified, SHA-256 {digest} pinned. Weights licensed {entry.license} "
               f"({license_url(entry.license)}).", file=sys.stderr)
     return path
+
+
+def _verify_download(entry: Entry, url: str, part: Path, digest: str, sha256: str | None) -> None:
+    try:
+        verify_file(entry, part, digest, sha256)
+    except LsmaeError as e:
+        reason = str(e).replace(f"{part}: ", "")
+        raise type(e)(f"download of {url} rejected, nothing was cached: {reason}") from None
 
 
 def load_state_dict(id_or_path: str | Path, **fetch_kwargs: Any) -> dict[str, Any]:

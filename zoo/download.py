@@ -7,8 +7,10 @@ already on disk; a new process resumes the same way. Only a complete file that p
 """
 from __future__ import annotations
 
+import datetime
 import email.utils
 import hashlib
+import math
 import os
 import sys
 import time
@@ -53,13 +55,23 @@ def partial_path(dest: Path) -> Path:
 
 
 def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delay or HTTP date), in [0, MAX_RETRY_AFTER_S];
+    None when absent or unparsable, so that the caller's backoff applies."""
     if not value:
         return None
     try:
-        return min(float(value), MAX_RETRY_AFTER_S)
+        seconds = float(value)
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value)
-        return min(max(parsed.timestamp() - time.time(), 0.0), MAX_RETRY_AFTER_S) if parsed else None
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:  # "-0000": HTTP dates are GMT
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        seconds = when.timestamp() - time.time()
+    if math.isnan(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
 
 
 @contextmanager
