@@ -557,3 +557,13 @@ def test_cli_read_only_cache_dir(tiny_zoo, monkeypatch):
         for folder, _, _ in os.walk(base):
             os.chmod(folder, 0o755)
         shutil.rmtree(base, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- cache keyed by entry id
+def test_same_basename_entries_are_cached_side_by_side(tiny_zoo):
+    coco = zoo.fetch("vit_micro/coco/4000", quiet=True)
+    in1k = zoo.fetch("vit_micro/in1k/800", quiet=True)
+    assert coco.name == in1k.name and coco != in1k
+    assert coco.read_bytes() == tiny_zoo.files["vit_micro/coco/4000"]
+    assert in1k.read_bytes() == tiny_zoo.files["vit_micro/in1k/800"]
+    assert zoo.fetch("tiny/imagenet/800", quiet=True) == in1k  # aliases resolve to the same cache path
