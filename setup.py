@@ -18,6 +18,7 @@ setup(
         "requests",
         "filelock>=3.12",
         "tqdm",
+        "tensorboard",
     ],
     extras_require={
         "tpu": ["torch_xla"],

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from timm.layers import PatchEmbed
 from timm.layers.attention import Attention
 from timm.models.vision_transformer import Block
@@ -190,8 +191,25 @@ class MaskedAutoencoderViT(nn.Module):
         )
         self.decoder_norm = norm_layer(decoder_embed_dim)
         self.decoder_pred = nn.Linear(decoder_embed_dim, (patch_size * pred_downsampling) ** 2 * in_chans)
+        self.grad_checkpointing = False
         if not self.pos_embed.is_meta:
             self.initialize_weights()
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters AdamW must not decay (timm's optimizer factory reads this)."""
+        return {"cls_token", "mask_token", "pos_embed", "decoder_pos_embed"}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute block activations in the backward pass (trades ~30% time for memory)."""
+        self.grad_checkpointing = enable
+
+    def _run_blocks(self, blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+        for blk in blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
+        return x
 
     def initialize_weights(self) -> None:
         """The release's initialisation: fixed sin-cos positions, xavier linears, N(0, .02) tokens."""
@@ -261,9 +279,7 @@ class MaskedAutoencoderViT(nn.Module):
             x = self._embed_visible(imgs, ids_keep)
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)
-        for blk in self.blocks:
-            x = blk(x)
-        return self.norm(x)
+        return self.norm(self._run_blocks(self.blocks, x))
 
     def _to_grid(self, x: torch.Tensor, grid: int) -> torch.Tensor:
         return x.reshape(x.shape[0], grid, grid, x.shape[-1]).permute(0, 3, 1, 2)
@@ -277,9 +293,7 @@ class MaskedAutoencoderViT(nn.Module):
         if self.decoder_downsampling > 1:
             tokens = self.decoder_downsample(self._to_grid(tokens, self.grid_size)).flatten(2).transpose(1, 2)
         x = torch.cat([x[:, :1], tokens], dim=1) + self.decoder_pos_embed
-        for blk in self.decoder_blocks:
-            x = blk(x)
-        x = x[:, 1:]
+        x = self._run_blocks(self.decoder_blocks, x)[:, 1:]
         if self.decoder_out_upsampling > 1:
             x = self.decoder_upsample(self._to_grid(x, self.decoder_grid_size)).flatten(2).transpose(1, 2)
         return self.decoder_pred(self.decoder_norm(x))

@@ -1,0 +1,96 @@
+"""Command line of the pretraining engine: ``python -m pretrain`` / ``lsmae pretrain``."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from .backends import import_torch_xla, make_backend
+from .engine import train
+from .models_mae import list_models
+
+EXAMPLES = """\
+examples:
+  # the release recipe (ViT-B on ImageNet-1k, 448px, 2x2 mask blocks) on 8 GPUs per node
+  torchrun --nproc_per_node 8 -m pretrain --model mae_vit_base_patch16_dec384d12h8b \\
+      --data-path /data/imagenet --input-size 448 --mask-downsampling 2 --epochs 800 \\
+      --output-dir runs/vitb_in1k
+  # COCO train2017 + unlabeled2017 repeated 5x ("dup5")
+  torchrun --nproc_per_node 8 -m pretrain --data-path /data/coco/train2017 /data/coco/unlabeled2017 \\
+      --repeat 5 --epochs 800 --output-dir runs/vitb_coco
+  # a TPU VM (one process per chip is spawned by torch_xla)
+  PJRT_DEVICE=TPU lsmae pretrain --device xla --data-path /data/imagenet ...
+Runs resume with --resume auto (the default) from the newest checkpoint in --output-dir.
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and masking")
+    g.add_argument("--model", default="mae_vit_base_patch16_dec384d12h8b", metavar="NAME",
+                   help=f"architecture (default %(default)s); one of {', '.join(list_models())}")
+    g.add_argument("--input-size", type=int, default=448, help="image size (default %(default)s)")
+    g.add_argument("--mask-ratio", type=float, default=0.75, help="fraction of patches masked (default %(default)s)")
+    g.add_argument("--mask-downsampling", type=int, default=2,
+                   help="mask k x k blocks of patches (default %(default)s: 32x32-pixel units at patch 16)")
+    g.add_argument("--decoder-downsampling", type=int, default=1, help="decoder token downsampling (default 1)")
+    g.add_argument("--no-norm-pix-loss", dest="norm_pix_loss", action="store_false",
+                   help="regress raw pixels instead of per-patch normalised ones")
+    g.add_argument("--no-k-bias", action="store_true", help="BEiT-style attention without a key bias")
+    g.add_argument("--grad-checkpointing", action="store_true", help="recompute activations to save memory")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--data-path", nargs="+", required=True, metavar="DIR",
+                   help="ImageFolder roots (DIR/train is used if present) or flat image folders")
+    g.add_argument("--repeat", type=int, default=1, help="repeat the data set N times per epoch (COCO: 5)")
+    g.add_argument("--min-crop-scale", type=float, default=0.2, help="RandomResizedCrop lower scale (default 0.2)")
+    g.add_argument("--num-workers", type=int, default=min(10, os.cpu_count() or 1),
+                   help="data loader processes per device (default %(default)s)")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=800)
+    g.add_argument("--warmup-epochs", type=int, default=40)
+    g.add_argument("--effective-batch-size", type=int, default=4096,
+                   help="images per optimizer update over all devices (default %(default)s)")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="per-device batch; inferred from the effective batch when omitted")
+    g.add_argument("--accum-iter", type=int, default=None, help="gradient accumulation steps (inferred if omitted)")
+    g.add_argument("--blr", type=float, default=1.5e-4, help="base lr: lr = blr * effective batch / 256")
+    g.add_argument("--lr", type=float, default=None, help="absolute lr (overrides --blr)")
+    g.add_argument("--min-lr", type=float, default=0.0)
+    g.add_argument("--weight-decay", type=float, default=0.05)
+    g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="autocast dtype; auto = bf16 where supported (TPU, Ampere+ GPUs, AMX/AVX512-BF16 CPUs), "
+                        "else fp16 on GPUs (with a grad scaler) and fp32 on CPUs")
+    g.add_argument("--seed", type=int, default=0)
+
+    g = p.add_argument_group("run")
+    g.add_argument("--device", choices=["cuda", "cpu", "xla"], default=None,
+                   help="default: cuda when available, else cpu")
+    g.add_argument("--output-dir", default="runs/pretrain", help="checkpoints and logs (default %(default)s)")
+    g.add_argument("--resume", default="auto",
+                   help="'auto' (newest valid checkpoint in --output-dir), a checkpoint path, or '' to start fresh")
+    g.add_argument("--ckpt-interval", type=int, default=20, help="save every N epochs and at the end")
+    g.add_argument("--print-freq", type=int, default=20, help="progress line every N steps")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pretrain", description="Long-sequence MAE pretraining.",
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    return p
+
+
+def _xla_worker(index: int, args: argparse.Namespace) -> None:
+    train(args, make_backend("xla"))
+
+
+def run(args: argparse.Namespace) -> None:
+    """Train on the chosen backend; for XLA, spawn one process per device through PJRT."""
+    if args.device == "xla":
+        # only import here: the spawned workers, not this process, must own the TPU devices
+        import_torch_xla().launch(_xla_worker, args=(args,))
+        return
+    train(args, make_backend(args.device))
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(build_parser().parse_args(argv))
