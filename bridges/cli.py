@@ -7,16 +7,20 @@ import sys
 from pretrain.errors import LsmaeError
 from zoo import commands as zoo_commands
 
+from . import commands as bridge_commands
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lsmae",
-        description="Long-sequence MAE checkpoints: fetch, verify and inspect the released weights.",
+        description="Long-sequence MAE checkpoints: fetch and verify the released weights, pretrain, export, "
+                    "visualize.",
         epilog="Environment: LSMAE_HOME (cache folder), LSMAE_MIRROR (URL prefix), LSMAE_OFFLINE=1, "
                "LSMAE_REGISTRY (registry file), LSMAE_LOCK_TIMEOUT (seconds).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     zoo_commands.add_parsers(sub)
+    bridge_commands.add_parsers(sub)
     return parser
 
 

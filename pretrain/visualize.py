@@ -1,0 +1,57 @@
+"""Reconstruction pictures: original | masked input | reconstruction | reconstruction + visible."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torchvision import transforms
+
+from .masking import block_mask_indices
+from .models_mae import MaskedAutoencoderViT
+
+_MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1)
+_STD = torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1)
+
+
+def load_images(paths: Sequence[str | Path], size: int) -> torch.Tensor:
+    """Resize (shorter side) + centre crop + ImageNet normalisation: [N, 3, size, size]."""
+    tf = transforms.Compose([
+        transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(size), transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
+    ])
+    images = []
+    for p in paths:
+        with Image.open(p) as img:
+            images.append(tf(img.convert("RGB")))
+    return torch.stack(images)
+
+
+@torch.no_grad()
+def reconstruction_grid(
+    model: MaskedAutoencoderViT, images: torch.Tensor, mask_ratio: float = 0.75, downsampling: int = 2,
+    seed: int = 0, norm_pix: bool = True,
+) -> Image.Image:
+    """One row per image. With ``norm_pix`` the per-patch normalised prediction is mapped back
+    with the statistics of the original patch (for display only, as in MAE's demo)."""
+    model.eval()
+    b = images.shape[0]
+    ids_keep, ids_restore = block_mask_indices(b, model.grid_size, mask_ratio, downsampling,
+                                               generator=torch.Generator().manual_seed(seed))
+    _, pred, mask = model(images, ids_keep, ids_restore)
+    if model.pred_downsampling > 1:
+        raise ValueError("visualisation supports pred_downsampling=1 checkpoints only")
+    if norm_pix:
+        target = model.patchify(images)
+        mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
+        pred = pred * (var + 1e-6) ** 0.5 + mean
+    p = model.patch_size
+    mask_img = model.unpatchify(mask.unsqueeze(-1).expand(-1, -1, p * p * 3))
+    recon = model.unpatchify(pred)
+    columns = [images, images * (1 - mask_img), recon, images * (1 - mask_img) + recon * mask_img]
+    rows = torch.cat(columns, dim=3) * _STD + _MEAN
+    grid = torch.cat(list(rows), dim=1).clamp(0, 1)
+    return transforms.functional.to_pil_image(grid)
