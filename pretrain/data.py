@@ -43,7 +43,7 @@ def list_images(root: str | Path) -> list[Path]:
     if (root / "train").is_dir():
         root = root / "train"
     if not root.is_dir():
-        raise DataError(f"data folder {root} does not exist")
+        raise DataError(f"data folder {root} " + ("is a file, not a folder" if root.exists() else "does not exist"))
     files = sorted(
         Path(dirpath) / name
         for dirpath, _, names in os.walk(root, followlinks=True)

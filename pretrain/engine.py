@@ -60,6 +60,16 @@ def resolve_batch(effective: int, batch: int | None, accum: int | None, world: i
     return batch, accum
 
 
+def _setup_logging(is_main: bool) -> None:
+    """Our own handler: root logging may already be configured (torch_xla does) or not at all."""
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+        log.addHandler(handler)
+        log.propagate = False
+    log.setLevel(logging.INFO if is_main else logging.WARNING)
+
+
 def _json_safe(args: argparse.Namespace) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
             if isinstance(v, (str, int, float, bool, list, tuple, Path, type(None)))}
@@ -111,9 +121,7 @@ def _fmt_eta(seconds: float) -> str:
 def train(args: argparse.Namespace, backend: TorchBackend) -> Path:
     """Run (or resume) pretraining; returns the last checkpoint written."""
     output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if backend.is_main:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    _setup_logging(backend.is_main)
     dtype = resolve_precision(args.precision, backend)
     batch, accum = resolve_batch(args.effective_batch_size, args.batch_size, args.accum_iter, backend.world_size)
     lr = args.blr * args.effective_batch_size / 256 if args.lr is None else args.lr
@@ -125,11 +133,16 @@ def train(args: argparse.Namespace, backend: TorchBackend) -> Path:
     loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=args.num_workers,
                         pin_memory=backend.name == "cuda", drop_last=True, generator=loader_gen,
                         persistent_workers=False)
-    steps_per_epoch = len(loader)
-    if steps_per_epoch < accum:
-        raise LsmaeError(f"{len(dataset)} images give {steps_per_epoch} batches of {batch} per device, fewer "
+    batches_per_epoch = len(loader)
+    if batches_per_epoch < accum:
+        raise LsmaeError(f"{len(dataset)} images give {batches_per_epoch} batches of {batch} per device, fewer "
                          f"than one optimizer update ({accum} accumulation steps); lower the batch size")
-    updates_per_epoch = steps_per_epoch // accum
+    updates_per_epoch = batches_per_epoch // accum
+    # batches left over after the last whole update are not used: they are no step of the epoch
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for stale in output_dir.glob(".checkpoint-*.tmp*") if backend.is_main else ():
+        stale.unlink(missing_ok=True)  # left by a process killed while saving
+    steps_per_epoch = updates_per_epoch * accum
 
     torch.manual_seed(args.seed)
     model = create_model(args.model, img_size=args.input_size, norm_pix_loss=args.norm_pix_loss,
@@ -177,7 +190,7 @@ def train(args: argparse.Namespace, backend: TorchBackend) -> Path:
         epoch_loss = torch.zeros((), device=backend.device)
         skipped = torch.zeros((), dtype=torch.long, device=backend.device)
         for step, (imgs, n_bad) in enumerate(backend.device_loader(loader)):
-            if step >= updates_per_epoch * accum:
+            if step >= steps_per_epoch:
                 break
             update_now = (step + 1) % accum == 0
             if step % accum == 0:

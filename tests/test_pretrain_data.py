@@ -1,0 +1,297 @@
+"""The pretraining data pipeline: folder layouts, repetition, unreadable files, seeded runs.
+
+The images are small crops of photographs shipped by scikit-image when it is installed
+(``skimage.data``: astronaut, coffee, chelsea, rocket, ...), otherwise synthetic structured
+scenes (gradients, shapes, texture, blur); see :func:`make_photo_folder`. Nothing is downloaded.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw, ImageFilter
+from torchvision import transforms
+
+from pretrain import data as pdata
+from pretrain.data import MAX_CONSECUTIVE_BAD, DataError, PretrainImages, list_images, pretrain_transform
+
+TINY = "mae_vit_micro_patch8_dec64d4h2b"
+SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "cat")
+
+
+def _skimage_photos() -> list[Image.Image]:
+    """The photographs scikit-image ships inside its package (no download), if it is installed."""
+    try:
+        from skimage import data as skdata
+    except Exception:  # noqa: BLE001 - not installed or broken: use the synthetic scenes
+        return []
+    photos = []
+    for name in SKIMAGE_PHOTOS:
+        try:
+            photos.append(Image.fromarray(np.asarray(getattr(skdata, name)())).convert("RGB"))
+        except Exception:  # noqa: BLE001 - missing in this version or would need a download
+            continue
+    return photos
+
+
+def _synthetic_scenes(n: int = 6, size: int = 256) -> list[Image.Image]:
+    """Photograph-like stand-ins: lit gradients, overlapping shapes, texture noise and blur."""
+    rng = np.random.default_rng(1234)
+    scenes = []
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    for _ in range(n):
+        angle = rng.uniform(0, 2 * np.pi)
+        ramp = np.cos(angle) * xx + np.sin(angle) * yy
+        base = np.stack([ramp * rng.uniform(60, 200) + rng.uniform(0, 80) for _ in range(3)], -1)
+        img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+        draw = ImageDraw.Draw(img)
+        for _ in range(int(rng.integers(8, 16))):
+            x0, y0 = (int(v) for v in rng.integers(-20, size - 10, 2))
+            w, h = (int(v) for v in rng.integers(12, size // 2, 2))
+            colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+            shape = rng.integers(0, 3)
+            if shape == 0:
+                draw.ellipse([x0, y0, x0 + w, y0 + h], fill=colour)
+            elif shape == 1:
+                draw.rectangle([x0, y0, x0 + w, y0 + h], fill=colour)
+            else:
+                draw.polygon([(x0, y0 + h), (x0 + w // 2, y0), (x0 + w, y0 + h)], fill=colour)
+        img = img.filter(ImageFilter.GaussianBlur(1.2))
+        noisy = np.asarray(img, dtype=np.float32) + rng.normal(0, 6, (size, size, 3))
+        scenes.append(Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)))
+    return scenes
+
+
+def make_photo_folder(root: Path, n: int = 32, size: int = 96, seed: int = 0) -> str:
+    """Write ``n`` JPEGs (``size`` x ``size`` random square crops) into ``root``; returns the source used."""
+    sources = _skimage_photos()
+    kind = "scikit-image photographs" if sources else "synthetic scenes"
+    sources = sources or _synthetic_scenes()
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        src = sources[i % len(sources)]
+        side = int(min(src.size) * rng.uniform(0.35, 1.0))
+        x0 = int(rng.integers(0, src.size[0] - side + 1))
+        y0 = int(rng.integers(0, src.size[1] - side + 1))
+        crop = src.crop((x0, y0, x0 + side, y0 + side)).resize((size, size), Image.LANCZOS)
+        crop.save(root / f"img_{i:03d}.jpg", quality=90)
+    return kind
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("photos") / "flat"
+    make_photo_folder(root)
+    return root
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread, set before the module-scoped runs: results depend on the thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _exact(size: int) -> transforms.Compose:
+    """A deterministic transform for comparing items."""
+    return transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor()])
+
+
+def _copy(photos: Path, dest: Path, names: list[str]) -> list[Path]:
+    dest.mkdir(parents=True, exist_ok=True)
+    files = sorted(photos.glob("*.jpg"))
+    out = []
+    for name, src in zip(names, files):
+        shutil.copy(src, dest / name)
+        out.append(dest / name)
+    return out
+
+
+# --- list_images ---------------------------------------------------------------------------------
+
+def test_list_images_imagefolder_layout(photos, tmp_path):
+    _copy(photos, tmp_path / "n01", ["b.jpg", "a.JPEG"])
+    _copy(photos, tmp_path / "n02" / "deeper", ["c.png"])
+    (tmp_path / "n02" / "labels.txt").write_text("not an image")
+    (tmp_path / "README").write_text("")
+    files = list_images(tmp_path)
+    assert [f.relative_to(tmp_path).as_posix() for f in files] == ["n01/a.JPEG", "n01/b.jpg", "n02/deeper/c.png"]
+
+
+def test_list_images_flat_folder(photos):
+    files = list_images(photos)
+    assert len(files) == 32 and files == sorted(files)
+    assert all(f.parent == photos for f in files)
+
+
+def test_list_images_prefers_train_split(photos, tmp_path):
+    _copy(photos, tmp_path / "train" / "cls", ["t1.jpg", "t2.jpg"])
+    _copy(photos, tmp_path / "val" / "cls", ["v1.jpg"])
+    _copy(photos, tmp_path, ["top.jpg"])
+    assert [f.name for f in list_images(tmp_path)] == ["t1.jpg", "t2.jpg"]
+
+
+def test_list_images_missing_folder(tmp_path):
+    missing = tmp_path / "nope"
+    with pytest.raises(DataError, match=str(missing)):
+        list_images(missing)
+
+
+def test_list_images_empty_folder(tmp_path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("x")
+    with pytest.raises(DataError, match=f"{tmp_path / 'empty'}.*no images"):
+        list_images(tmp_path / "empty")
+
+
+# --- PretrainImages ------------------------------------------------------------------------------
+
+def test_repeat_cycles_items(photos):
+    once = PretrainImages([photos], _exact(32))
+    ds = PretrainImages([photos], _exact(32), repeat=5)
+    n = len(once)
+    assert n == 32 and len(ds) == 5 * n
+    for i in (0, 7, n - 1):
+        img, bad = ds[i]
+        assert bad == 0
+        for k in range(1, 5):
+            assert torch.equal(ds[i + k * n][0], img)
+    assert not torch.equal(ds[0][0], ds[1][0])
+
+
+def test_repeat_must_be_positive(photos):
+    with pytest.raises(DataError, match="--repeat"):
+        PretrainImages([photos], _exact(32), repeat=0)
+
+
+def test_several_roots_are_concatenated(photos, tmp_path):
+    _copy(photos, tmp_path / "extra", ["x.jpg", "y.jpg"])
+    ds = PretrainImages([photos, tmp_path / "extra"], _exact(16), repeat=2)
+    assert len(ds) == 2 * 34
+    assert ds.files[-1] == tmp_path / "extra" / "y.jpg"
+
+
+def test_transform_shape_and_normalisation(photos, tmp_path):
+    torch.manual_seed(0)
+    ds = PretrainImages([photos], pretrain_transform(48))
+    img, bad = ds[3]
+    assert bad == 0 and img.shape == (3, 48, 48) and img.dtype == torch.float32
+    mean = torch.tensor(pdata.IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
+    std = torch.tensor(pdata.IMAGENET_DEFAULT_STD).view(3, 1, 1)
+    pixels = img * std + mean  # back to [0, 1], up to bicubic overshoot
+    assert pixels.min() > -0.1 and pixels.max() < 1.1
+    # a uniform image: the crop is irrelevant, every pixel is exactly (value - mean) / std
+    (tmp_path / "grey").mkdir()
+    Image.new("RGB", (80, 60), (200, 100, 50)).save(tmp_path / "grey" / "g.png")
+    out, _ = PretrainImages([tmp_path / "grey"], pretrain_transform(32))[0]
+    expected = (torch.tensor([200, 100, 50]).view(3, 1, 1) / 255 - mean) / std
+    assert out.shape == (3, 32, 32)
+    torch.testing.assert_close(out, expected.expand(3, 32, 32), atol=1e-5, rtol=0)
+
+
+# --- unreadable files ----------------------------------------------------------------------------
+
+def _corrupt(path: Path, how: str, good: Path) -> None:
+    if how == "garbage":
+        path.write_bytes(b"this is not a JPEG at all" * 40)
+    elif how == "truncated":
+        data = good.read_bytes()
+        path.write_bytes(data[: len(data) // 3])
+    else:
+        path.write_bytes(b"")
+
+
+@pytest.mark.parametrize("how", ["garbage", "truncated", "empty"])
+def test_corrupt_image_is_replaced_by_next(photos, tmp_path, caplog, how):
+    good = _copy(photos, tmp_path / "d", ["a.jpg", "b.jpg", "d.jpg"])
+    bad = tmp_path / "d" / "c.jpg"
+    _corrupt(bad, how, good[0])
+    ds = PretrainImages([tmp_path / "d"], _exact(32), repeat=2)
+    assert [f.name for f in ds.files] == ["a.jpg", "b.jpg", "c.jpg", "d.jpg"]
+    with caplog.at_level(logging.WARNING, logger="pretrain.data"):
+        img, n_bad = ds[2]
+    assert n_bad == 1
+    assert torch.equal(img, ds[3][0])  # d.jpg, the next readable one
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and str(bad) in warnings[0].getMessage()
+    # the same in the repeated copy; the last file wraps around to the first
+    assert ds[2 + 4][1] == 1 and torch.equal(ds[2 + 4][0], img)
+    assert ds[1][1] == 0
+
+
+def test_corrupt_last_file_wraps_to_first(photos, tmp_path):
+    _copy(photos, tmp_path / "d", ["a.jpg", "b.jpg"])
+    (tmp_path / "d" / "z.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    ds = PretrainImages([tmp_path / "d"], _exact(16))
+    img, n_bad = ds[2]
+    assert n_bad == 1 and torch.equal(img, ds[0][0])
+
+
+@pytest.mark.parametrize("n_files", [3, MAX_CONSECUTIVE_BAD + 4])
+def test_all_corrupt_raises(tmp_path, caplog, n_files):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    for i in range(n_files):
+        (folder / f"{i:02d}.jpg").write_bytes(b"garbage")
+    ds = PretrainImages([folder], _exact(16))
+    with caplog.at_level(logging.WARNING, logger="pretrain.data"), \
+            pytest.raises(DataError, match=f"{MAX_CONSECUTIVE_BAD} unreadable images in a row.*00.jpg"):
+        ds[0]
+    assert sum(r.levelno == logging.WARNING for r in caplog.records) == MAX_CONSECUTIVE_BAD
+
+
+# --- runs ----------------------------------------------------------------------------------------
+
+def _run(data: Path, out: Path, *extra: str) -> Path:
+    from pretrain.main_pretrain import build_parser, run
+
+    args = build_parser().parse_args([
+        "--model", TINY, "--input-size", "64", "--data-path", str(data), "--epochs", "2",
+        "--warmup-epochs", "1", "--effective-batch-size", "8", "--num-workers", "0", "--device", "cpu",
+        "--output-dir", str(out), "--ckpt-interval", "1", "--print-freq", "1", "--precision", "fp32",
+        "--lr", "1e-3", *extra,
+    ])
+    run(args)
+    return out / "checkpoint-1.pth"
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def test_same_seed_same_weights_other_seed_other_weights(photos, tmp_path):
+    a = _weights(_run(photos, tmp_path / "a", "--seed", "3"))
+    b = _weights(_run(photos, tmp_path / "b", "--seed", "3"))
+    c = _weights(_run(photos, tmp_path / "c", "--seed", "4"))
+    assert a.keys() == b.keys() == c.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    # not merely a different initialisation: the trained weights moved away from it
+    torch.manual_seed(3)
+    from pretrain import create_model
+    init = create_model(TINY, img_size=64).state_dict()
+    assert not torch.equal(init["blocks.0.attn.qkv.weight"], a["blocks.0.attn.qkv.weight"])
+
+
+def test_run_counts_skipped_images(photos, tmp_path, caplog):
+    import json
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for f in sorted(photos.glob("*.jpg"))[:31]:
+        shutil.copy(f, data / f.name)
+    (data / "img_broken.jpg").write_bytes(b"not an image")
+    with caplog.at_level(logging.INFO):
+        _run(data, tmp_path / "out", "--epochs", "1")
+    epochs = [r for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()
+              if (r := json.loads(line))["kind"] == "epoch"]
+    assert [r["skipped_images"] for r in epochs] == [1]  # 32 files, batch 8: every index is drawn once
+    assert any("img_broken.jpg" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert any("1 unreadable images skipped" in r.getMessage() for r in caplog.records)
