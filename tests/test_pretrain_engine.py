@@ -27,27 +27,13 @@ from pretrain.checkpoints import export_release
 from pretrain.engine import NonFiniteLossError, resolve_batch
 from pretrain.errors import LsmaeError
 from pretrain.main_pretrain import build_parser, main, run
-from tests.test_pretrain_data import make_photo_folder
 
 TINY = "mae_vit_micro_patch8_dec64d4h2b"
 REPO = Path(__file__).resolve().parents[1]
 E = 8  # epochs of the resume runs (4 steps each)
 
 
-@pytest.fixture(scope="session")
-def photos(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("engine_photos") / "flat"
-    make_photo_folder(root)
-    return root
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread, set before the module-scoped runs: results depend on the thread count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def argv(data: Path, out: Path, epochs: int, *extra: str) -> list[str]:
