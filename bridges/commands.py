@@ -35,6 +35,20 @@ def cmd_visualize(args: argparse.Namespace) -> None:
     print(args.output)
 
 
+def cmd_convert(args: argparse.Namespace) -> None:
+    from .timm_convert import convert_to_timm, save_safetensors
+
+    converted = convert_to_timm(args.source, img_size=args.img_size, global_pool=args.global_pool)
+    out = save_safetensors(converted, args.output)
+    print(converted.report())
+    name, kwargs = converted.metadata["timm_model"], converted.metadata["timm_kwargs"]
+    extra = "" if kwargs == "{}" else f", **{kwargs}"
+    print(f"load with: timm.create_model('{name}', pretrained=True, img_size={args.img_size}, "
+          f"global_pool='{args.global_pool}', num_classes=N{extra}, "
+          f"pretrained_cfg_overlay=dict(file='{out}', num_classes=0))")
+    print(out)
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     from pretrain import bench
 
@@ -67,6 +81,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--raw-pixels", action="store_true",
                    help="the model predicts raw pixels (trained without norm-pix loss)")
     p.set_defaults(func=cmd_visualize)
+
+    p = sub.add_parser("convert", help="convert an MAE checkpoint for timm",
+                       description="Convert a zoo id or an MAE checkpoint file (release format or `lsmae export`) "
+                                   "into timm ViT weights (safetensors with provenance metadata).")
+    p.add_argument("source", help="zoo id (e.g. vit_base/in1k/1600) or checkpoint file")
+    p.add_argument("--to", choices=["timm"], default="timm", help="target framework")
+    p.add_argument("-o", "--output", required=True, help="output .safetensors")
+    p.add_argument("--img-size", type=int, default=224,
+                   help="fine-tuning resolution; pos_embed is resampled to its grid (default %(default)s)")
+    p.add_argument("--global-pool", choices=["avg", "token"], default="avg",
+                   help="avg (fine-tuning recipe: drops the final norm, timm adds fc_norm) or token "
+                        "(linear probing: keeps it)")
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("bench", help="benchmarks (pretrain: step time, memory, FLOP/s vs the release)",
                        description="lsmae bench pretrain [OPTIONS]: see `python -m pretrain.bench --help`.")

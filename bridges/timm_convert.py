@@ -1,0 +1,194 @@
+"""MAE checkpoint -> timm VisionTransformer weights (and q/v-bias <-> qkv-bias attention).
+
+Keeps the encoder (cls_token, pos_embed, patch_embed, blocks, and ``norm`` for cls-token
+pooling), drops the decoder and mask token, merges BEiT-style ``q_bias``/``v_bias`` into
+``qkv.bias`` and resamples ``pos_embed`` to the target grid with timm's own resampling.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from timm.layers import resample_abs_pos_embed
+from torch import nn
+
+from pretrain import model_config
+from pretrain.errors import LsmaeError
+from zoo.checkpoint import CheckpointInfo, check_structure, describe, load_checkpoint, model_state_dict
+from zoo.registry import UnknownEntryError, get_entry
+
+ENCODER_PREFIXES = ("cls_token", "pos_embed", "patch_embed.", "blocks.")
+# timm model names for our encoders, by (width, depth, heads); others are built from vit_base with overrides
+TIMM_NAMES = {(768, 12, 12): "vit_base_patch16_224", (1024, 24, 16): "vit_large_patch16_224",
+              (1280, 32, 16): "vit_huge_patch14_224"}
+HEAD_INIT_STD = 2e-5  # MAE's fine-tuning head initialisation
+
+
+class ConversionError(LsmaeError):
+    pass
+
+
+@dataclass
+class Converted:
+    """timm-ready weights plus what was done to them."""
+
+    state_dict: dict[str, torch.Tensor]
+    info: CheckpointInfo
+    metadata: dict[str, str]
+    kept: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    merged_k_bias: int = 0
+    resampled: str = ""
+
+    def report(self) -> str:
+        lines = [f"kept {len(self.kept)} tensors; dropped {len(self.dropped)} "
+                 f"({_summarise(self.dropped)})"]
+        if self.merged_k_bias:
+            lines.append(f"merged q_bias/v_bias into qkv.bias (zero key bias) in {self.merged_k_bias} blocks")
+        if self.resampled:
+            lines.append(self.resampled)
+        return "\n".join(lines)
+
+
+def _summarise(keys: list[str]) -> str:
+    groups = sorted({k.split(".")[0] for k in keys})
+    return ", ".join(groups) if groups else "nothing"
+
+
+def merge_qv_bias(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
+    """``attn.q_bias``/``attn.v_bias`` -> ``attn.qkv.bias = cat(q, 0, v)`` (exact: BEiT style)."""
+    out, merged = {}, 0
+    for k, v in sd.items():
+        if k.endswith(".attn.q_bias"):
+            prefix = k[: -len("q_bias")]
+            out[prefix + "qkv.bias"] = torch.cat([v, torch.zeros_like(v), sd[prefix + "v_bias"]])
+            merged += 1
+        elif not k.endswith(".attn.v_bias"):
+            out[k] = v
+    return out, merged
+
+
+def split_qkv_bias(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``attn.qkv.bias`` -> ``attn.q_bias`` + ``attn.v_bias``, dropping the key bias.
+
+    Exact: a key bias adds q.b_k to every logit of a query, which softmax ignores. (The
+    release's tool sliced the wrong tensor here.)
+    """
+    out = {}
+    for k, v in sd.items():
+        if k.endswith(".attn.qkv.bias"):
+            prefix = k[: -len("qkv.bias")]
+            q, _, value = v.chunk(3)
+            out[prefix + "q_bias"], out[prefix + "v_bias"] = q.clone(), value.clone()
+        else:
+            out[k] = v
+    return out
+
+
+def _load_source(source: str | Path | dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Weights and provenance of a zoo id, a checkpoint file or an in-memory state dict."""
+    if isinstance(source, dict):
+        return model_state_dict(source), {"source": "in-memory state dict"}
+    path = Path(source)
+    if path.is_file():
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        return model_state_dict(load_checkpoint(path)), {"source": str(path.resolve()), "source_sha256": sha}
+    try:
+        entry = get_entry(str(source))
+    except UnknownEntryError as e:
+        raise ConversionError(f"{source!r} is neither a file nor a zoo id ({e})") from None
+    from zoo.cache import fetch, sha256_file
+
+    fetched = fetch(entry.id)
+    meta = {"source": entry.id, "source_url": entry.url(), "source_sha256": sha256_file(fetched),
+            "dataset": entry.dataset_name, "epochs": str(entry.epochs)}
+    return model_state_dict(load_checkpoint(fetched)), meta
+
+
+def convert_to_timm(
+    source: str | Path | dict[str, torch.Tensor], img_size: int = 224, global_pool: str = "avg"
+) -> Converted:
+    """Convert an MAE checkpoint for a timm ViT at ``img_size`` with ``global_pool`` 'avg' or 'token'.
+
+    With 'avg' the final ``norm`` is dropped (timm, like MAE's fine-tuning, uses a fresh
+    ``fc_norm``); with 'token' it is kept.
+    """
+    if global_pool not in ("avg", "token"):
+        raise ConversionError(f"global_pool must be 'avg' or 'token', got {global_pool!r}")
+    sd, metadata = _load_source(source)
+    info = check_structure(sd)  # also refuses ViTDet and fine-tuned checkpoints with a clear message
+    if img_size % info.patch_size:
+        raise ConversionError(f"img_size {img_size} is not a multiple of the patch size {info.patch_size}")
+    keep = ENCODER_PREFIXES + (("norm.",) if global_pool == "token" else ())
+    out = {k: v for k, v in sd.items() if k.startswith(keep)}
+    dropped = sorted(set(sd) - set(out))
+    out, merged = merge_qv_bias(out)
+    grid = img_size // info.patch_size
+    resampled = ""
+    if grid != info.grid_size:
+        out["pos_embed"] = resample_abs_pos_embed(
+            out["pos_embed"].float(), new_size=[grid, grid], num_prefix_tokens=1, interpolation="bicubic")
+        resampled = (f"resampled pos_embed {info.grid_size}x{info.grid_size} -> {grid}x{grid} "
+                     f"(bicubic, cls slot kept) for {img_size}px")
+    out = {k: v.contiguous().clone() for k, v in out.items()}
+    timm_name, timm_kwargs = timm_model_args(info)
+    metadata.update({
+        "format": "long-seq-mae timm ViT", "mae_model": info.matching_models[0], "img_size": str(img_size),
+        "pretrain_img_size": str(info.img_size), "patch_size": str(info.patch_size),
+        "global_pool": global_pool, "timm_model": timm_name, "timm_kwargs": json.dumps(timm_kwargs),
+    })
+    return Converted(out, info, metadata, kept=sorted(out), dropped=dropped, merged_k_bias=merged,
+                     resampled=resampled)
+
+
+def timm_model_args(info: CheckpointInfo) -> tuple[str, dict[str, Any]]:
+    """A timm model name and the kwargs that make it this checkpoint's encoder."""
+    num_heads = model_config(info.matching_models[0])["num_heads"]
+    name = TIMM_NAMES.get((info.embed_dim, info.depth, num_heads))
+    if name and name.split("_")[2] == f"patch{info.patch_size}":
+        return name, {}
+    return "vit_base_patch16_224", {"embed_dim": info.embed_dim, "depth": info.depth, "num_heads": num_heads,
+                                    "patch_size": info.patch_size}
+
+
+def save_safetensors(converted: Converted, path: str | Path) -> Path:
+    """Write the weights with their provenance in the safetensors metadata (atomically)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(converted.state_dict, str(tmp), metadata=converted.metadata)
+    tmp.replace(path)
+    return path
+
+
+def create_timm_model(
+    source: str | Path | dict[str, torch.Tensor], num_classes: int, global_pool: str = "avg",
+    img_size: int = 224, **timm_kwargs: Any,
+) -> tuple[nn.Module, Converted, list[str]]:
+    """A timm ViT classifier initialised from an MAE checkpoint, head as in MAE's fine-tuning.
+
+    Returns the model, the conversion, and the keys the model had to initialise itself
+    (only ``head.*`` and, with avg pooling, ``fc_norm.*``; anything else is an error).
+    """
+    import timm
+
+    converted = convert_to_timm(source, img_size=img_size, global_pool=global_pool)
+    name, arch_kwargs = timm_model_args(converted.info)
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes, global_pool=global_pool,
+                              img_size=img_size, **arch_kwargs, **timm_kwargs)
+    missing, unexpected = model.load_state_dict(converted.state_dict, strict=False)
+    allowed = ("head.",) + (("fc_norm.",) if global_pool == "avg" else ())
+    bad_missing = [k for k in missing if not k.startswith(allowed)]
+    if unexpected or bad_missing:
+        raise ConversionError(f"timm {name} does not take these weights: unexpected {unexpected[:5]}, "
+                              f"missing {bad_missing[:5]}")
+    if isinstance(model.head, nn.Linear):
+        nn.init.trunc_normal_(model.head.weight, std=HEAD_INIT_STD)
+        nn.init.zeros_(model.head.bias)
+    return model, converted, sorted(missing)
