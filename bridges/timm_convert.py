@@ -6,7 +6,6 @@ pooling), drops the decoder and mask token, merges BEiT-style ``q_bias``/``v_bia
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from torch import nn
 
 from pretrain import model_config
 from pretrain.errors import LsmaeError
-from zoo.checkpoint import CheckpointInfo, check_structure, describe, load_checkpoint, model_state_dict
+from zoo.checkpoint import CheckpointInfo, check_structure, load_checkpoint, model_state_dict
 from zoo.registry import UnknownEntryError, get_entry
 
 ENCODER_PREFIXES = ("cls_token", "pos_embed", "patch_embed.", "blocks.")
@@ -93,15 +92,16 @@ def _load_source(source: str | Path | dict[str, torch.Tensor]) -> tuple[dict[str
     """Weights and provenance of a zoo id, a checkpoint file or an in-memory state dict."""
     if isinstance(source, dict):
         return model_state_dict(source), {"source": "in-memory state dict"}
+    from zoo.cache import fetch, sha256_file
+
     path = Path(source)
     if path.is_file():
-        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        sha = sha256_file(path)  # streamed: a ViT-L file is 1.2 GB
         return model_state_dict(load_checkpoint(path)), {"source": str(path.resolve()), "source_sha256": sha}
     try:
         entry = get_entry(str(source))
     except UnknownEntryError as e:
         raise ConversionError(f"{source!r} is neither a file nor a zoo id ({e})") from None
-    from zoo.cache import fetch, sha256_file
 
     fetched = fetch(entry.id)
     meta = {"source": entry.id, "source_url": entry.url(), "source_sha256": sha256_file(fetched),
@@ -131,7 +131,8 @@ def convert_to_timm(
     resampled = ""
     if grid != info.grid_size:
         out["pos_embed"] = resample_abs_pos_embed(
-            out["pos_embed"].float(), new_size=[grid, grid], num_prefix_tokens=1, interpolation="bicubic")
+            out["pos_embed"].float(), new_size=[grid, grid], num_prefix_tokens=1, interpolation="bicubic"
+        ).to(sd["pos_embed"].dtype)
         resampled = (f"resampled pos_embed {info.grid_size}x{info.grid_size} -> {grid}x{grid} "
                      f"(bicubic, cls slot kept) for {img_size}px")
     out = {k: v.contiguous().clone() for k, v in out.items()}
@@ -148,11 +149,12 @@ def convert_to_timm(
 def timm_model_args(info: CheckpointInfo) -> tuple[str, dict[str, Any]]:
     """A timm model name and the kwargs that make it this checkpoint's encoder."""
     num_heads = model_config(info.matching_models[0])["num_heads"]
+    channels = {} if info.in_chans == 3 else {"in_chans": info.in_chans}  # timm's default is RGB
     name = TIMM_NAMES.get((info.embed_dim, info.depth, num_heads))
     if name and name.split("_")[2] == f"patch{info.patch_size}":
-        return name, {}
+        return name, channels
     return "vit_base_patch16_224", {"embed_dim": info.embed_dim, "depth": info.depth, "num_heads": num_heads,
-                                    "patch_size": info.patch_size}
+                                    "patch_size": info.patch_size, **channels}
 
 
 def save_safetensors(converted: Converted, path: str | Path) -> Path:

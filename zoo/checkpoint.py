@@ -56,7 +56,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path}: refused to load: not a PyTorch weights file, or it uses pickle features a weights "
             f"file never needs ({detail}; nothing was executed)"
         ) from None
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as e:
+    except (RuntimeError, EOFError, KeyError, IndexError, ValueError, OSError) as e:
         if mmap or "zip archive" in str(e):
             reason = str(e).partition("zip archive: ")[2].split(".")[0] or _first_line(e)
             raise CheckpointError(f"{path}: damaged or truncated checkpoint ({reason})") from None
@@ -218,7 +218,8 @@ def check_structure(
     for k, t in sd.items():
         if not t.is_floating_point():
             raise VerificationError(f"tensor {k} has dtype {t.dtype}, expected floating point")
-        if not torch.isfinite(t).all():
+        # one reduction pass; NaN/inf anywhere makes the sum non-finite (then confirm exactly)
+        if not torch.isfinite(t.sum(dtype=torch.float32)) and not torch.isfinite(t).all():
             raise VerificationError(f"tensor {k} holds NaN or infinite values")
     info.matching_models = [model_name] + [m for m in info.matching_models if m != model_name]
     return info
