@@ -16,19 +16,15 @@ from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from pretrain import model_config
-from pretrain.errors import LsmaeError
-from zoo.checkpoint import CheckpointInfo, check_structure, load_checkpoint, model_state_dict
-from zoo.registry import UnknownEntryError, get_entry
+from zoo.checkpoint import CheckpointInfo, check_structure
+
+from .mae_weights import ConversionError, load_mae_weights, merge_qv_bias
 
 ENCODER_PREFIXES = ("cls_token", "pos_embed", "patch_embed.", "blocks.")
 # timm model names for our encoders, by (width, depth, heads); others are built from vit_base with overrides
 TIMM_NAMES = {(768, 12, 12): "vit_base_patch16_224", (1024, 24, 16): "vit_large_patch16_224",
               (1280, 32, 16): "vit_huge_patch14_224"}
 HEAD_INIT_STD = 2e-5  # MAE's fine-tuning head initialisation
-
-
-class ConversionError(LsmaeError):
-    pass
 
 
 @dataclass
@@ -58,57 +54,6 @@ def _summarise(keys: list[str]) -> str:
     return ", ".join(groups) if groups else "nothing"
 
 
-def merge_qv_bias(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
-    """``attn.q_bias``/``attn.v_bias`` -> ``attn.qkv.bias = cat(q, 0, v)`` (exact: BEiT style)."""
-    out, merged = {}, 0
-    for k, v in sd.items():
-        if k.endswith(".attn.q_bias"):
-            prefix = k[: -len("q_bias")]
-            out[prefix + "qkv.bias"] = torch.cat([v, torch.zeros_like(v), sd[prefix + "v_bias"]])
-            merged += 1
-        elif not k.endswith(".attn.v_bias"):
-            out[k] = v
-    return out, merged
-
-
-def split_qkv_bias(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``attn.qkv.bias`` -> ``attn.q_bias`` + ``attn.v_bias``, dropping the key bias.
-
-    Exact: a key bias adds q.b_k to every logit of a query, which softmax ignores. (The
-    release's tool sliced the wrong tensor here.)
-    """
-    out = {}
-    for k, v in sd.items():
-        if k.endswith(".attn.qkv.bias"):
-            prefix = k[: -len("qkv.bias")]
-            q, _, value = v.chunk(3)
-            out[prefix + "q_bias"], out[prefix + "v_bias"] = q.clone(), value.clone()
-        else:
-            out[k] = v
-    return out
-
-
-def _load_source(source: str | Path | dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Weights and provenance of a zoo id, a checkpoint file or an in-memory state dict."""
-    if isinstance(source, dict):
-        return model_state_dict(source), {"source": "in-memory state dict"}
-    from zoo.cache import fetch, sha256_file
-
-    path = Path(source)
-    if path.is_file():
-        sha = sha256_file(path)  # streamed: a ViT-L file is 1.2 GB
-        return model_state_dict(load_checkpoint(path)), {"source": str(path.resolve()), "source_sha256": sha}
-    try:
-        entry = get_entry(str(source))
-    except UnknownEntryError as e:
-        raise ConversionError(f"{source!r} is neither a file nor a zoo id ({e})") from None
-
-    fetched = fetch(entry.id)
-    meta = {"source": entry.id, "source_url": entry.url(), "source_sha256": sha256_file(fetched),
-            "dataset": entry.dataset_name, "epochs": str(entry.epochs)}
-    return model_state_dict(load_checkpoint(fetched)), meta
-
-
 def convert_to_timm(
     source: str | Path | dict[str, torch.Tensor], img_size: int = 224, global_pool: str = "avg"
 ) -> Converted:
@@ -119,7 +64,7 @@ def convert_to_timm(
     """
     if global_pool not in ("avg", "token"):
         raise ConversionError(f"global_pool must be 'avg' or 'token', got {global_pool!r}")
-    sd, metadata = _load_source(source)
+    sd, metadata = load_mae_weights(source)
     info = check_structure(sd)  # also refuses ViTDet and fine-tuned checkpoints with a clear message
     if img_size % info.patch_size:
         raise ConversionError(f"img_size {img_size} is not a multiple of the patch size {info.patch_size}")

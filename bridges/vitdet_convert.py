@@ -17,7 +17,7 @@ import torch
 from pretrain.backends import atomic_save
 from zoo.checkpoint import CheckpointInfo, check_structure
 
-from .timm_convert import ConversionError, _load_source, merge_qv_bias
+from .mae_weights import ConversionError, load_mae_weights, merge_qv_bias
 
 BACKBONE_PREFIX = "backbone.net."
 VITDET_KEEP = ("pos_embed", "patch_embed.", "blocks.")
@@ -56,7 +56,7 @@ class VitDetCheckpoint:
 def convert_to_vitdet(source: str | Path | dict[str, torch.Tensor]) -> VitDetCheckpoint:
     """Keys become ``backbone.net.<key>`` for patch_embed, pos_embed and blocks; cls_token,
     norm, mask_token and the decoder are dropped; the file loads without matching heuristics."""
-    sd, metadata = _load_source(source)
+    sd, metadata = load_mae_weights(source)
     info = check_structure(sd)
     kept = {k: v for k, v in sd.items() if k.startswith(VITDET_KEEP)}
     dropped = sorted(set(sd) - set(kept))

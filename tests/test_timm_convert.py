@@ -16,14 +16,12 @@ from torch import nn
 
 import pretrain
 from bridges.cli import main
+from bridges.mae_weights import ConversionError, merge_qv_bias, split_qkv_bias
 from bridges.timm_convert import (
     HEAD_INIT_STD,
-    ConversionError,
     convert_to_timm,
     create_timm_model,
-    merge_qv_bias,
     save_safetensors,
-    split_qkv_bias,
     timm_model_args,
 )
 from pretrain.checkpoints import export_release

@@ -1,0 +1,65 @@
+"""MAE weights as the converters take them: from a zoo id, a file or a dict, with provenance;
+and the two attention-bias layouts (``qkv.bias`` vs BEiT-style ``q_bias``/``v_bias``)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pretrain.errors import LsmaeError
+from zoo.cache import fetch, sha256_file
+from zoo.checkpoint import load_checkpoint, model_state_dict
+from zoo.registry import UnknownEntryError, get_entry
+
+
+class ConversionError(LsmaeError):
+    pass
+
+
+def merge_qv_bias(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
+    """``attn.q_bias``/``attn.v_bias`` -> ``attn.qkv.bias = cat(q, 0, v)`` (exact: BEiT style)."""
+    out, merged = {}, 0
+    for k, v in sd.items():
+        if k.endswith(".attn.q_bias"):
+            prefix = k[: -len("q_bias")]
+            out[prefix + "qkv.bias"] = torch.cat([v, torch.zeros_like(v), sd[prefix + "v_bias"]])
+            merged += 1
+        elif not k.endswith(".attn.v_bias"):
+            out[k] = v
+    return out, merged
+
+
+def split_qkv_bias(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``attn.qkv.bias`` -> ``attn.q_bias`` + ``attn.v_bias``, dropping the key bias.
+
+    Exact: a key bias adds q.b_k to every logit of a query, which softmax ignores. (The
+    release's tool sliced the wrong tensor here.)
+    """
+    out = {}
+    for k, v in sd.items():
+        if k.endswith(".attn.qkv.bias"):
+            prefix = k[: -len("qkv.bias")]
+            q, _, value = v.chunk(3)
+            out[prefix + "q_bias"], out[prefix + "v_bias"] = q.clone(), value.clone()
+        else:
+            out[k] = v
+    return out
+
+
+def load_mae_weights(source: str | Path | dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Weights and provenance of a zoo id, a checkpoint file or an in-memory state dict."""
+    if isinstance(source, dict):
+        return model_state_dict(source), {"source": "in-memory state dict"}
+    path = Path(source)
+    if path.is_file():
+        sha = sha256_file(path)  # streamed: a ViT-L file is 1.2 GB
+        return model_state_dict(load_checkpoint(path)), {"source": str(path.resolve()), "source_sha256": sha}
+    try:
+        entry = get_entry(str(source))
+    except UnknownEntryError as e:
+        raise ConversionError(f"{source!r} is neither a file nor a zoo id ({e})") from None
+
+    fetched = fetch(entry.id)
+    meta = {"source": entry.id, "source_url": entry.url(), "source_sha256": sha256_file(fetched),
+            "dataset": entry.dataset_name, "epochs": str(entry.epochs)}
+    return model_state_dict(load_checkpoint(fetched)), meta
