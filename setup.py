@@ -8,8 +8,10 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0 (code); the released weights are CC-BY-NC-4.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["zoo", "zoo.*", "pretrain", "pretrain.*", "bridges", "bridges.*"]),
-    package_data={"zoo": ["registry.json", "assets/*.pth"]},
+    packages=find_packages(include=["zoo", "zoo.*", "pretrain", "pretrain.*", "bridges", "bridges.*",
+                                    "detection_configs"]),
+    # detection_configs: Detectron2 LazyConfig files, read by `lsmae detect --config NAME`
+    package_data={"zoo": ["registry.json", "assets/*.pth"], "detection_configs": ["*.py", "README.md"]},
     install_requires=[
         "torch>=2.4",
         "timm>=1.0,<2",
@@ -22,7 +24,7 @@ setup(
     ],
     extras_require={
         "tpu": ["torch_xla"],
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "scikit-learn"],  # scikit-learn: the 8x8 digits of tests/test_finetune.py
     },
     entry_points={"console_scripts": ["lsmae=bridges.cli:main"]},
 )

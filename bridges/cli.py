@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lsmae {args.command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"lsmae {args.command}: interrupted (a partial download is kept; running the command again "
-              "resumes it)", file=sys.stderr)
+        print(f"lsmae {args.command}: interrupted; running the same command again resumes "
+              "(downloads from their partial file, training runs from their last checkpoint)", file=sys.stderr)
         return 130
     except OSError as e:
         print(f"lsmae {args.command}: error: {e.strerror or e}"

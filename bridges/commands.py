@@ -36,6 +36,14 @@ def cmd_visualize(args: argparse.Namespace) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
+    if args.to == "vitdet":
+        from .vitdet_convert import convert_to_vitdet, save_vitdet
+
+        converted = convert_to_vitdet(args.source)
+        out = save_vitdet(converted, args.output)
+        print(converted.report())
+        print(out)
+        return
     from .timm_convert import convert_to_timm, save_safetensors
 
     converted = convert_to_timm(args.source, img_size=args.img_size, global_pool=args.global_pool)
@@ -50,9 +58,32 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from pretrain import bench
+    if args.target == "zoo":
+        from . import bench_zoo
 
-    bench.main(args.bench_args)
+        bench_zoo.main(args.bench_args)
+    else:
+        from pretrain import bench
+
+        bench.main(args.bench_args)
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from . import finetune
+
+    finetune.run(args, args.command)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from .finetune import run_eval
+
+    run_eval(args)
+
+
+def cmd_detect(args: argparse.Namespace) -> None:
+    from . import detect
+
+    detect.run(args)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -82,21 +113,51 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="the model predicts raw pixels (trained without norm-pix loss)")
     p.set_defaults(func=cmd_visualize)
 
-    p = sub.add_parser("convert", help="convert an MAE checkpoint for timm",
+    p = sub.add_parser("convert", help="convert an MAE checkpoint for timm or Detectron2 ViTDet",
                        description="Convert a zoo id or an MAE checkpoint file (release format or `lsmae export`) "
-                                   "into timm ViT weights (safetensors with provenance metadata).")
+                                   "into timm ViT weights (safetensors with provenance metadata) or Detectron2 "
+                                   "ViTDet backbone weights (--to vitdet: a .pth that loads without matching "
+                                   "heuristics).")
     p.add_argument("source", help="zoo id (e.g. vit_base/in1k/1600) or checkpoint file")
-    p.add_argument("--to", choices=["timm"], default="timm", help="target framework")
-    p.add_argument("-o", "--output", required=True, help="output .safetensors")
+    p.add_argument("--to", choices=["timm", "vitdet"], default="timm",
+                   help="target framework: timm (ViT classifier) or vitdet (Detectron2 ViTDet backbone, "
+                        "pos_embed kept whole: set model.backbone.net.pretrain_img_size as printed)")
+    p.add_argument("-o", "--output", required=True, help="output file (.safetensors for timm, .pth for vitdet)")
     p.add_argument("--img-size", type=int, default=224,
-                   help="fine-tuning resolution; pos_embed is resampled to its grid (default %(default)s)")
+                   help="timm: fine-tuning resolution; pos_embed is resampled to its grid (default %(default)s)")
     p.add_argument("--global-pool", choices=["avg", "token"], default="avg",
-                   help="avg (fine-tuning recipe: drops the final norm, timm adds fc_norm) or token "
+                   help="timm: avg (fine-tuning recipe: drops the final norm, timm adds fc_norm) or token "
                         "(linear probing: keeps it)")
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("bench", help="benchmarks (pretrain: step time, memory, FLOP/s vs the release)",
-                       description="lsmae bench pretrain [OPTIONS]: see `python -m pretrain.bench --help`.")
-    p.add_argument("target", choices=["pretrain"])
+    p = sub.add_parser("bench", help="benchmarks: pretrain (step time, memory, FLOP/s vs the release), "
+                                     "zoo (full-size fetch/verify/convert throughput and memory)",
+                       description="lsmae bench pretrain [OPTIONS] (see `python -m pretrain.bench --help`); "
+                                   "lsmae bench zoo [--workdir DIR].")
+    p.add_argument("target", choices=["pretrain", "zoo"])
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="options passed to the benchmark")
     p.set_defaults(func=cmd_bench)
+
+    from . import finetune
+
+    for mode, help_ in (("finetune", "fine-tune an MAE encoder as a timm classifier (MAE recipe; GPU/DDP, CPU)"),
+                        ("linprobe", "linear probing of a frozen MAE encoder (LARS; GPU/DDP, CPU)")):
+        p = sub.add_parser(mode, help=help_, description=finetune.DESCRIPTIONS[mode], epilog=finetune.EXAMPLES,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        finetune.add_arguments(p, mode)
+        p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("eval", help="top-1/top-5 of a finetune/linprobe checkpoint on DATA/val",
+                       description=finetune.DESCRIPTIONS["eval"], epilog=finetune.EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    finetune.add_eval_arguments(p)
+    p.set_defaults(func=cmd_eval)
+
+    from . import detect
+
+    p = sub.add_parser("detect", help="train/evaluate ViTDet (Cascade) Mask R-CNN on COCO from an MAE checkpoint "
+                                      "(needs detectron2)",
+                       description=detect.DESCRIPTION,
+                       epilog=detect.EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    detect.add_arguments(p)
+    p.set_defaults(func=cmd_detect)

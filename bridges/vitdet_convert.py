@@ -91,12 +91,16 @@ def check_load_contract(model_shapes: dict[str, tuple[int, ...]], checkpoint_sha
     bad_missing = [k for k in missing if k.startswith(BACKBONE_PREFIX) and not REL_POS.match(k)]
     problems = []
     if wrong:
-        k = wrong[0]
+        # a pos_embed of the right width but another grid is the mistake to explain, whatever else differs
+        grids = [k for k in wrong if k.endswith("pos_embed") and checkpoint_shapes[k][-1:] == model_shapes[k][-1:]]
+        k = grids[0] if grids else wrong[0]
         hint = ""
-        if k.endswith("pos_embed"):
+        if grids:
             grid = round((checkpoint_shapes[k][1] - 1) ** 0.5)
+            patch = checkpoint_shapes.get(BACKBONE_PREFIX + "patch_embed.proj.weight")
+            size = f"{grid * patch[-1]}" if patch else f"{grid} x patch size (448 for the released checkpoints)"
             hint = (f" -- the checkpoint's position embeddings are for a {grid}x{grid} grid: set "
-                    f"model.backbone.net.pretrain_img_size={grid} x patch size (448 for the released checkpoints)")
+                    f"model.backbone.net.pretrain_img_size={size}")
         problems.append(f"{len(wrong)} tensors with other shapes, e.g. {k}: checkpoint "
                         f"{tuple(checkpoint_shapes[k])} vs model {tuple(model_shapes[k])}{hint}")
     if unexpected:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import time
@@ -20,6 +19,7 @@ from .data import PretrainImages, pretrain_transform
 from .errors import LsmaeError
 from .masking import block_mask_indices
 from .models_mae import create_model
+from .run_logging import RunLogger, fmt_eta, setup_logging
 
 log = logging.getLogger("pretrain")
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -60,16 +60,6 @@ def resolve_batch(effective: int, batch: int | None, accum: int | None, world: i
     return batch, accum
 
 
-def _setup_logging(is_main: bool) -> None:
-    """Our own handler: root logging may already be configured (torch_xla does) or not at all."""
-    if not log.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
-        log.addHandler(handler)
-        log.propagate = False
-    log.setLevel(logging.INFO if is_main else logging.WARNING)
-
-
 def _json_safe(args: argparse.Namespace) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
             if isinstance(v, (str, int, float, bool, list, tuple, Path, type(None)))}
@@ -82,46 +72,10 @@ def _seed_epoch(args: argparse.Namespace, backend: TorchBackend, epoch: int) -> 
     return seed
 
 
-class _Logger:
-    """Progress lines, JSON lines and TensorBoard scalars, written by the main process."""
-
-    def __init__(self, output_dir: Path, enabled: bool) -> None:
-        self.enabled = enabled
-        self.jsonl = output_dir / "log.jsonl"
-        self.tb = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                log.warning("tensorboard is not installed: logging to %s only", self.jsonl)
-            else:
-                self.tb = SummaryWriter(str(output_dir / "tensorboard"))
-
-    def write(self, record: dict[str, Any], step: int) -> None:
-        if not self.enabled:
-            return
-        with open(self.jsonl, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            for key, value in record.items():
-                if isinstance(value, float) and key not in ("epoch",):
-                    self.tb.add_scalar(f"{record['kind']}/{key}", value, step)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
-def _fmt_eta(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h{seconds % 3600 // 60:02d}m" if seconds >= 86400 \
-        else f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
 def train(args: argparse.Namespace, backend: TorchBackend) -> Path:
     """Run (or resume) pretraining; returns the last checkpoint written."""
     output_dir = Path(args.output_dir)
-    _setup_logging(backend.is_main)
+    setup_logging(log, backend.is_main)
     dtype = resolve_precision(args.precision, backend)
     batch, accum = resolve_batch(args.effective_batch_size, args.batch_size, args.accum_iter, backend.world_size)
     lr = args.blr * args.effective_batch_size / 256 if args.lr is None else args.lr
@@ -171,7 +125,7 @@ def train(args: argparse.Namespace, backend: TorchBackend) -> Path:
         log.info("resumed from %s (epoch %d done)", path, ckpt["epoch"])
     ddp_model = backend.wrap_model(model)
     grid = args.input_size // model.patch_size
-    logger = _Logger(output_dir, backend.is_main)
+    logger = RunLogger(output_dir, backend.is_main, log)
     if backend.is_main:
         log.info("%s: %d images x %d repeat, %d devices x batch %d x %d accumulation = %d per update, "
                  "lr %.3g, precision %s, %d steps/epoch", args.model, len(dataset.files), args.repeat,
@@ -238,7 +192,7 @@ def train(args: argparse.Namespace, backend: TorchBackend) -> Path:
 
 
 def _after_step(loss: torch.Tensor, epoch: int, step: int, steps: int, done: int, total: int, lr: float,
-                images: int, t_start: float, args: argparse.Namespace, logger: _Logger, global_step: int) -> None:
+                images: int, t_start: float, args: argparse.Namespace, logger: RunLogger, global_step: int) -> None:
     value = loss.item()
     if not math.isfinite(value):
         raise NonFiniteLossError(
@@ -252,6 +206,6 @@ def _after_step(loss: torch.Tensor, epoch: int, step: int, steps: int, done: int
     eta = elapsed / done * (total - done)
     if logger.enabled:
         log.info("epoch %d/%d [%d/%d] loss %.4f lr %.3g %.1f img/s ETA %s", epoch + 1, args.epochs, step + 1,
-                 steps, value, lr, rate, _fmt_eta(eta))
+                 steps, value, lr, rate, fmt_eta(eta))
     logger.write({"kind": "train", "epoch": epoch, "step": step, "loss": value, "lr": lr,
                   "images_per_s": rate}, global_step)

@@ -1,0 +1,700 @@
+"""Classification bridge: MAE fine-tuning and linear probing on timm 1.x, and evaluation.
+
+``lsmae finetune`` / ``python -m bridges.finetune`` (also under torchrun) runs MAE's
+``main_finetune.py`` recipe, ``lsmae linprobe`` its ``main_linprobe.py`` recipe, on a timm
+``VisionTransformer`` built from a zoo id or an MAE checkpoint file by
+:func:`bridges.timm_convert.create_timm_model`. ``lsmae eval`` measures a run's checkpoint.
+
+Checkpoints (``OUTPUT_DIR/best.pth``, ``OUTPUT_DIR/last.pth``) hold a plain timm state dict under
+``'model'`` (for a linear probe, the BatchNorm is folded into the head) with what rebuilds the
+model: ``timm.create_model(ckpt['timm_model'], **ckpt['timm_kwargs'], num_classes=ckpt['num_classes'],
+global_pool=ckpt['global_pool'], img_size=ckpt['img_size'])``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import random
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create_transform
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import Lars, create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from pretrain.backends import TorchBackend, make_backend
+from pretrain.engine import NonFiniteLossError, resolve_batch, resolve_precision
+from pretrain.errors import LsmaeError
+from pretrain.run_logging import RunLogger, fmt_eta, setup_logging
+
+log = logging.getLogger("bridges.finetune")
+
+CKPT_FORMAT = "lsmae classifier"
+# MAE's FINETUNE.md, by encoder width: ViT-L (1024) has its own column, every other width the ViT-B one
+FINETUNE_BY_WIDTH = {
+    1024: dict(epochs=50, blr=1e-3, layer_decay=0.75, drop_path=0.2),
+    None: dict(epochs=100, blr=5e-4, layer_decay=0.65, drop_path=0.1),
+}
+FINETUNE_COMMON = dict(
+    effective_batch_size=1024, weight_decay=0.05, warmup_epochs=5, min_lr=1e-6, smoothing=0.1,
+    aa="rand-m9-mstd0.5-inc1", reprob=0.25, mixup=0.8, cutmix=1.0,
+)
+LINPROBE = dict(epochs=90, blr=0.1, effective_batch_size=16384, warmup_epochs=10, weight_decay=0.0, min_lr=0.0)
+# the per-device batch when only the effective batch is given (the rest is gradient accumulation)
+AUTO_BATCH_CAP = {"finetune": 64, "linprobe": 512}
+LINPROBE_HEAD_INIT_STD = 0.01  # main_linprobe.py
+
+EXAMPLES = """\
+examples:
+  # ViT-B from the zoo on 8 GPUs (MAE recipe: 100 epochs, effective batch 1024, blr 5e-4, layer decay 0.65)
+  torchrun --nproc_per_node 8 -m bridges.finetune vit_base/in1k/1600 --data-path /data/imagenet \\
+      --output-dir runs/ft_vitb
+  # one GPU, ViT-L at 448px: the 1024 images of an update as 16 per step x 64 accumulation steps
+  lsmae finetune vit_large/in1k/1600 --data-path /data/imagenet --input-size 448 --batch-size 16 \
+      --grad-checkpointing --output-dir runs/ft_vitl
+  # a checkpoint of your own (release format or `lsmae export`), fewer epochs
+  lsmae finetune vitb_mine.pth --data-path /data/imagenet --epochs 50 --output-dir runs/ft_mine
+  # linear probing (LARS, effective batch 16384, 90 epochs); under torchrun use `-m bridges.cli linprobe`
+  lsmae linprobe vit_large/in1k/1600 --data-path /data/imagenet --output-dir runs/lin_vitl
+  # top-1/top-5 of a run's best checkpoint on DATA/val
+  lsmae eval runs/ft_vitb/best.pth --data-path /data/imagenet
+DATA holds ImageFolder splits DATA/train/CLASS/*.jpg and DATA/val/CLASS/*.jpg.
+Runs resume by default (--resume auto) from OUTPUT_DIR/last.pth: rerun the same command.
+"""
+
+
+class DataError(LsmaeError):
+    pass
+
+
+# --------------------------------------------------------------------------- command line
+def add_arguments(p: argparse.ArgumentParser, mode: str = "finetune") -> None:
+    """Options of ``lsmae finetune`` (``mode='finetune'``) or ``lsmae linprobe``; recipe defaults
+    left as None here are filled in by :func:`resolve_recipe` from the architecture."""
+    ft = mode == "finetune"
+    p.add_argument("source", help="zoo id (e.g. vit_base/in1k/1600) or MAE checkpoint file (release format or "
+                                   "`lsmae export`)")
+    g = p.add_argument_group("data")
+    g.add_argument("--data-path", required=True, metavar="DATA", help="ImageFolder root with train/ and val/")
+    g.add_argument("--input-size", type=int, default=224,
+                   help="image size; the position embeddings are resampled to its grid (default %(default)s)")
+    g.add_argument("--num-workers", type=int, default=min(10, os.cpu_count() or 1),
+                   help="data loader processes per device (default %(default)s)")
+    g.add_argument("--min-crop-scale", type=float, default=0.08,
+                   help="RandomResizedCrop's smallest area fraction (default %(default)s, timm's and MAE's; "
+                        "raise it for small or low-resolution images)")
+    g.add_argument("--hflip", type=float, default=0.5,
+                   help="horizontal flip probability of the training images (default %(default)s)")
+
+    g = p.add_argument_group("recipe (defaults: MAE's " + ("FINETUNE.md, ViT-B column; ViT-L has its own)"
+                                                           if ft else "main_linprobe.py)"))
+    r = {**FINETUNE_COMMON, **FINETUNE_BY_WIDTH[None]} if ft else LINPROBE
+    g.add_argument("--epochs", type=int, default=None,
+                   help=f"default {r['epochs']}" + (" (ViT-L 50)" if ft else ""))
+    g.add_argument("--warmup-epochs", type=int, default=None, help=f"default {r['warmup_epochs']}")
+    g.add_argument("--effective-batch-size", type=int, default=None,
+                   help=f"images per optimizer update over all devices (default {r['effective_batch_size']})")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="per-device batch (default: the largest divisor of the per-device share up to "
+                        f"{AUTO_BATCH_CAP[mode]}; the rest is gradient accumulation)")
+    g.add_argument("--accum-iter", type=int, default=None, help="gradient accumulation steps (inferred if omitted)")
+    g.add_argument("--blr", type=float, default=None,
+                   help=f"base lr: lr = blr * effective batch / 256 (default {r['blr']:g}" + (", ViT-L 1e-3)"
+                                                                                            if ft else ")"))
+    g.add_argument("--lr", type=float, default=None, help="absolute lr (overrides --blr)")
+    g.add_argument("--min-lr", type=float, default=None, help=f"cosine floor (default {r['min_lr']:g})")
+    g.add_argument("--weight-decay", type=float, default=None, help=f"default {r['weight_decay']:g}")
+    if ft:
+        g.add_argument("--layer-decay", type=float, default=None, help="layer-wise lr decay (default 0.65, ViT-L 0.75)")
+        g.add_argument("--drop-path", type=float, default=None, help="stochastic depth (default 0.1, ViT-L 0.2)")
+        g.add_argument("--smoothing", type=float, default=None, help=f"label smoothing (default {r['smoothing']})")
+        g.add_argument("--aa", default=None, metavar="POLICY",
+                       help=f"timm auto-augment policy, 'none' to disable (default {r['aa']})")
+        g.add_argument("--reprob", type=float, default=None, help=f"random erasing probability (default {r['reprob']})")
+        g.add_argument("--mixup", type=float, default=None, help=f"mixup alpha, 0 = off (default {r['mixup']})")
+        g.add_argument("--cutmix", type=float, default=None, help=f"cutmix alpha, 0 = off (default {r['cutmix']})")
+        g.add_argument("--grad-checkpointing", action="store_true", help="recompute activations to save memory")
+        g.add_argument("--global-pool", choices=["avg", "token"], default="avg",
+                       help="avg (MAE fine-tuning: patch-token average + fc_norm) or token (default %(default)s)")
+    g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="autocast dtype; auto = bf16 where supported, else fp16 on GPUs (with a grad scaler) "
+                        "and fp32 on CPUs")
+    g.add_argument("--seed", type=int, default=0)
+
+    g = p.add_argument_group("run")
+    g.add_argument("--device", choices=["cuda", "cpu"], default=None, help="default: cuda when available, else cpu")
+    g.add_argument("--output-dir", default=f"runs/{mode}", help="checkpoints and logs (default %(default)s)")
+    g.add_argument("--resume", default="auto",
+                   help="'auto' (OUTPUT_DIR/last.pth if there is one), a checkpoint path, or '' to start fresh")
+    g.add_argument("--print-freq", type=int, default=20, help="progress line every N steps (default %(default)s)")
+
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="best.pth/last.pth of a finetune or linprobe run (or the run folder: best.pth)")
+    p.add_argument("--data-path", required=True, metavar="DATA", help="ImageFolder root; DATA/val is measured")
+    p.add_argument("--batch-size", type=int, default=64, help="per-device batch (default %(default)s)")
+    p.add_argument("--num-workers", type=int, default=min(10, os.cpu_count() or 1))
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+    p.add_argument("--device", choices=["cuda", "cpu"], default=None, help="default: cuda when available, else cpu")
+
+
+def build_parser(mode: str = "finetune") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bridges.finetune" if mode == "finetune" else f"lsmae {mode}",
+        description=DESCRIPTIONS[mode], epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p, mode)
+    return p
+
+
+DESCRIPTIONS = {k: textwrap.fill(v, 100) for k, v in {
+    "finetune": "Fine-tune an MAE encoder as a timm ViT classifier with MAE's recipe (RandAugment, mixup/cutmix, "
+                "label smoothing, layer-wise lr decay, drop path, AdamW, cosine schedule), evaluating top-1/top-5 "
+                "on DATA/val every epoch. Defaults follow the architecture (ViT-B or ViT-L column of MAE's "
+                "FINETUNE.md); every one can be overridden.",
+    "linprobe": "Linear probing of an MAE encoder (MAE's main_linprobe.py): frozen timm ViT, cls-token features, "
+                "BatchNorm (no affine) + linear head trained with LARS, evaluated on DATA/val every epoch.",
+    "eval": "Top-1/top-5 accuracy of a finetune/linprobe checkpoint on DATA/val.",
+}.items()}
+
+
+# --------------------------------------------------------------------------- recipe
+def _source_width(source: str) -> int | None:
+    """The encoder width of a zoo id or checkpoint file, cheaply (None if it cannot be told: the
+    conversion then reports the problem)."""
+    try:
+        path = Path(source)
+        if path.is_file():
+            from zoo.checkpoint import load_checkpoint, model_state_dict
+
+            return int(model_state_dict(load_checkpoint(path))["cls_token"].shape[-1])
+        from pretrain import model_config
+        from zoo.registry import get_entry
+
+        return int(model_config(get_entry(source).model)["embed_dim"])
+    except Exception:  # noqa: BLE001 - create_timm_model gives the real error
+        return None
+
+
+def resolve_recipe(args: argparse.Namespace, mode: str, width: int | None) -> None:
+    """Fill the options left at None with the recipe's values for this architecture (in place)."""
+    if mode == "finetune":
+        recipe = {**FINETUNE_COMMON, **FINETUNE_BY_WIDTH.get(width, FINETUNE_BY_WIDTH[None])}
+    else:
+        recipe = dict(LINPROBE)
+    for key, value in recipe.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if mode == "finetune" and str(args.aa).lower() in ("none", ""):
+        args.aa = None
+    args.lr = args.blr * args.effective_batch_size / 256 if args.lr is None else args.lr
+
+
+def batch_plan(effective: int, batch: int | None, accum: int | None, world: int, cap: int) -> tuple[int, int]:
+    """Per-device batch and accumulation steps: as :func:`pretrain.engine.resolve_batch`, except that
+    with neither given the per-device batch is the largest divisor of the per-device share <= ``cap``."""
+    if batch is None and accum is None:
+        if effective % world:
+            raise LsmaeError(f"--effective-batch-size {effective} is not divisible by {world} devices")
+        share = effective // world
+        batch = max(d for d in range(1, min(cap, share) + 1) if share % d == 0)
+        return batch, share // batch
+    return resolve_batch(effective, batch, accum, world)
+
+
+def eval_crop_pct(input_size: int) -> float:
+    """MAE's evaluation crop: resize to size/0.875 then centre-crop up to 224px, no crop above."""
+    return 224 / 256 if input_size <= 224 else 1.0
+
+
+def eval_transform(input_size: int) -> Any:
+    return create_transform(input_size, is_training=False, interpolation="bicubic", crop_pct=eval_crop_pct(input_size),
+                            mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
+
+
+def train_transform(args: argparse.Namespace, mode: str) -> Any:
+    if mode == "linprobe":  # RandomResizedCrop + flip only
+        return create_transform(args.input_size, is_training=True, scale=(args.min_crop_scale, 1.0),
+                                hflip=args.hflip, interpolation="bicubic", color_jitter=None, auto_augment=None, re_prob=0.0,
+                                mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
+    return _posterize_zero_bits(create_transform(
+        args.input_size, is_training=True, scale=(args.min_crop_scale, 1.0), hflip=args.hflip, interpolation="bicubic",
+        color_jitter=None, auto_augment=args.aa,
+        re_prob=args.reprob, re_mode="pixel", re_count=1, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD))
+
+
+def _posterize(img: Any, bits_to_keep: int, **_: Any) -> Any:
+    """timm's posterize with Pillow < 13's meaning of 0 bits (a black image) instead of Pillow 13's error."""
+    from PIL import ImageOps
+
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep < 1:
+        return img.point([0] * 256 * len(img.getbands()))
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def _posterize_zero_bits(transform: Any) -> Any:
+    """RandAugment 'inc1' asks timm's posterize for 0 bits at magnitude >= 10 (m9 +- 0.5 reaches it), which
+    Pillow >= 13 refuses: give those ops of this transform the old behaviour (timm itself is left alone)."""
+    from timm.data import auto_augment
+
+    for t in getattr(transform, "transforms", []):
+        for op in getattr(t, "ops", []):
+            if getattr(op, "aug_fn", None) is auto_augment.posterize:
+                op.aug_fn = _posterize
+    return transform
+
+
+# --------------------------------------------------------------------------- data
+def _image_folder(root: Path, transform: Any) -> Any:
+    from torchvision.datasets import ImageFolder
+
+    if not root.is_dir():
+        raise DataError(f"data folder {root} " + ("is a file, not a folder" if root.exists() else "does not exist")
+                        + " (expected ImageFolder splits DATA/train/CLASS/* and DATA/val/CLASS/*)")
+    try:
+        return ImageFolder(str(root), transform=transform)
+    except (FileNotFoundError, RuntimeError) as e:
+        raise DataError(f"data folder {root}: {e}") from None
+
+
+def _differing(a: list[str], b: list[str]) -> str:
+    only = sorted(set(a) - set(b))
+    return f"{', '.join(only[:10])}{', ...' if len(only) > 10 else ''}" if only else "none"
+
+
+def load_splits(data_path: str | Path, train_tf: Any, val_tf: Any) -> tuple[Any, Any]:
+    """``DATA/train`` and ``DATA/val`` as ImageFolders with the same classes (or a clear error)."""
+    root = Path(data_path).expanduser()
+    train_set = _image_folder(root / "train", train_tf)
+    val_set = _image_folder(root / "val", val_tf)
+    if train_set.classes != val_set.classes:
+        raise DataError(
+            f"{root / 'val'} has other classes than {root / 'train'}: only in train: "
+            f"{_differing(train_set.classes, val_set.classes)}; only in val: "
+            f"{_differing(val_set.classes, train_set.classes)}")
+    return train_set, val_set
+
+
+class ShardSampler(DistributedSampler):
+    """Every ``world``-th validation image from ``rank``: each image measured exactly once (no padding)."""
+
+    def __init__(self, dataset: Any, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.num_samples = len(range(rank, len(dataset), num_replicas))
+
+    def __iter__(self):
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def val_loader(dataset: Any, backend: TorchBackend, batch: int, workers: int) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch, sampler=ShardSampler(dataset, backend.world_size, backend.rank),
+                      num_workers=workers, pin_memory=backend.name == "cuda", drop_last=False)
+
+
+# --------------------------------------------------------------------------- model
+def fold_probe_head(state: dict[str, torch.Tensor], eps: float = 1e-6) -> dict[str, torch.Tensor]:
+    """``head = Sequential(BatchNorm1d(affine=False), Linear)`` -> one plain ``head`` Linear (exact in eval mode)."""
+    out = {k: v for k, v in state.items() if not k.startswith("head.")}
+    mean, var = state["head.0.running_mean"].double(), state["head.0.running_var"].double()
+    weight, bias = state["head.1.weight"].double(), state["head.1.bias"].double()
+    inv_std = (var + eps).rsqrt()
+    out["head.weight"] = (weight * inv_std).to(state["head.1.weight"].dtype)
+    out["head.bias"] = (bias - weight @ (mean * inv_std)).to(state["head.1.bias"].dtype)
+    return out
+
+
+def build_model(args: argparse.Namespace, mode: str, num_classes: int) -> tuple[nn.Module, Any, dict[str, Any]]:
+    """The timm classifier from the source, and the checkpoint metadata that rebuilds it."""
+    from .timm_convert import create_timm_model, timm_model_args
+
+    global_pool = args.global_pool if mode == "finetune" else "token"
+    drop_path = args.drop_path if mode == "finetune" else 0.0
+    model, converted, missing = create_timm_model(args.source, num_classes, global_pool=global_pool,
+                                                  img_size=args.input_size, drop_path_rate=drop_path)
+    name, arch_kwargs = timm_model_args(converted.info)
+    if mode == "linprobe":
+        nn.init.trunc_normal_(model.head.weight, std=LINPROBE_HEAD_INIT_STD)
+        model.head = nn.Sequential(nn.BatchNorm1d(model.head.in_features, affine=False, eps=1e-6), model.head)
+        for n, p in model.named_parameters():
+            p.requires_grad = n.startswith("head.")
+        counts = [sum(p.numel() for p in model.parameters() if p.requires_grad is trained) for trained in (True, False)]
+        log.info("linear probe: training %d head parameters, %d encoder parameters frozen", *counts)
+    meta = {"format": CKPT_FORMAT, "mode": mode, "timm_model": name, "timm_kwargs": arch_kwargs,
+            "num_classes": num_classes, "img_size": args.input_size, "global_pool": global_pool,
+            "crop_pct": eval_crop_pct(args.input_size), "source": dict(converted.metadata)}
+    log.info("%s from %s: %s; initialised here: %s", name, args.source, converted.report().replace("\n", "; "),
+             ", ".join(missing) or "nothing")
+    return model, converted, meta
+
+
+def plain_state_dict(model: nn.Module, mode: str) -> dict[str, torch.Tensor]:
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return fold_probe_head(state) if mode == "linprobe" else state
+
+
+def make_optimizer(model: nn.Module, args: argparse.Namespace, mode: str, backend: TorchBackend) -> torch.optim.Optimizer:
+    if mode == "finetune":
+        return create_optimizer_v2(model, "adamw", lr=args.lr, weight_decay=args.weight_decay,
+                                   layer_decay=args.layer_decay,
+                                   **({"fused": True} if backend.name in ("cuda", "cpu") else {}))
+    # MAE's LARS: trust ratio (and weight decay) on the weight, always; plain momentum SGD on the bias
+    head = model.head[1]
+    return Lars([{"params": [head.weight], "always_adapt": True},
+                 {"params": [head.bias], "always_adapt": False, "weight_decay": 0.0}],
+                lr=args.lr, momentum=0.9, weight_decay=args.weight_decay, trust_coeff=0.001)
+
+
+# --------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, backend: TorchBackend, dtype: torch.dtype | None,
+             num_classes: int) -> dict[str, float]:
+    """Top-1, top-5 (top-k with k = min(5, classes)) and mean cross-entropy over the whole val set,
+    each image counted once across all devices."""
+    was_training = model.training
+    model.eval()
+    k = min(5, num_classes)
+    stats = torch.zeros(4, dtype=torch.float64, device=backend.device)  # correct1, correct5, loss sum, count
+    for images, target in backend.device_loader(loader):
+        with backend.autocast(dtype):
+            logits = model(images)
+        logits = logits.float()
+        topk = logits.topk(k, dim=1).indices
+        hit = topk == target[:, None]
+        stats[0] += hit[:, 0].sum()
+        stats[1] += hit.any(dim=1).sum()
+        stats[2] += nn.functional.cross_entropy(logits, target, reduction="sum").double()
+        stats[3] += target.numel()
+    if backend.world_size > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(stats)
+    model.train(was_training)
+    c1, c5, loss, n = stats.tolist()
+    n = max(n, 1)
+    return {"top1": c1 / n, "top5": c5 / n, "val_loss": loss / n, "images": int(n)}
+
+
+# --------------------------------------------------------------------------- checkpoints
+def load_classifier_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pth"
+    if not path.is_file():
+        raise LsmaeError(f"{path}: no such file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure means "not a usable checkpoint"
+        raise LsmaeError(f"{path}: unreadable checkpoint ({str(e).splitlines()[0][:160]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
+        raise LsmaeError(f"{path}: not a checkpoint of `lsmae finetune`/`lsmae linprobe` (for an MAE "
+                         "checkpoint, fine-tune it first)")
+    return ckpt
+
+
+def create_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
+    """The plain timm model of a finetune/linprobe checkpoint, weights loaded strictly."""
+    import timm
+
+    model = timm.create_model(ckpt["timm_model"], pretrained=False, num_classes=ckpt["num_classes"],
+                              global_pool=ckpt["global_pool"], img_size=ckpt["img_size"], **ckpt["timm_kwargs"])
+    model.load_state_dict(ckpt["model"], strict=True)
+    return model
+
+
+def _seed_epoch(seed: int, epoch: int, rank: int) -> int:
+    """Seeds are functions of (seed, epoch, rank) only (torch, numpy and random: mixup uses numpy)."""
+    s = (seed * 1_000_003 + epoch * 1_009 + rank) % 2**63
+    torch.manual_seed(s)
+    np.random.seed(s % 2**32)
+    random.seed(s)
+    return s
+
+
+def _resume_state(args: argparse.Namespace, output_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    if args.resume == "auto":
+        path = output_dir / "last.pth"
+        if not path.exists():
+            return None
+    elif args.resume:
+        path = Path(args.resume)
+    else:
+        return None
+    ckpt = load_classifier_checkpoint(path)
+    if "optimizer" not in ckpt:
+        raise LsmaeError(f"{path}: holds no optimizer state (best.pth is weights only): resume from last.pth")
+    return path, ckpt
+
+
+def _check_resumable(path: Path, ckpt: dict[str, Any], meta: dict[str, Any], classes: list[str]) -> None:
+    for key in ("mode", "timm_model", "timm_kwargs", "num_classes", "img_size", "global_pool"):
+        if ckpt.get(key) != meta[key]:
+            raise LsmaeError(f"{path} was written by another run ({key} {ckpt.get(key)!r}, this run {meta[key]!r}): "
+                             "use another --output-dir, or --resume '' to start over there")
+    old, new = ckpt.get("source", {}).get("source_sha256"), meta["source"].get("source_sha256")
+    if old and new and old != new:
+        raise LsmaeError(f"{path} was fine-tuned from {ckpt['source'].get('source')} (sha256 {old[:12]}), not from "
+                         f"{meta['source'].get('source')} (sha256 {new[:12]}): use another --output-dir")
+    if ckpt.get("classes") != classes:
+        raise LsmaeError(f"{path} was trained on other classes than this data set: use another --output-dir")
+
+
+# --------------------------------------------------------------------------- training
+def train(args: argparse.Namespace, backend: TorchBackend, mode: str = "finetune") -> dict[str, Any]:
+    """Fine-tune or linear-probe (``mode``), resuming from ``OUTPUT_DIR/last.pth``; returns
+    ``{'best_top1', 'best_top5', 'best_epoch', 'best', 'last', 'epochs'}``."""
+    setup_logging(log, backend.is_main)
+    output_dir = Path(args.output_dir)
+    resolve_recipe(args, mode, _source_width(args.source))
+    dtype = resolve_precision(args.precision, backend)
+    batch, accum = batch_plan(args.effective_batch_size, args.batch_size, args.accum_iter, backend.world_size,
+                              AUTO_BATCH_CAP[mode])
+    mixup_on = mode == "finetune" and (args.mixup > 0 or args.cutmix > 0)
+    if mixup_on and batch % 2:
+        raise LsmaeError(f"mixup/cutmix need an even per-device batch, got {batch}: set --batch-size")
+
+    train_set, val_set = load_splits(args.data_path, train_transform(args, mode), eval_transform(args.input_size))
+    num_classes = len(train_set.classes)
+    torch.manual_seed(args.seed)
+    model, _, meta = build_model(args, mode, num_classes)  # the source's errors before the batch's
+    meta["classes"] = list(train_set.classes)
+    sampler = DistributedSampler(train_set, num_replicas=backend.world_size, rank=backend.rank, shuffle=True,
+                                 seed=args.seed, drop_last=True)
+    loader_gen = torch.Generator()
+    loader = DataLoader(train_set, batch_size=batch, sampler=sampler, num_workers=args.num_workers,
+                        pin_memory=backend.name == "cuda", drop_last=True, generator=loader_gen)
+    batches_per_epoch = len(loader)
+    if batches_per_epoch < accum:
+        raise LsmaeError(f"{len(train_set)} training images give {batches_per_epoch} batches of {batch} per device, "
+                         f"fewer than one optimizer update ({accum} accumulation steps); lower the batch size")
+    updates_per_epoch = batches_per_epoch // accum
+    steps_per_epoch = updates_per_epoch * accum
+    vloader = val_loader(val_set, backend, batch, args.num_workers)
+
+    if getattr(args, "grad_checkpointing", False):
+        model.set_grad_checkpointing(True)
+    model.to(backend.device)
+    optimizer = make_optimizer(model, args, mode, backend)
+    scheduler = CosineLRScheduler(
+        optimizer, t_initial=max(1, (args.epochs - args.warmup_epochs) * updates_per_epoch), lr_min=args.min_lr,
+        warmup_t=args.warmup_epochs * updates_per_epoch, warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False)
+    scaler = torch.amp.GradScaler(backend.device.type) if dtype == torch.float16 else None
+    mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, label_smoothing=args.smoothing,
+                  num_classes=num_classes) if mixup_on else None
+    if mixup is not None:
+        criterion: nn.Module = SoftTargetCrossEntropy()
+    elif mode == "finetune" and args.smoothing > 0:
+        criterion = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+    else:
+        criterion = nn.CrossEntropyLoss()
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if backend.is_main:
+        for stale in output_dir.glob(".*.pth.tmp*"):
+            stale.unlink(missing_ok=True)  # left by a process killed while saving
+    start_epoch, best = 0, {"top1": -1.0, "top5": 0.0, "epoch": -1}
+    resume = _resume_state(args, output_dir)
+    if resume is not None:
+        path, ckpt = resume
+        _check_resumable(path, ckpt, meta, meta["classes"])
+        if mode == "linprobe":
+            state = {k: v for k, v in ckpt["model"].items() if not k.startswith("head.")}
+            state.update({f"head.{k}": v for k, v in ckpt["probe_head"].items()})
+        else:
+            state = ckpt["model"]
+        model.load_state_dict(state, strict=True)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        start_epoch = ckpt["epoch"] + 1
+        best = dict(ckpt["best"])
+        log.info("resumed from %s (epoch %d done, best top-1 %.2f%% at epoch %d)", path, ckpt["epoch"] + 1,
+                 100 * best["top1"], best["epoch"] + 1)
+
+    # the linear probe computes frozen features without autograd and trains (and all-reduces) the head only
+    ddp_model = backend.wrap_model(model.head if mode == "linprobe" else model)
+    logger = RunLogger(output_dir, backend.is_main, log)
+    log.info("%s %s: %d classes, %d train / %d val images at %dpx; %d devices x batch %d x %d accumulation = %d "
+             "per update, lr %.3g (blr %.3g), %d epochs (%d warmup), precision %s, %d updates/epoch",
+             mode, meta["timm_model"], num_classes, len(train_set), len(val_set), args.input_size,
+             backend.world_size, batch, accum, batch * accum * backend.world_size, args.lr, args.blr, args.epochs,
+             args.warmup_epochs, "fp32" if dtype is None else str(dtype).removeprefix("torch."), updates_per_epoch)
+    if mode == "finetune":
+        log.info("recipe: layer decay %g, drop path %g, weight decay %g, label smoothing %g, mixup %g, cutmix %g, "
+                 "auto-augment %s, random erasing %g, min lr %g", args.layer_decay, args.drop_path,
+                 args.weight_decay, args.smoothing, args.mixup, args.cutmix, args.aa, args.reprob, args.min_lr)
+    unused = len(train_set) - steps_per_epoch * batch * backend.world_size
+    if unused:
+        log.info("%d of %d training images are left out of each epoch (a different few each epoch): they do "
+                 "not fill a whole batch on every device, or a whole accumulated update", unused, len(train_set))
+    if args.warmup_epochs >= args.epochs:
+        log.warning("warning: --warmup-epochs %d is not shorter than --epochs %d: the lr never reaches %.3g",
+                    args.warmup_epochs, args.epochs, args.lr)
+    if start_epoch >= args.epochs:
+        log.info("nothing to do: %s already holds epoch %d of %d", output_dir / "last.pth", start_epoch, args.epochs)
+
+    base = {**meta, "args": _json_safe(args), "batch_size": batch, "accum_iter": accum,
+            "world_size": backend.world_size}
+    t_start, images_done = time.time(), 0
+    total_steps = max(1, (args.epochs - start_epoch) * steps_per_epoch)
+    for epoch in range(start_epoch, args.epochs):
+        sampler.set_epoch(epoch)
+        loader_gen.manual_seed(_seed_epoch(args.seed, epoch, backend.rank))
+        model.train()
+        epoch_loss = torch.zeros((), device=backend.device)
+        for step, (images, target) in enumerate(backend.device_loader(loader)):
+            if step >= steps_per_epoch:
+                break
+            update_now = (step + 1) % accum == 0
+            if step % accum == 0:
+                scheduler.step_update(epoch * updates_per_epoch + step // accum)
+            if mixup is not None:
+                images, target = mixup(images, target)
+            if mode == "linprobe":
+                with torch.no_grad(), backend.autocast(dtype):
+                    features = model.forward_head(model.forward_features(images), pre_logits=True)
+                with backend.no_sync(ddp_model, not update_now):
+                    loss = criterion(ddp_model(features.float()), target)
+            else:
+                with backend.no_sync(ddp_model, not update_now), backend.autocast(dtype):
+                    loss = criterion(ddp_model(images), target)
+            scaled = loss / accum
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            if update_now:
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            epoch_loss += loss.detach()
+            images_done += images.shape[0] * backend.world_size
+            done = (epoch - start_epoch) * steps_per_epoch + step + 1
+            value = loss.item()
+            if not math.isfinite(value):
+                raise NonFiniteLossError(
+                    f"loss is {value} at epoch {epoch + 1} step {step}; stopping. Resume from {output_dir / 'last.pth'} "
+                    "(the default) after lowering --blr or switching --precision (fp16 overflows most)")
+            if step % args.print_freq == 0 or step + 1 == steps_per_epoch:
+                elapsed = time.time() - t_start
+                rate = images_done / max(elapsed, 1e-9)
+                lr = max(g["lr"] for g in optimizer.param_groups)
+                log.info("epoch %d/%d [%d/%d] loss %.4f lr %.3g %.1f img/s ETA %s", epoch + 1, args.epochs,
+                         step + 1, steps_per_epoch, value, lr, rate, fmt_eta(elapsed / done * (total_steps - done)))
+                logger.write({"kind": "train", "epoch": epoch, "step": step, "loss": value, "lr": lr,
+                              "images_per_s": rate}, epoch * steps_per_epoch + step)
+        train_loss = backend.all_reduce_mean(epoch_loss / max(1, steps_per_epoch)).item()
+        stats = evaluate(model, vloader, backend, dtype, num_classes)
+        improved = stats["top1"] > best["top1"]
+        if improved:
+            best = {"top1": stats["top1"], "top5": stats["top5"], "epoch": epoch}
+        log.info("epoch %d/%d done: train loss %.4f, val top-1 %.2f%% top-5 %.2f%% loss %.4f (%d images); "
+                 "best top-1 %.2f%% (epoch %d)", epoch + 1, args.epochs, train_loss, 100 * stats["top1"],
+                 100 * stats["top5"], stats["val_loss"], stats["images"], 100 * best["top1"], best["epoch"] + 1)
+        logger.write({"kind": "epoch", "epoch": epoch, "train_loss": train_loss, "top1": stats["top1"],
+                      "top5": stats["top5"], "val_loss": stats["val_loss"], "best_top1": best["top1"],
+                      "lr": max(g["lr"] for g in optimizer.param_groups)}, epoch)
+        # the main process writes (atomically: temporary file, then rename); every process waits for it
+        weights = plain_state_dict(model, mode) if backend.is_main else None
+        result = {"epoch": epoch, "top1": stats["top1"], "top5": stats["top5"], "best": best}
+        if improved:
+            backend.save({**base, **result, "model": weights}, output_dir / "best.pth")
+        last = None
+        if backend.is_main:
+            last = {**base, **result, "model": weights, "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else None}
+            if mode == "linprobe":
+                last["probe_head"] = {k: v.detach().cpu() for k, v in model.head.state_dict().items()}
+        backend.save(last, output_dir / "last.pth")
+    logger.close()
+    if best["epoch"] < 0:
+        raise LsmaeError(f"{output_dir}: no epoch was run and there is no checkpoint to report")
+    return {"best_top1": best["top1"], "best_top5": best["top5"], "best_epoch": best["epoch"],
+            "best": output_dir / "best.pth", "last": output_dir / "last.pth", "epochs": args.epochs}
+
+
+def _json_safe(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+            if k != "func" and isinstance(v, (str, int, float, bool, list, tuple, Path, type(None)))}
+
+
+def evaluate_checkpoint(checkpoint: str | Path, data_path: str | Path, batch_size: int = 64, num_workers: int = 0,
+                        device: str | None = None, precision: str = "auto") -> dict[str, Any]:
+    """Top-1/top-5 of a finetune/linprobe checkpoint on ``DATA/val`` (the classes must match its own)."""
+    ckpt = load_classifier_checkpoint(checkpoint)
+    val_set = _image_folder(Path(data_path).expanduser() / "val", eval_transform(ckpt["img_size"]))
+    if ckpt.get("classes") and val_set.classes != ckpt["classes"]:
+        raise DataError(f"{Path(data_path) / 'val'} has other classes than the checkpoint was trained on: only in "
+                        f"the checkpoint: {_differing(ckpt['classes'], val_set.classes)}; only in val: "
+                        f"{_differing(val_set.classes, ckpt['classes'])}")
+    backend = make_backend(device)
+    try:
+        model = create_from_checkpoint(ckpt).to(backend.device)
+        stats = evaluate(model, val_loader(val_set, backend, batch_size, num_workers), backend,
+                         resolve_precision(precision, backend), ckpt["num_classes"])
+    finally:
+        _end_distributed(backend)
+    return {**stats, "epoch": ckpt.get("epoch"), "logged_top1": ckpt.get("top1"), "is_main": backend.is_main}
+
+
+def _end_distributed(backend: TorchBackend) -> None:
+    if backend.world_size > 1:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_eval(args: argparse.Namespace) -> dict[str, Any]:
+    """``lsmae eval``: print and return top-1/top-5 (also under torchrun: each image counted once)."""
+    r = evaluate_checkpoint(args.checkpoint, args.data_path, batch_size=args.batch_size,
+                            num_workers=args.num_workers, device=args.device, precision=args.precision)
+    if r["is_main"]:
+        print(f"top-1 {100 * r['top1']:.2f}% top-5 {100 * r['top5']:.2f}% on {r['images']} images "
+              f"(val loss {r['val_loss']:.4f})")
+    return r
+
+
+# --------------------------------------------------------------------------- entry points
+def run(args: argparse.Namespace, mode: str = "finetune") -> dict[str, Any]:
+    backend = make_backend(args.device)
+    try:
+        result = train(args, backend, mode)
+    finally:
+        _end_distributed(backend)
+    if backend.is_main:
+        print(f"best top-1 {100 * result['best_top1']:.2f}% top-5 {100 * result['best_top5']:.2f}% "
+              f"(epoch {result['best_epoch'] + 1} of {result['epochs']}); weights load into plain timm, "
+              f"see `lsmae eval {result['best']} --data-path DATA`")
+        print(result["best"])
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser("finetune").parse_args(argv)
+    try:
+        run(args, "finetune")
+    except LsmaeError as e:
+        print(f"finetune: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"finetune: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

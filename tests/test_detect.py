@@ -1,0 +1,348 @@
+"""The detection bridge: ViTDet LazyConfigs, the load contract, ``lsmae://``, ``lsmae convert --to
+vitdet`` and ``lsmae detect``.
+
+Tests that need detectron2 take the ``d2`` fixture and skip cleanly without it (CI); the load
+contract, the conversion and the command line run everywhere.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import pretrain
+from bridges.cli import build_parser, main
+from bridges.vitdet_convert import (
+    BACKBONE_PREFIX,
+    REL_POS,
+    VITDET_KEEP,
+    LoadContractError,
+    check_load_contract,
+    convert_to_vitdet,
+    save_vitdet,
+)
+from zoo.checkpoint import expected_shapes
+
+REPO = Path(__file__).resolve().parent.parent
+KEYS_DIR = Path(__file__).parent / "data" / "vitdet_keys"
+CONFIG_DIR = REPO / "detection_configs"
+# golden key lists (from a real detectron2 build) -> (shipped config, MAE architecture it is initialised from)
+GOLDEN = {
+    "vit_base_mask_rcnn": ("mask_rcnn_vitdet_b_100ep", "mae_vit_base_patch16_dec384d12h8b"),
+    "vit_base_cascade_mask_rcnn": ("cascade_mask_rcnn_vitdet_b_100ep", "mae_vit_base_patch16_dec384d12h8b"),
+    "vit_large_mask_rcnn": ("mask_rcnn_vitdet_l_100ep", "mae_vit_large_patch16_dec512d16h8b"),
+    "vit_large_cascade_mask_rcnn": ("cascade_mask_rcnn_vitdet_l_100ep", "mae_vit_large_patch16_dec512d16h8b"),
+}
+DEMO_MODEL = "mae_vit_micro_patch8_dec64d4h2b"
+
+
+def tiny_overrides(size: int = 128) -> list[str]:
+    """The shipped ViT-B Mask R-CNN config shrunk to the demo's micro ViT (embed 96, depth 4, heads 3,
+    patch 8) at ``size`` px. Patch 8 puts the ViT's output at stride 8, so the pyramid is built from
+    scales 2, 1, 0.5 (strides 4, 8, 16: p2-p4) without the max-pooled level."""
+    levels = "[p2,p3,p4]"
+    scales = "[0.25,0.125,0.0625]"
+    return [
+        "model.backbone.net.embed_dim=96", "model.backbone.net.depth=4", "model.backbone.net.num_heads=3",
+        "model.backbone.net.patch_size=8", f"model.backbone.net.img_size={size}", "model.backbone.net.window_size=4",
+        "model.backbone.net.window_block_indexes=[0,2]", f"model.backbone.square_pad={size}",
+        "model.backbone.scale_factors=[2.0,1.0,0.5]", "model.backbone.top_block=null",
+        f"model.proposal_generator.in_features={levels}",
+        "model.proposal_generator.anchor_generator.sizes=[[16],[32],[64]]",
+        "model.proposal_generator.anchor_generator.strides=[4,8,16]",
+        "model.proposal_generator.pre_nms_topk=[200,100]", "model.proposal_generator.post_nms_topk=[100,50]",
+        f"model.roi_heads.box_in_features={levels}", f"model.roi_heads.mask_in_features={levels}",
+        f"model.roi_heads.box_pooler.scales={scales}", f"model.roi_heads.mask_pooler.scales={scales}",
+        "model.roi_heads.batch_size_per_image=64",
+        f"dataloader.train.mapper.augmentations.1.target_height={size}",
+        f"dataloader.train.mapper.augmentations.1.target_width={size}",
+        f"dataloader.train.mapper.augmentations.2.crop_size=[{size},{size}]",
+        f"dataloader.test.mapper.augmentations.0.short_edge_length={size}",
+        f"dataloader.test.mapper.augmentations.0.max_size={size}",
+        "dataloader.train.num_workers=0", "dataloader.test.num_workers=0",
+        "train.device=cpu",
+    ]
+
+
+def golden(name: str) -> dict[str, tuple[int, ...]]:
+    lines = (KEYS_DIR / f"{name}.tsv").read_text().splitlines()
+    assert lines[0].startswith("#")
+    return {key: tuple(json.loads(shape)) for key, shape in (line.split("\t") for line in lines[1:] if line)}
+
+
+def converted_shapes(model_name: str, img_size: int) -> dict[str, tuple[int, ...]]:
+    """What ``convert_to_vitdet`` makes of ``model_name``'s keys, computed on the meta device."""
+    return {BACKBONE_PREFIX + k: tuple(v) for k, v in expected_shapes(model_name, img_size=img_size).items()
+            if k.startswith(VITDET_KEEP)}
+
+
+@pytest.fixture
+def d2():
+    return pytest.importorskip("detectron2")
+
+
+# --------------------------------------------------------------------------- without detectron2
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_contract_on_golden_model_keys(name):
+    model = golden(name)
+    ckpt = converted_shapes(GOLDEN[name][1], img_size=448)
+    missing = check_load_contract(model, ckpt)
+    assert set(missing) == {k for k in model if REL_POS.match(k) or not k.startswith(BACKBONE_PREFIX)}
+    assert any(REL_POS.match(k) for k in missing) and not any(k.endswith("pos_embed") for k in missing)
+
+    grid224 = dict(ckpt)
+    width = ckpt[BACKBONE_PREFIX + "pos_embed"][-1]
+    grid224[BACKBONE_PREFIX + "pos_embed"] = (1, 14 * 14 + 1, width)
+    with pytest.raises(LoadContractError, match=r"14x14 grid: set model\.backbone\.net\.pretrain_img_size=224"):
+        check_load_contract(model, grid224)
+
+    dropped = dict(ckpt)
+    del dropped[BACKBONE_PREFIX + "blocks.3.mlp.fc1.weight"]
+    with pytest.raises(LoadContractError, match=r"does not provide.*blocks\.3\.mlp\.fc1\.weight"):
+        check_load_contract(model, dropped)
+
+    extra = {**ckpt, BACKBONE_PREFIX + "norm.weight": (width,)}
+    with pytest.raises(LoadContractError, match=r"does not have.*backbone\.net\.norm\.weight"):
+        check_load_contract(model, extra)
+
+
+def test_contract_names_pos_embed_among_other_mismatches():
+    model = golden("vit_base_mask_rcnn")
+    ckpt = converted_shapes(GOLDEN["vit_base_mask_rcnn"][1], img_size=448)
+    ckpt[BACKBONE_PREFIX + "pos_embed"] = (1, 197, 768)
+    ckpt[BACKBONE_PREFIX + "blocks.0.attn.proj.bias"] = (7,)
+    with pytest.raises(LoadContractError, match="2 tensors.*pretrain_img_size=224"):
+        check_load_contract(model, ckpt)
+
+
+def test_convert_demo_to_vitdet(lsmae_home, tmp_path, capsys):
+    out = tmp_path / "demo_vitdet.pth"
+    assert main(["convert", "demo", "--to", "vitdet", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1] == str(out) and any("pretrain_img_size=64" in line for line in printed)
+    ckpt = torch.load(out, weights_only=True)
+    assert ckpt["matching_heuristics"] is False and ckpt["pretrain_img_size"] == 64
+    keys = set(ckpt["model"])
+    assert all(k.startswith(BACKBONE_PREFIX) for k in keys)
+    assert all(k[len(BACKBONE_PREFIX):].startswith(("pos_embed", "patch_embed.", "blocks.")) for k in keys)
+    for dropped in ("cls_token", "norm.", "mask_token", "decoder"):
+        assert not any(k[len(BACKBONE_PREFIX):].startswith(dropped) for k in keys), dropped
+    # the meta-device mapping the golden tests use is what the converter does
+    assert {k: tuple(v.shape) for k, v in ckpt["model"].items()} == converted_shapes(DEMO_MODEL, img_size=64)
+
+
+def test_detect_arguments_intermix():
+    args = build_parser().parse_args(["detect", "vit_large/coco/4000", "--config", "mask_rcnn_vitdet_l_100ep",
+                                      "--num-gpus", "8", "train.output_dir=out/vitl", "--eval-only",
+                                      "dataloader.train.total_batch_size=64"])
+    assert args.source == "vit_large/coco/4000" and args.num_gpus == 8 and args.eval_only
+    assert args.overrides == ["train.output_dir=out/vitl", "dataloader.train.total_batch_size=64"]
+
+
+def test_shipped_configs_are_found_and_self_contained():
+    from bridges.detect import config_dir, config_names, resolve_config
+
+    assert config_dir() == CONFIG_DIR
+    assert set(config_names()) == {c for c, _ in GOLDEN.values()}
+    assert resolve_config("mask_rcnn_vitdet_l_100ep.py") == CONFIG_DIR / "mask_rcnn_vitdet_l_100ep.py"
+    for path in CONFIG_DIR.glob("*.py"):
+        text = path.read_text()
+        assert "model_zoo" not in text and "projects/ViTDet" not in text, path
+    assert "import bridges.vitdet_paths" in (CONFIG_DIR / "common.py").read_text()
+
+
+def test_detect_user_mistakes_are_one_line(lsmae_home, monkeypatch, capsys):
+    assert main(["detect", "demo", "--config", "no_such_config"]) == 1
+    err = capsys.readouterr().err
+    assert "mask_rcnn_vitdet_b_100ep" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+    monkeypatch.setitem(sys.modules, "detectron2", None)  # as if it were not installed
+    monkeypatch.setitem(sys.modules, "detectron2.engine", None)
+    assert main(["detect", "demo", "--config", "mask_rcnn_vitdet_b_100ep"]) == 1
+    err = capsys.readouterr().err
+    assert "detectron2 is needed" in err and len(err.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- with detectron2
+def load_config(name: str, overrides: list[str] = ()):
+    from detectron2.config import LazyConfig
+
+    cfg = LazyConfig.load(str(CONFIG_DIR / f"{name}.py"))
+    return LazyConfig.apply_overrides(cfg, list(overrides))
+
+
+def build(cfg) -> torch.nn.Module:
+    from detectron2.config import instantiate
+
+    return instantiate(cfg.model)
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_full_size_config_builds_golden_state_dict(d2, name):
+    config, _ = GOLDEN[name]
+    cfg = load_config(config, ["train.device=cpu"])
+    net = cfg.model.backbone.net
+    large = "_l_" in config
+    assert net.pretrain_img_size == 448 and net.window_size == 14 and net.use_rel_pos
+    assert [i for i in range(net.depth) if i not in net.window_block_indexes] == (
+        [5, 11, 17, 23] if large else [2, 5, 8, 11])
+    assert net.drop_path_rate == (0.4 if large else 0.1)
+    lr_decay = cfg.optimizer.params.lr_factor_func.keywords
+    assert lr_decay == {"num_layers": 24 if large else 12, "lr_decay_rate": 0.8 if large else 0.7}
+    assert cfg.train.init_checkpoint == f"lsmae://vit_{'large' if large else 'base'}/coco/4000"
+    assert cfg.train.amp.enabled and cfg.train.max_iter == 184375 and cfg.dataloader.train.total_batch_size == 64
+    assert cfg.lr_multiplier.scheduler.milestones == [163889, 177546]
+    assert cfg.model.input_format == "RGB" and cfg.dataloader.train.mapper.image_format == "RGB"
+
+    state = {k: tuple(v.shape) for k, v in build(cfg).state_dict().items()}
+    want = golden(name)
+    backbone = {k: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
+    assert backbone == {k: v for k, v in want.items() if k.startswith(BACKBONE_PREFIX)}
+    assert state == want  # pyramid, RPN and (cascade) heads too
+
+
+@pytest.fixture(scope="module")
+def vit_b_converted():
+    """The ViTDet conversion of a full-size long-seq MAE ViT-B (448 px, decoder included)."""
+    torch.manual_seed(0)
+    sd = pretrain.create_model("mae_vit_base_patch16_dec384d12h8b", img_size=448).state_dict()
+    return convert_to_vitdet(sd)
+
+
+def test_converted_vit_base_loads_under_contract(d2, vit_b_converted, tmp_path):
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from bridges.detect import enforce_load_contract
+
+    assert vit_b_converted.pretrain_img_size == 448
+    ckpt = vit_b_converted.checkpoint["model"]
+    shapes = {k: tuple(v.shape) for k, v in ckpt.items()}
+    cfg = load_config("mask_rcnn_vitdet_b_100ep", ["train.device=cpu"])
+    missing = enforce_load_contract(cfg, shapes)
+    assert all(REL_POS.match(k) or not k.startswith(BACKBONE_PREFIX) for k in missing)
+
+    path = save_vitdet(vit_b_converted, tmp_path / "vitb_vitdet.pth")
+    model = build(cfg)
+    DetectionCheckpointer(model).load(str(path))
+    loaded = model.state_dict()
+    assert torch.equal(loaded[BACKBONE_PREFIX + "pos_embed"], ckpt[BACKBONE_PREFIX + "pos_embed"])
+    assert all(torch.equal(loaded[k], v) for k, v in ckpt.items())
+
+
+def test_pretrain_img_size_224_breaks_contract(d2, vit_b_converted):
+    from bridges.detect import enforce_load_contract
+
+    shapes = {k: tuple(v.shape) for k, v in vit_b_converted.checkpoint["model"].items()}
+    cfg = load_config("mask_rcnn_vitdet_b_100ep", ["model.backbone.net.pretrain_img_size=224", "train.device=cpu"])
+    with pytest.raises(LoadContractError, match=r"pretrain_img_size=448") as err:
+        enforce_load_contract(cfg, shapes)
+    assert "backbone.net.pos_embed: checkpoint (1, 785, 768) vs model (1, 197, 768)" in str(err.value)
+
+
+def test_lsmae_demo_resolves_in_checkpointer(d2, lsmae_home):
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    cfg = load_config("mask_rcnn_vitdet_b_100ep", [*tiny_overrides(), "model.backbone.net.pretrain_img_size=64"])
+    model = build(cfg)
+    DetectionCheckpointer(model).load("lsmae://demo")
+    expected = convert_to_vitdet("demo").checkpoint["model"]
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in expected.items())
+    assert loaded[BACKBONE_PREFIX + "pos_embed"].shape == (1, 65, 96)
+    assert list((lsmae_home / "checkpoints" / "demo").glob("vitdet-*.pth"))  # converted once, cached
+
+
+def test_missing_dataset_names_the_folder(d2, tmp_path):
+    from detectron2.data import DatasetCatalog
+    from detectron2.data.datasets import register_coco_instances
+
+    from bridges.detect import DetectError, check_datasets
+
+    name = "lsmae_test_missing_coco"
+    if name not in DatasetCatalog:
+        register_coco_instances(name, {}, str(tmp_path / "ann.json"), str(tmp_path / "images"))
+    cfg = load_config("mask_rcnn_vitdet_b_100ep", [f"dataloader.train.dataset.names={name}"])
+    with pytest.raises(DetectError, match=f"image folder {tmp_path / 'images'} not found.*DETECTRON2_DATASETS"):
+        check_datasets(cfg, eval_only=False)
+    (tmp_path / "images").mkdir()
+    with pytest.raises(DetectError, match=f"annotation file {tmp_path / 'ann.json'} not found"):
+        check_datasets(cfg, eval_only=False)
+
+
+def test_override_typo_is_one_line(d2, lsmae_home, capsys):
+    assert main(["detect", "demo", "--config", "mask_rcnn_vitdet_b_100ep", "train.max_iters=3"]) == 1
+    err = capsys.readouterr().err
+    assert "did you mean train.max_iter?" in err and len(err.strip().splitlines()) == 1
+
+
+def write_tiny_coco(root: Path) -> None:
+    """A few images with boxes and polygon masks as COCO json + jpgs under ``root/coco``."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
+
+    categories = [{"id": c["id"], "name": c["name"]} for c in COCO_CATEGORIES if c["isthing"]]
+    for split, count, seed in (("train2017", 4, 0), ("val2017", 2, 1)):
+        rng = np.random.default_rng(seed)
+        folder = root / "coco" / split
+        folder.mkdir(parents=True)
+        images, annotations = [], []
+        for i in range(count):
+            w, h = 160, 128
+            img = Image.new("RGB", (w, h), tuple(int(c) for c in rng.integers(0, 80, 3)))
+            draw = ImageDraw.Draw(img)
+            for j, category in enumerate((1, 3)):  # person, car
+                x0, y0 = int(rng.integers(5, 80)), int(rng.integers(5, 60))
+                x1, y1 = min(x0 + int(rng.integers(25, 70)), w - 1), min(y0 + int(rng.integers(25, 60)), h - 1)
+                polygon = [x0, y0, x1, y0, (x0 + x1) // 2, y1] if j else [x0, y0, x1, y0, x1, y1, x0, y1]
+                draw.polygon(polygon, fill=tuple(int(c) for c in rng.integers(120, 255, 3)))
+                annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": category,
+                                    "iscrowd": 0, "bbox": [x0, y0, x1 - x0, y1 - y0],
+                                    "area": float((x1 - x0) * (y1 - y0)) / (2 if j else 1),
+                                    "segmentation": [polygon]})
+            img.save(folder / f"{i:012d}.jpg", quality=95)
+            images.append({"id": i + 1, "file_name": f"{i:012d}.jpg", "width": w, "height": h})
+        (root / "coco" / "annotations").mkdir(exist_ok=True)
+        (root / "coco" / "annotations" / f"instances_{split}.json").write_text(
+            json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+
+
+def test_train_two_iterations_and_evaluate_tiny_vitdet(d2, lsmae_home, tmp_path):
+    datasets = tmp_path / "datasets"
+    write_tiny_coco(datasets)
+    env = {**os.environ, "DETECTRON2_DATASETS": str(datasets), "LSMAE_HOME": str(lsmae_home),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+
+    def detect(*args: str) -> list[str]:
+        cmd = [sys.executable, "-m", "bridges.cli", "detect", "demo", "--config", "mask_rcnn_vitdet_b_100ep",
+               *tiny_overrides(), *args]
+        done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert "Traceback" not in done.stderr
+        return done.stdout.strip().splitlines()
+
+    out = tmp_path / "out"
+    lines = detect("dataloader.train.total_batch_size=2", "train.max_iter=2", "train.eval_period=2",
+                   "train.log_period=1", f"train.output_dir={out}")
+    assert Path(lines[-1]) == out / "model_final.pth" and (out / "model_final.pth").is_file()
+    assert any("pretrain_img_size=64" in line for line in lines)
+    assert any("load contract holds" in line for line in lines)
+    assert any("CPU runs are for testing only" in line for line in lines)
+    metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    assert [m["iteration"] for m in metrics if "total_loss" in m] == [0, 1]
+    assert any("bbox/AP" in m for m in metrics)
+    assert "AP" in json.loads((out / "eval_results.json").read_text())["bbox"]
+
+    # evaluate the trained detector (a detector checkpoint: no load contract, no conversion)
+    lines = detect("--eval-only", f"train.init_checkpoint={out / 'model_final.pth'}",
+                   "model.roi_heads.box_predictor.test_score_thresh=0.0", f"train.output_dir={tmp_path / 'eval'}")
+    results = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
+    assert Path(lines[-1]) == tmp_path / "eval" / "eval_results.json"
+    assert not any("load contract" in line for line in lines)
+    assert results["bbox"]["AP"] == results["bbox"]["AP"] and "AP" in results["segm"]  # predictions: not NaN

@@ -1,0 +1,368 @@
+"""The classification bridge on CPU: fine-tuning and linear probing of a micro MAE pretrained here on
+scikit-learn's 8x8 digits (upscaled to 64x64 RGB), resume after an interruption, ``lsmae eval``,
+plain-timm loading of the checkpoints, the recipe defaults and one-line command-line errors.
+
+The "pretrained" encoder is made by the project's own engine (a few epochs on the digits train
+split) and exported in the release format, so the whole path zoo-format file -> timm -> run ->
+plain timm is exercised. Runs are in-process with one thread.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+from bridges import finetune
+from bridges.cli import build_parser as cli_parser
+from bridges.cli import main as cli_main
+from pretrain import main_pretrain
+from pretrain.checkpoints import export_release
+from tests.conftest import TINY_MODEL
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_PER_CLASS, VAL_PER_CLASS = 60, 20
+FT_EPOCHS, FT_INTERRUPTED_AFTER = 6, 3
+PROBE_EPOCHS = 8
+
+
+def make_digits(root: Path, train: int, val: int, size: int = 64) -> Path:
+    """ImageFolder ``root/{train,val}/digitN/*.png`` from sklearn's digits (8x8 grey -> size x size RGB)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(0)
+    for c in range(10):
+        ids = rng.permutation(np.flatnonzero(digits.target == c))
+        for split, chosen in (("train", ids[:train]), ("val", ids[train:train + val])):
+            folder = root / split / f"digit{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in chosen:
+                pixels = (digits.images[i] * (255 / 16)).astype(np.uint8)
+                Image.fromarray(pixels).resize((size, size), Image.BICUBIC).convert("RGB").save(folder / f"{i}.png")
+    return root
+
+
+def records(out: Path, kind: str) -> list[dict]:
+    return [r for line in (out / "log.jsonl").read_text().splitlines() if (r := json.loads(line))["kind"] == kind]
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def run_mode(mode: str, argv: list[str]) -> dict:
+    parser = argparse.ArgumentParser()
+    finetune.add_arguments(parser, mode)
+    return finetune.run(parser.parse_args(argv), mode)
+
+
+def common(data: Path, out: Path, *extra: str) -> list[str]:
+    """Runs at 32px from the 64px pretraining (pos_embed resampled 8x8 -> 4x4, like the release's 448px
+    checkpoints fine-tuned at 224px), which also makes them 4x cheaper; ``extra`` options come last."""
+    return ["--data-path", str(data), "--input-size", "32", "--num-workers", "0", "--device", "cpu",
+            "--precision", "fp32", "--output-dir", str(out), "--print-freq", "25", *extra]
+
+
+# flips and small crops change what an 8x8 digit is: the learning runs keep whole, unflipped digits
+DIGIT_AUGMENTATION = ("--hflip", "0", "--min-crop-scale", "0.7")
+
+
+@pytest.fixture(scope="module")
+def module_home(tmp_path_factory):
+    """LSMAE_HOME in a temporary folder for the module-scoped runs (like conftest's ``lsmae_home``)."""
+    with pytest.MonkeyPatch.context() as mp:
+        home = tmp_path_factory.mktemp("lsmae_home")
+        mp.setenv("LSMAE_HOME", str(home))
+        for var in ("LSMAE_MIRROR", "LSMAE_OFFLINE", "LSMAE_REGISTRY"):
+            mp.delenv(var, raising=False)
+        yield home
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> Path:
+    return make_digits(tmp_path_factory.mktemp("digits"), TRAIN_PER_CLASS, VAL_PER_CLASS)
+
+
+@pytest.fixture(scope="module")
+def pretrained(digits, module_home, tmp_path_factory) -> Path:
+    """The micro MAE pretrained for a few epochs on the digits train split, exported like a release file."""
+    out = tmp_path_factory.mktemp("pretrain")
+    main_pretrain.run(main_pretrain.build_parser().parse_args([
+        "--model", TINY_MODEL, "--input-size", "64", "--data-path", str(digits), "--epochs", "4",
+        "--warmup-epochs", "1", "--effective-batch-size", "16", "--lr", "1.5e-3", "--mask-downsampling", "1",
+        "--no-norm-pix-loss",  # upscaled 8x8 digits make nearly flat patches: normalising them amplifies noise
+        "--num-workers", "0", "--device", "cpu", "--precision", "fp32", "--output-dir", str(out),
+        "--ckpt-interval", "100", "--print-freq", "100"]))
+    return export_release(out, out / "mae_digits.pth")
+
+
+@pytest.fixture(scope="module")
+def finetuned(pretrained, digits, tmp_path_factory) -> tuple[Path, dict]:
+    """A fine-tuning run interrupted during epoch 4 (after epoch 3's checkpoint), then rerun to the end."""
+    out = tmp_path_factory.mktemp("finetune")
+    argv = [str(pretrained), *common(digits, out, "--epochs", str(FT_EPOCHS), "--warmup-epochs", "1",
+                                     "--effective-batch-size", "8", "--lr", "2e-3", "--mixup", "0", "--cutmix", "0",
+                                     "--aa", "none", "--reprob", "0", *DIGIT_AUGMENTATION)]
+    evaluations = []
+    real_evaluate = finetune.evaluate
+
+    def crash_in_fourth_epoch(*args, **kwargs):
+        evaluations.append(1)
+        if len(evaluations) > FT_INTERRUPTED_AFTER:
+            raise KeyboardInterrupt  # the process dies after training epoch 4, before its checkpoint
+        return real_evaluate(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(finetune, "evaluate", crash_in_fourth_epoch)
+        with pytest.raises(KeyboardInterrupt):
+            run_mode("finetune", argv)
+    assert load(out / "last.pth")["epoch"] == FT_INTERRUPTED_AFTER - 1
+    return out, run_mode("finetune", argv)
+
+
+@pytest.fixture(scope="module")
+def probed(pretrained, digits, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("linprobe")
+    # LARS moves weights by lr x 1e-3 of their norm per step and biases by lr x gradient: with 10 classes
+    # and ~300 steps (not 1000 classes and ~7000) a high lr is needed, and it settles as the cosine decays
+    argv = [str(pretrained), *common(digits, out, "--epochs", str(PROBE_EPOCHS), "--warmup-epochs", "1",
+                                     "--effective-batch-size", "16", "--lr", "12", *DIGIT_AUGMENTATION)]
+    return out, run_mode("linprobe", argv)
+
+
+# --- learning -------------------------------------------------------------------------------------
+def test_finetuning_learns_and_resumes_after_an_interruption(finetuned):
+    out, result = finetuned
+    epochs = records(out, "epoch")
+    assert [r["epoch"] for r in epochs] == list(range(FT_EPOCHS))  # each epoch once: resumed, not restarted
+    assert all(0 <= r["top1"] <= r["top5"] <= 1 for r in epochs)
+    interrupted = [r for r in records(out, "train") if r["epoch"] == FT_INTERRUPTED_AFTER]
+    assert len({r["step"] for r in interrupted}) < len(interrupted)  # epoch 4 was trained twice...
+    first, second = interrupted[:len(interrupted) // 2], interrupted[len(interrupted) // 2:]
+    assert [r["loss"] for r in first] == [r["loss"] for r in second]  # ...identically: exact resume
+    assert result["best_top1"] == max(r["top1"] for r in epochs) >= 0.5  # chance is 0.1
+    last, best = load(out / "last.pth"), load(out / "best.pth")
+    assert last["epoch"] == FT_EPOCHS - 1 and "optimizer" in last and "optimizer" not in best
+    assert best["top1"] == result["best_top1"] and best["epoch"] == result["best_epoch"]
+    assert (out / "tensorboard").is_dir()
+
+
+def test_rerunning_a_finished_run_does_nothing(finetuned, pretrained, digits):
+    out, result = finetuned
+    before = (out / "log.jsonl").read_text()
+    again = run_mode("finetune", [str(pretrained), *common(digits, out, "--epochs", str(FT_EPOCHS),
+                                                           "--effective-batch-size", "8")])
+    assert again["best_top1"] == result["best_top1"] and (out / "log.jsonl").read_text() == before
+
+
+def test_linear_probe_learns_with_a_frozen_encoder(probed, pretrained):
+    out, result = probed
+    assert [r["epoch"] for r in records(out, "epoch")] == list(range(PROBE_EPOCHS))
+    assert result["best_top1"] >= 0.3
+    best = load(out / "best.pth")
+    assert best["global_pool"] == "token" and best["mode"] == "linprobe"
+    assert "head.weight" in best["model"] and not any(k.startswith("head.0") for k in best["model"])
+    source = torch.load(pretrained, weights_only=True)["model"]
+    for key in ("cls_token", "blocks.0.attn.qkv.weight", "blocks.3.mlp.fc2.bias", "norm.weight"):
+        assert torch.equal(best["model"][key], source[key]), f"{key} changed: the encoder must stay frozen"
+
+
+# --- checkpoints: eval and plain timm -------------------------------------------------------------
+@pytest.mark.parametrize("run", ["finetuned", "probed"])
+def test_eval_reproduces_the_logged_best_top1(run, request, digits, capsys):
+    out, result = request.getfixturevalue(run)
+    batch = str(load(out / "best.pth")["batch_size"])  # the batch the run evaluated with
+    argv = ["eval", str(out / "best.pth"), "--data-path", str(digits), "--device", "cpu", "--num-workers", "0",
+            "--precision", "fp32", "--batch-size", batch]
+    assert cli_main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"top-1 {100 * result['best_top1']:.2f}%" in printed and f"on {10 * VAL_PER_CLASS} images" in printed
+    measured = finetune.evaluate_checkpoint(out / "best.pth", digits, batch_size=int(batch), device="cpu",
+                                            precision="fp32")
+    assert measured["top1"] == result["best_top1"] and measured["top5"] == result["best_top5"]
+
+
+@pytest.mark.parametrize("run", ["finetuned", "probed"])
+def test_best_checkpoint_loads_into_plain_timm(run, request, digits):
+    out, _ = request.getfixturevalue(run)
+    ckpt = load(out / "best.pth")
+    model = timm.create_model(ckpt["timm_model"], **ckpt["timm_kwargs"], num_classes=ckpt["num_classes"],
+                              global_pool=ckpt["global_pool"], img_size=ckpt["img_size"])
+    model.load_state_dict(ckpt["model"], strict=True)
+    model.eval()
+    image = finetune.eval_transform(ckpt["img_size"])(Image.open(next((digits / "val" / "digit3").iterdir())))
+    with torch.no_grad():
+        assert model(image[None]).shape == (1, 10)
+    assert ckpt["classes"] == [f"digit{c}" for c in range(10)]
+
+
+# --- the full default recipe, and resuming with more epochs ---------------------------------------
+def test_default_recipe_smoke_and_resume_with_more_epochs(pretrained, tmp_path):
+    """MAE's recipe as is (RandAugment, random erasing, mixup/cutmix, smoothing, layer decay, drop path)
+    on a small copy of the data; a run of 1 epoch is then continued to 2 by rerunning with --epochs 2."""
+    data = make_digits(tmp_path / "small", 4, 2)
+    out = tmp_path / "run"
+    argv = [str(pretrained), *common(data, out, "--effective-batch-size", "8", "--warmup-epochs", "1",
+                                     "--input-size", "64")]
+    first = run_mode("finetune", [*argv, "--epochs", "1"])
+    second = run_mode("finetune", [*argv, "--epochs", "2"])
+    assert [r["epoch"] for r in records(out, "epoch")] == [0, 1]
+    assert second["epochs"] == 2 and first["best_top1"] <= second["best_top1"]
+    args = load(out / "last.pth")["args"]
+    assert (args["aa"], args["reprob"], args["mixup"], args["cutmix"], args["smoothing"]) == \
+        ("rand-m9-mstd0.5-inc1", 0.25, 0.8, 1.0, 0.1)
+    assert (args["layer_decay"], args["drop_path"], args["weight_decay"], args["min_lr"]) == (0.65, 0.1, 0.05, 1e-6)
+
+
+# --- recipe resolution (no training) --------------------------------------------------------------
+def _resolved(mode: str, width: int | None, *argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    finetune.add_arguments(parser, mode)
+    args = parser.parse_args(["src", "--data-path", "d", *argv])
+    finetune.resolve_recipe(args, mode, width)
+    return args
+
+
+def test_recipe_defaults_follow_the_architecture_and_flags_override_them():
+    base, large, micro = (_resolved("finetune", w) for w in (768, 1024, 96))
+    assert (base.epochs, base.blr, base.layer_decay, base.drop_path) == (100, 5e-4, 0.65, 0.1)
+    assert (large.epochs, large.blr, large.layer_decay, large.drop_path) == (50, 1e-3, 0.75, 0.2)
+    assert vars(micro) == vars(base)
+    assert base.lr == pytest.approx(5e-4 * 1024 / 256) and large.lr == pytest.approx(1e-3 * 4)
+    for a in (base, large):
+        assert (a.effective_batch_size, a.weight_decay, a.warmup_epochs, a.min_lr, a.smoothing) == \
+            (1024, 0.05, 5, 1e-6, 0.1)
+        assert (a.aa, a.reprob, a.mixup, a.cutmix, a.global_pool) == ("rand-m9-mstd0.5-inc1", 0.25, 0.8, 1.0, "avg")
+    custom = _resolved("finetune", 1024, "--epochs", "3", "--blr", "1e-4", "--layer-decay", "0.9", "--aa", "none",
+                       "--effective-batch-size", "512")
+    assert (custom.epochs, custom.layer_decay, custom.aa, custom.drop_path) == (3, 0.9, None, 0.2)
+    assert custom.lr == pytest.approx(1e-4 * 2)
+    assert _resolved("finetune", 768, "--lr", "0.01").lr == 0.01
+    probe = _resolved("linprobe", 1024)
+    assert (probe.epochs, probe.blr, probe.effective_batch_size, probe.warmup_epochs, probe.weight_decay) == \
+        (90, 0.1, 16384, 10, 0.0)
+    assert probe.lr == pytest.approx(6.4)
+
+
+def test_batch_plan():
+    assert finetune.batch_plan(1024, None, None, 8, 64) == (64, 2)
+    assert finetune.batch_plan(1024, None, None, 1, 64) == (64, 16)
+    assert finetune.batch_plan(16384, None, None, 32, 512) == (512, 1)
+    assert finetune.batch_plan(48, None, None, 1, 64) == (48, 1)
+    assert finetune.batch_plan(1024, 32, None, 8, 64) == (32, 4)
+
+
+def test_transforms_are_timms_at_the_input_size():
+    args = _resolved("finetune", 768, "--input-size", "96")
+    train = finetune.train_transform(args, "finetune")
+    names = [type(t).__name__ for t in train.transforms]
+    assert names[:3] == ["RandomResizedCropAndInterpolation", "RandomHorizontalFlip", "RandAugment"]
+    assert names[-1] == "RandomErasing" and train.transforms[0].size == (96, 96)
+    probe = finetune.train_transform(_resolved("linprobe", 768, "--input-size", "96"), "linprobe")
+    assert [type(t).__name__ for t in probe.transforms][:2] == ["RandomResizedCropAndInterpolation",
+                                                                "RandomHorizontalFlip"]
+    assert not any("RandAugment" in type(t).__name__ or "Erasing" in type(t).__name__ for t in probe.transforms)
+    image = Image.new("RGB", (150, 120), (90, 160, 30))
+    assert finetune.eval_transform(96)(image).shape == (3, 96, 96)
+    assert finetune.eval_transform(448)(image).shape == (3, 448, 448)
+
+
+def test_randaugment_posterize_at_full_magnitude_works():
+    """RandAugment 'inc1' posterizes to 0 bits at magnitude 10, which Pillow >= 13 refuses."""
+    train = finetune.train_transform(_resolved("finetune", 768, "--input-size", "32"), "finetune")
+    randaug = train.transforms[2]
+    op = next(o for o in randaug.ops if o.name == "PosterizeIncreasing")
+    op.prob, op.magnitude, op.magnitude_std = 1.0, 10, 0
+    image = Image.new("RGB", (32, 32), (200, 100, 50))
+    assert op(image).getpixel((0, 0)) == (0, 0, 0)
+
+
+def test_linear_probe_head_folding_is_exact():
+    torch.manual_seed(0)
+    head = torch.nn.Sequential(torch.nn.BatchNorm1d(6, affine=False, eps=1e-6), torch.nn.Linear(6, 3))
+    head.train()
+    for _ in range(5):
+        head(torch.randn(16, 6) * 3 + 1)
+    head.eval()
+    folded = finetune.fold_probe_head({f"head.{k}": v for k, v in head.state_dict().items()})
+    linear = torch.nn.Linear(6, 3)
+    linear.load_state_dict({"weight": folded["head.weight"], "bias": folded["head.bias"]})
+    x = torch.randn(4, 6)
+    torch.testing.assert_close(linear(x), head(x), rtol=1e-5, atol=1e-5)
+
+
+# --- errors: one line, exit 1 ---------------------------------------------------------------------
+def _one_line_error(capsys, argv: list[str]) -> str:
+    assert cli_main(argv) == 1
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in captured.err, captured.err
+    assert err.startswith(f"lsmae {argv[0]}: error: ")
+    return err
+
+
+def test_val_classes_differing_from_train_are_an_error(tmp_path, pretrained, capsys):
+    for split, classes in (("train", ("cat", "dog", "owl")), ("val", ("cat", "dog", "emu"))):
+        for c in classes:
+            (tmp_path / split / c).mkdir(parents=True)
+            Image.new("RGB", (64, 64)).save(tmp_path / split / c / "a.png")
+    err = _one_line_error(capsys, ["finetune", str(pretrained), *common(tmp_path, tmp_path / "out")])
+    assert "only in train: owl" in err and "only in val: emu" in err
+
+
+def test_missing_data_folder_is_an_error(tmp_path, pretrained, capsys):
+    (tmp_path / "train").mkdir()
+    err = _one_line_error(capsys, ["linprobe", str(pretrained), *common(tmp_path, tmp_path / "out")])
+    assert f"data folder {tmp_path / 'train'}" in err and "does not exist" not in err  # empty: no class folders
+    err = _one_line_error(capsys, ["finetune", str(pretrained), *common(tmp_path / "nowhere", tmp_path / "out")])
+    assert f"data folder {tmp_path / 'nowhere' / 'train'} does not exist" in err
+
+
+@pytest.mark.parametrize("kind", ["vitdet", "finetuned", "wrong_architecture"])
+def test_a_checkpoint_that_is_not_an_mae_encoder_is_an_error(kind, tmp_path, pretrained, digits, request, capsys):
+    sd = torch.load(pretrained, weights_only=True)["model"]
+    if kind == "vitdet":
+        source, expected = tmp_path / "vitdet.pth", "Detectron2 ViTDet checkpoint"
+        torch.save({"model": {f"backbone.net.{k}": v for k, v in sd.items()}}, source)
+    elif kind == "finetuned":
+        source, expected = request.getfixturevalue("finetuned")[0] / "best.pth", "fine-tuned classifier"
+    else:
+        source, expected = tmp_path / "shallow.pth", "no known architecture"
+        torch.save({"model": {k: v for k, v in sd.items() if not k.startswith("blocks.3.")}}, source)
+    err = _one_line_error(capsys, ["finetune", str(source), *common(digits, tmp_path / "out")])
+    assert expected in err
+
+
+def test_eval_of_a_non_classifier_is_an_error(pretrained, digits, capsys):
+    err = _one_line_error(capsys, ["eval", str(pretrained), "--data-path", str(digits), "--device", "cpu"])
+    assert "not a checkpoint of `lsmae finetune`" in err
+
+
+def test_help_has_examples_and_every_command_is_registered(capsys):
+    for name in ("finetune", "linprobe", "eval"):
+        with pytest.raises(SystemExit) as done:
+            cli_parser().parse_args([name, "--help"])
+        assert done.value.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"usage: lsmae {name}") and "torchrun --nproc_per_node 8 -m bridges.finetune" in out
+    assert "--data-path" in finetune.build_parser().format_help()
+
+
+def test_module_entry_point_for_torchrun_reports_errors_in_one_line(tmp_path):
+    """``python -m bridges.finetune`` (what torchrun runs) in a fresh interpreter."""
+    done = subprocess.run([sys.executable, "-m", "bridges.finetune", "demo", "--data-path", str(tmp_path / "none"),
+                           "--device", "cpu"], capture_output=True, text=True, cwd=REPO, timeout=120,
+                          env={**os.environ, "LSMAE_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == f"finetune: error: data folder {tmp_path / 'none' / 'train'} does not exist " \
+                                   "(expected ImageFolder splits DATA/train/CLASS/* and DATA/val/CLASS/*)"
