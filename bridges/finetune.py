@@ -571,15 +571,7 @@ def train(args: argparse.Namespace, backend: TorchBackend, mode: str = "finetune
             else:
                 with backend.no_sync(ddp_model, not update_now), backend.autocast(dtype):
                     loss = criterion(ddp_model(images), target)
-            scaled = loss / accum
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
-            if update_now:
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+            backend.backward_and_step(loss, optimizer, scaler, accum, update_now)
             epoch_loss += loss.detach()
             images_done += images.shape[0] * backend.world_size
             done = (epoch - start_epoch) * steps_per_epoch + step + 1

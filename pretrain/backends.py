@@ -89,6 +89,19 @@ class TorchBackend:
     def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         optimizer.step()
 
+    def backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                          scaler: torch.amp.GradScaler | None, accum: int, update_now: bool) -> None:
+        """Backward of ``loss / accum`` (scaled for fp16) and, on an update step, the optimizer step."""
+        scaled = loss / accum
+        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        if update_now:
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                self.optimizer_step(optimizer)
+            optimizer.zero_grad(set_to_none=True)
+
     def mark_step(self) -> None:
         """End of a training step (XLA cuts its graph here)."""
 

@@ -155,15 +155,7 @@ def train(args: argparse.Namespace, backend: TorchBackend) -> Path:
             ids_keep, ids_restore = ids_keep.to(backend.device), ids_restore.to(backend.device)
             with backend.no_sync(ddp_model, not update_now), backend.autocast(dtype):
                 loss = ddp_model(imgs, ids_keep, ids_restore)[0]
-            scaled = loss / accum
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
-            if update_now:
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    backend.optimizer_step(optimizer)
-                optimizer.zero_grad(set_to_none=True)
+            backend.backward_and_step(loss, optimizer, scaler, accum, update_now)
             backend.mark_step()
             epoch_loss += loss.detach()
             skipped += n_bad.sum()
