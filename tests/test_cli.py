@@ -11,7 +11,8 @@ import pretrain
 from bridges.cli import build_parser, main
 from tests.conftest import TINY_MODEL
 
-SUBCOMMANDS = ["list", "fetch", "verify", "inspect", "cache"]
+SUBCOMMANDS = ["list", "fetch", "verify", "inspect", "cache", "pretrain", "export", "visualize", "bench", "convert",
+               "finetune", "linprobe", "eval", "detect"]
 
 
 def run_cli(*args, env=None):
