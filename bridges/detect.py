@@ -412,9 +412,10 @@ def run(args: argparse.Namespace) -> None:
         import detectron2  # noqa: F401
         from detectron2.engine import launch
     except ImportError as e:
-        raise DetectError(f"detectron2 is needed for detection and is not importable ({e}); install it from "
-                          "source (pip install 'git+https://github.com/facebookresearch/detectron2.git', then "
-                          "pip install 'setuptools<81' shapely)") from None
+        raise DetectError(
+            f"detectron2 is needed for detection and is not importable ({e}); install it from source: "
+            "pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git', then "
+            "pip install 'setuptools<81' shapely pycocotools") from None
     from omegaconf import OmegaConf
 
     from . import vitdet_paths  # noqa: F401  (lsmae:// in train.init_checkpoint, whatever the config imports)
