@@ -57,7 +57,7 @@ def tiny_zoo(tmp_path, lsmae_home, monkeypatch, fault_server):  # noqa: F811
     fault_server.add_file(COCO_PATH, coco)
     fault_server.add_file(IN1K_PATH, in1k)
     registry = {
-        "url_prefix": "https://dl.fbaipublicfiles.com/long_seq_mae/pretrained_models/",
+        "url_prefix": "http://127.0.0.1:9/no-network-in-tests/",  # LSMAE_MIRROR replaces it
         "licenses": {"CC-BY-NC-4.0": "https://creativecommons.org/licenses/by-nc/4.0/"},
         "aliases": {"arch": {"tiny": "vit_micro"}, "dataset": {"imagenet": "in1k"}},
         "entries": [
