@@ -47,9 +47,13 @@ def split_qkv_bias(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def load_mae_weights(source: str | Path | dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Weights and provenance of a zoo id, a checkpoint file or an in-memory state dict."""
-    if isinstance(source, dict):
-        return model_state_dict(source), {"source": "in-memory state dict"}
+    """Weights and provenance of a zoo id, a checkpoint file or an in-memory state dict.
+
+    Files are memory-mapped privately (copy-on-write), so converters can write their tensors
+    without copying them; an in-memory dict is copied so results never alias the caller's.
+    """
+    if isinstance(source, dict):  # copies: the converted dict must not alias the caller's tensors
+        return {k: v.clone() for k, v in model_state_dict(source).items()}, {"source": "in-memory state dict"}
     path = Path(source)
     if path.is_file():
         sha = sha256_file(path)  # streamed: a ViT-L file is 1.2 GB

@@ -80,7 +80,7 @@ def convert_to_timm(
         ).to(sd["pos_embed"].dtype)
         resampled = (f"resampled pos_embed {info.grid_size}x{info.grid_size} -> {grid}x{grid} "
                      f"(bicubic, cls slot kept) for {img_size}px")
-    out = {k: v.contiguous().clone() for k, v in out.items()}
+    out = {k: v.contiguous() for k, v in out.items()}
     timm_name, timm_kwargs = timm_model_args(info)
     metadata.update({
         "format": "long-seq-mae timm ViT", "mae_model": info.matching_models[0], "img_size": str(img_size),
