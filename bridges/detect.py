@@ -190,12 +190,9 @@ def prepare_source(source: str, output_dir: str, convert: bool) -> Init:
         raise DetectError(f"SOURCE {source!r} is neither a checkpoint file nor a zoo id ({e})") from None
     if not convert:
         return Init(entry.img_size, entry.img_size // entry.patch_size, entry.id)
-    from zoo.cache import fetch
-
     from .vitdet_paths import vitdet_checkpoint
 
-    fetch(entry.id)  # not quiet: progress bar, license
-    out = vitdet_checkpoint(entry.id)
+    out = vitdet_checkpoint(entry.id)  # fetches (progress bar, license) unless already converted
     grid, patch = _grid_of(model_state_dict(load_checkpoint(out)))
     return Init(grid * patch, grid, f"{entry.id} -> {out}", str(out))
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from pretrain.errors import LsmaeError
-from zoo.cache import fetch, sha256_file
+from zoo.cache import expected_digest, fetch, sha256_file
 from zoo.checkpoint import load_checkpoint, model_state_dict
 from zoo.registry import UnknownEntryError, get_entry
 
@@ -63,7 +63,7 @@ def load_mae_weights(source: str | Path | dict[str, torch.Tensor]) -> tuple[dict
     except UnknownEntryError as e:
         raise ConversionError(f"{source!r} is neither a file nor a zoo id ({e})") from None
 
-    fetched = fetch(entry.id)
-    meta = {"source": entry.id, "source_url": entry.url(), "source_sha256": sha256_file(fetched),
+    fetched = fetch(entry.id)  # returns only a file whose digest matches expected_digest (no second hash)
+    meta = {"source": entry.id, "source_url": entry.url(), "source_sha256": expected_digest(entry)[0] or "",
             "dataset": entry.dataset_name, "epochs": str(entry.epochs)}
     return model_state_dict(load_checkpoint(fetched)), meta

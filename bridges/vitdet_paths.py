@@ -13,8 +13,8 @@ from typing import IO, Any
 from detectron2.utils.file_io import PathManager
 from iopath.common.file_io import PathHandler
 
-from zoo.cache import entry_path, expected_digest, fetch
-from zoo.registry import get_entry
+from zoo.cache import entry_path, expected_digest
+from zoo.registry import Entry, get_entry
 
 from .vitdet_convert import convert_to_vitdet, save_vitdet
 
@@ -24,12 +24,17 @@ SCHEME = "lsmae://"
 def vitdet_checkpoint(entry_id: str) -> Path:
     """The ViTDet conversion of a zoo entry, keyed by the digest of the file it came from."""
     entry = get_entry(entry_id)
-    source = fetch(entry.id, quiet=True)
     digest, _ = expected_digest(entry)
-    out = entry_path(entry).with_name(f"vitdet-{(digest or 'unpinned')[:16]}.pth")
-    if not out.exists():  # written by rename: concurrent workers at worst convert twice
-        save_vitdet(convert_to_vitdet(source), out)
+    if digest and _converted_path(entry, digest).exists():
+        return _converted_path(entry, digest)  # made from a verified file: no need to hash it again
+    converted = convert_to_vitdet(entry.id)  # fetches and verifies (downloading if needed)
+    out = _converted_path(entry, converted.checkpoint["source_sha256"])
+    save_vitdet(converted, out)  # written by rename: concurrent workers at worst convert twice
     return out
+
+
+def _converted_path(entry: Entry, digest: str) -> Path:
+    return entry_path(entry).with_name(f"vitdet-{digest[:16]}.pth")
 
 
 class LsmaePathHandler(PathHandler):
