@@ -124,6 +124,9 @@ def add_arguments(p: argparse.ArgumentParser, mode: str = "finetune") -> None:
         g.add_argument("--mixup", type=float, default=None, help=f"mixup alpha, 0 = off (default {r['mixup']})")
         g.add_argument("--cutmix", type=float, default=None, help=f"cutmix alpha, 0 = off (default {r['cutmix']})")
         g.add_argument("--grad-checkpointing", action="store_true", help="recompute activations to save memory")
+        g.add_argument("--from-scratch", action="store_true",
+                       help="random initialisation of SOURCE's architecture (timm's): the baseline that shows what "
+                            "pretraining adds for the same budget")
         g.add_argument("--global-pool", choices=["avg", "token"], default="avg",
                        help="avg (MAE fine-tuning: patch-token average + fc_norm) or token (default %(default)s)")
     g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
@@ -323,8 +326,10 @@ def build_model(args: argparse.Namespace, mode: str, num_classes: int) -> tuple[
 
     global_pool = args.global_pool if mode == "finetune" else "token"
     drop_path = args.drop_path if mode == "finetune" else 0.0
+    scratch = mode == "finetune" and args.from_scratch
     model, converted, missing = create_timm_model(args.source, num_classes, global_pool=global_pool,
-                                                  img_size=args.input_size, drop_path_rate=drop_path)
+                                                  img_size=args.input_size, pretrained=not scratch,
+                                                  drop_path_rate=drop_path)
     name, arch_kwargs = timm_model_args(converted.info)
     if mode == "linprobe":
         nn.init.trunc_normal_(model.head.weight, std=LINPROBE_HEAD_INIT_STD)
@@ -335,9 +340,13 @@ def build_model(args: argparse.Namespace, mode: str, num_classes: int) -> tuple[
         log.info("linear probe: training %d head parameters, %d encoder parameters frozen", *counts)
     meta = {"format": CKPT_FORMAT, "mode": mode, "timm_model": name, "timm_kwargs": arch_kwargs,
             "num_classes": num_classes, "img_size": args.input_size, "global_pool": global_pool,
-            "crop_pct": eval_crop_pct(args.input_size), "source": dict(converted.metadata)}
-    log.info("%s from %s: %s; initialised here: %s", name, args.source, converted.report().replace("\n", "; "),
-             ", ".join(missing) or "nothing")
+            "crop_pct": eval_crop_pct(args.input_size), "source": dict(converted.metadata),
+            "init": "scratch" if scratch else "pretrained"}
+    if scratch:
+        log.info("%s with the architecture of %s, randomly initialised (--from-scratch)", name, args.source)
+    else:
+        log.info("%s from %s: %s; initialised here: %s", name, args.source,
+                 converted.report().replace("\n", "; "), ", ".join(missing) or "nothing")
     return model, converted, meta
 
 
@@ -440,8 +449,8 @@ def _resume_state(args: argparse.Namespace, output_dir: Path) -> tuple[Path, dic
 
 
 def _check_resumable(path: Path, ckpt: dict[str, Any], meta: dict[str, Any], classes: list[str]) -> None:
-    for key in ("mode", "timm_model", "timm_kwargs", "num_classes", "img_size", "global_pool"):
-        if ckpt.get(key) != meta[key]:
+    for key in ("mode", "timm_model", "timm_kwargs", "num_classes", "img_size", "global_pool", "init"):
+        if ckpt.get(key, "pretrained" if key == "init" else None) != meta[key]:
             raise LsmaeError(f"{path} was written by another run ({key} {ckpt.get(key)!r}, this run {meta[key]!r}): "
                              "use another --output-dir, or --resume '' to start over there")
     old, new = ckpt.get("source", {}).get("source_sha256"), meta["source"].get("source_sha256")

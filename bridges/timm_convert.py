@@ -7,7 +7,7 @@ pooling), drops the decoder and mask token, merges BEiT-style ``q_bias``/``v_bia
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
-from pretrain import model_config
+from pretrain import create_model, model_config
 from zoo.checkpoint import CheckpointInfo, check_structure
 
 from .mae_weights import ConversionError, load_mae_weights, merge_qv_bias
@@ -116,16 +116,24 @@ def save_safetensors(converted: Converted, path: str | Path) -> Path:
 
 def create_timm_model(
     source: str | Path | dict[str, torch.Tensor], num_classes: int, global_pool: str = "avg",
-    img_size: int = 224, **timm_kwargs: Any,
+    img_size: int = 224, pretrained: bool = True, **timm_kwargs: Any,
 ) -> tuple[nn.Module, Converted, list[str]]:
     """A timm ViT classifier initialised from an MAE checkpoint, head as in MAE's fine-tuning.
 
     Returns the model, the conversion, and the keys the model had to initialise itself
     (only ``head.*`` and, with avg pooling, ``fc_norm.*``; anything else is an error).
+    ``pretrained=False`` starts from an untrained MAE of the source's architecture (the MAE code's
+    own initialisation, converted the same way), so that a from-scratch baseline differs from the
+    pretrained run only in what pretraining learned.
     """
     import timm
 
     converted = convert_to_timm(source, img_size=img_size, global_pool=global_pool)
+    if not pretrained:
+        info = converted.info
+        untrained = create_model(info.matching_models[0], **info.model_overrides()).state_dict()
+        scratch = convert_to_timm(untrained, img_size=img_size, global_pool=global_pool)
+        converted = replace(scratch, metadata={**converted.metadata, "init": "untrained (from scratch)"})
     name, arch_kwargs = timm_model_args(converted.info)
     model = timm.create_model(name, pretrained=False, num_classes=num_classes, global_pool=global_pool,
                               img_size=img_size, **arch_kwargs, **timm_kwargs)
