@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image
 
 import pretrain
+from bridges.sample_data import skimage_photo
 from tests.http_fault_server import FaultServer, fault_server  # noqa: F401  (fixture)
 
 TINY_MODEL = "mae_vit_micro_patch8_dec64d4h2b"
@@ -80,54 +81,9 @@ def tiny_zoo(tmp_path, lsmae_home, monkeypatch, fault_server):  # noqa: F811
 
 
 # --------------------------------------------------------------------------- photographs
-def _skimage_photos() -> list[Image.Image]:
-    """The photographs scikit-image ships inside its package (no download), if it is installed."""
-    try:
-        from skimage import data as skdata
-    except Exception:  # noqa: BLE001 - not installed or broken: use the synthetic scenes
-        return []
-    photos = []
-    for name in SKIMAGE_PHOTOS:
-        try:
-            photos.append(Image.fromarray(np.asarray(getattr(skdata, name)())).convert("RGB"))
-        except Exception:  # noqa: BLE001 - missing in this version or would need a download
-            continue
-    return photos
-
-
-def _synthetic_scenes(n: int = 6, size: int = 256) -> list[Image.Image]:
-    """Photograph-like stand-ins: lit gradients, overlapping shapes, texture noise and blur."""
-    rng = np.random.default_rng(1234)
-    scenes = []
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    for _ in range(n):
-        angle = rng.uniform(0, 2 * np.pi)
-        ramp = np.cos(angle) * xx + np.sin(angle) * yy
-        base = np.stack([ramp * rng.uniform(60, 200) + rng.uniform(0, 80) for _ in range(3)], -1)
-        img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
-        draw = ImageDraw.Draw(img)
-        for _ in range(int(rng.integers(8, 16))):
-            x0, y0 = (int(v) for v in rng.integers(-20, size - 10, 2))
-            w, h = (int(v) for v in rng.integers(12, size // 2, 2))
-            colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-            shape = rng.integers(0, 3)
-            if shape == 0:
-                draw.ellipse([x0, y0, x0 + w, y0 + h], fill=colour)
-            elif shape == 1:
-                draw.rectangle([x0, y0, x0 + w, y0 + h], fill=colour)
-            else:
-                draw.polygon([(x0, y0 + h), (x0 + w // 2, y0), (x0 + w, y0 + h)], fill=colour)
-        img = img.filter(ImageFilter.GaussianBlur(1.2))
-        noisy = np.asarray(img, dtype=np.float32) + rng.normal(0, 6, (size, size, 3))
-        scenes.append(Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)))
-    return scenes
-
-
-def make_photo_folder(root: Path, n: int = 32, size: int = 96, seed: int = 0) -> str:
-    """Write ``n`` JPEGs (``size`` x ``size`` random square crops) into ``root``; returns the source used."""
-    sources = _skimage_photos()
-    kind = "scikit-image photographs" if sources else "synthetic scenes"
-    sources = sources or _synthetic_scenes()
+def make_photo_folder(root: Path, n: int = 32, size: int = 96, seed: int = 0) -> None:
+    """Write ``n`` JPEGs (``size`` x ``size`` random square crops of scikit-image's photographs) into ``root``."""
+    sources = [skimage_photo(name) for name in SKIMAGE_PHOTOS]
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     for i in range(n):
@@ -137,7 +93,6 @@ def make_photo_folder(root: Path, n: int = 32, size: int = 96, seed: int = 0) ->
         y0 = int(rng.integers(0, src.size[1] - side + 1))
         crop = src.crop((x0, y0, x0 + side, y0 + side)).resize((size, size), Image.LANCZOS)
         crop.save(root / f"img_{i:03d}.jpg", quality=90)
-    return kind
 
 
 @pytest.fixture(scope="session")

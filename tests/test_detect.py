@@ -17,6 +17,7 @@ import torch
 
 import pretrain
 from bridges.cli import build_parser, main
+from bridges.sample_data import write_shapes_coco
 from bridges.vitdet_convert import (
     BACKBONE_PREFIX,
     REL_POS,
@@ -39,34 +40,7 @@ GOLDEN = {
     "vit_large_cascade_mask_rcnn": ("cascade_mask_rcnn_vitdet_l_100ep", "mae_vit_large_patch16_dec512d16h8b"),
 }
 DEMO_MODEL = "mae_vit_micro_patch8_dec64d4h2b"
-
-
-def tiny_overrides(size: int = 128) -> list[str]:
-    """The shipped ViT-B Mask R-CNN config shrunk to the demo's micro ViT (embed 96, depth 4, heads 3,
-    patch 8) at ``size`` px. Patch 8 puts the ViT's output at stride 8, so the pyramid is built from
-    scales 2, 1, 0.5 (strides 4, 8, 16: p2-p4) without the max-pooled level."""
-    levels = "[p2,p3,p4]"
-    scales = "[0.25,0.125,0.0625]"
-    return [
-        "model.backbone.net.embed_dim=96", "model.backbone.net.depth=4", "model.backbone.net.num_heads=3",
-        "model.backbone.net.patch_size=8", f"model.backbone.net.img_size={size}", "model.backbone.net.window_size=4",
-        "model.backbone.net.window_block_indexes=[0,2]", f"model.backbone.square_pad={size}",
-        "model.backbone.scale_factors=[2.0,1.0,0.5]", "model.backbone.top_block=null",
-        f"model.proposal_generator.in_features={levels}",
-        "model.proposal_generator.anchor_generator.sizes=[[16],[32],[64]]",
-        "model.proposal_generator.anchor_generator.strides=[4,8,16]",
-        "model.proposal_generator.pre_nms_topk=[200,100]", "model.proposal_generator.post_nms_topk=[100,50]",
-        f"model.roi_heads.box_in_features={levels}", f"model.roi_heads.mask_in_features={levels}",
-        f"model.roi_heads.box_pooler.scales={scales}", f"model.roi_heads.mask_pooler.scales={scales}",
-        "model.roi_heads.batch_size_per_image=64",
-        f"dataloader.train.mapper.augmentations.1.target_height={size}",
-        f"dataloader.train.mapper.augmentations.1.target_width={size}",
-        f"dataloader.train.mapper.augmentations.2.crop_size=[{size},{size}]",
-        f"dataloader.test.mapper.augmentations.0.short_edge_length={size}",
-        f"dataloader.test.mapper.augmentations.0.max_size={size}",
-        "dataloader.train.num_workers=0", "dataloader.test.num_workers=0",
-        "train.device=cpu",
-    ]
+DEMO_CONFIG = "mask_rcnn_vitdet_demo"  # the shipped config shrunk to the demo checkpoint, CPU, 128 px
 
 
 def golden(name: str) -> dict[str, tuple[int, ...]]:
@@ -148,7 +122,7 @@ def test_shipped_configs_are_found_and_self_contained():
     from bridges.detect import config_dir, config_names, resolve_config
 
     assert config_dir() == CONFIG_DIR
-    assert set(config_names()) == {c for c, _ in GOLDEN.values()}
+    assert set(config_names()) == {c for c, _ in GOLDEN.values()} | {DEMO_CONFIG}
     assert resolve_config("mask_rcnn_vitdet_l_100ep.py") == CONFIG_DIR / "mask_rcnn_vitdet_l_100ep.py"
     for path in CONFIG_DIR.glob("*.py"):
         text = path.read_text()
@@ -247,7 +221,7 @@ def test_pretrain_img_size_224_breaks_contract(d2, vit_b_converted):
 def test_lsmae_demo_resolves_in_checkpointer(d2, lsmae_home):
     from detectron2.checkpoint import DetectionCheckpointer
 
-    cfg = load_config("mask_rcnn_vitdet_b_100ep", [*tiny_overrides(), "model.backbone.net.pretrain_img_size=64"])
+    cfg = load_config(DEMO_CONFIG)
     model = build(cfg)
     DetectionCheckpointer(model).load("lsmae://demo")
     expected = convert_to_vitdet("demo").checkpoint["model"]
@@ -280,48 +254,14 @@ def test_override_typo_is_one_line(d2, lsmae_home, capsys):
     assert "did you mean train.max_iter?" in err and len(err.strip().splitlines()) == 1
 
 
-def write_tiny_coco(root: Path) -> None:
-    """A few images with boxes and polygon masks as COCO json + jpgs under ``root/coco``."""
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
-
-    categories = [{"id": c["id"], "name": c["name"]} for c in COCO_CATEGORIES if c["isthing"]]
-    for split, count, seed in (("train2017", 4, 0), ("val2017", 2, 1)):
-        rng = np.random.default_rng(seed)
-        folder = root / "coco" / split
-        folder.mkdir(parents=True)
-        images, annotations = [], []
-        for i in range(count):
-            w, h = 160, 128
-            img = Image.new("RGB", (w, h), tuple(int(c) for c in rng.integers(0, 80, 3)))
-            draw = ImageDraw.Draw(img)
-            for j, category in enumerate((1, 3)):  # person, car
-                x0, y0 = int(rng.integers(5, 80)), int(rng.integers(5, 60))
-                x1, y1 = min(x0 + int(rng.integers(25, 70)), w - 1), min(y0 + int(rng.integers(25, 60)), h - 1)
-                polygon = [x0, y0, x1, y0, (x0 + x1) // 2, y1] if j else [x0, y0, x1, y0, x1, y1, x0, y1]
-                draw.polygon(polygon, fill=tuple(int(c) for c in rng.integers(120, 255, 3)))
-                annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": category,
-                                    "iscrowd": 0, "bbox": [x0, y0, x1 - x0, y1 - y0],
-                                    "area": float((x1 - x0) * (y1 - y0)) / (2 if j else 1),
-                                    "segmentation": [polygon]})
-            img.save(folder / f"{i:012d}.jpg", quality=95)
-            images.append({"id": i + 1, "file_name": f"{i:012d}.jpg", "width": w, "height": h})
-        (root / "coco" / "annotations").mkdir(exist_ok=True)
-        (root / "coco" / "annotations" / f"instances_{split}.json").write_text(
-            json.dumps({"images": images, "annotations": annotations, "categories": categories}))
-
-
 def test_train_two_iterations_and_evaluate_tiny_vitdet(d2, lsmae_home, tmp_path):
     datasets = tmp_path / "datasets"
-    write_tiny_coco(datasets)
+    write_shapes_coco(datasets, train_images=4, val_images=2)
     env = {**os.environ, "DETECTRON2_DATASETS": str(datasets), "LSMAE_HOME": str(lsmae_home),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
     def detect(*args: str) -> list[str]:
-        cmd = [sys.executable, "-m", "bridges.cli", "detect", "demo", "--config", "mask_rcnn_vitdet_b_100ep",
-               *tiny_overrides(), *args]
+        cmd = [sys.executable, "-m", "bridges.cli", "detect", "demo", "--config", DEMO_CONFIG, *args]
         done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         assert "Traceback" not in done.stderr
@@ -341,7 +281,7 @@ def test_train_two_iterations_and_evaluate_tiny_vitdet(d2, lsmae_home, tmp_path)
 
     # evaluate the trained detector (a detector checkpoint: no load contract, no conversion)
     lines = detect("--eval-only", f"train.init_checkpoint={out / 'model_final.pth'}",
-                   "model.roi_heads.box_predictor.test_score_thresh=0.0", f"train.output_dir={tmp_path / 'eval'}")
+                   f"train.output_dir={tmp_path / 'eval'}")
     results = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
     assert Path(lines[-1]) == tmp_path / "eval" / "eval_results.json"
     assert not any("load contract" in line for line in lines)

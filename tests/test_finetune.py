@@ -15,7 +15,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import timm
 import torch
@@ -23,6 +22,7 @@ from PIL import Image
 
 from bridges import finetune
 from bridges.cli import build_parser as cli_parser
+from bridges.sample_data import write_digits
 from bridges.cli import main as cli_main
 from pretrain import main_pretrain
 from pretrain.checkpoints import export_release
@@ -33,23 +33,6 @@ REPO = Path(__file__).resolve().parents[1]
 TRAIN_PER_CLASS, VAL_PER_CLASS = 60, 20
 FT_EPOCHS, FT_INTERRUPTED_AFTER = 6, 3
 PROBE_EPOCHS = 8
-
-
-def make_digits(root: Path, train: int, val: int, size: int = 64) -> Path:
-    """ImageFolder ``root/{train,val}/digitN/*.png`` from sklearn's digits (8x8 grey -> size x size RGB)."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    rng = np.random.default_rng(0)
-    for c in range(10):
-        ids = rng.permutation(np.flatnonzero(digits.target == c))
-        for split, chosen in (("train", ids[:train]), ("val", ids[train:train + val])):
-            folder = root / split / f"digit{c}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in chosen:
-                pixels = (digits.images[i] * (255 / 16)).astype(np.uint8)
-                Image.fromarray(pixels).resize((size, size), Image.BICUBIC).convert("RGB").save(folder / f"{i}.png")
-    return root
 
 
 def records(out: Path, kind: str) -> list[dict]:
@@ -90,7 +73,7 @@ def module_home(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> Path:
-    return make_digits(tmp_path_factory.mktemp("digits"), TRAIN_PER_CLASS, VAL_PER_CLASS)
+    return write_digits(tmp_path_factory.mktemp("digits"), TRAIN_PER_CLASS, VAL_PER_CLASS, size=64)
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +193,7 @@ def test_best_checkpoint_loads_into_plain_timm(run, request, digits):
 def test_default_recipe_smoke_and_resume_with_more_epochs(pretrained, tmp_path):
     """MAE's recipe as is (RandAugment, random erasing, mixup/cutmix, smoothing, layer decay, drop path)
     on a small copy of the data; a run of 1 epoch is then continued to 2 by rerunning with --epochs 2."""
-    data = make_digits(tmp_path / "small", 4, 2)
+    data = write_digits(tmp_path / "small", 4, 2, size=64)
     out = tmp_path / "run"
     argv = [str(pretrained), *common(data, out, "--effective-batch-size", "8", "--warmup-epochs", "1",
                                      "--input-size", "64")]

@@ -1,8 +1,7 @@
 """The pretraining data pipeline: folder layouts, repetition, unreadable files, seeded runs.
 
-The images are small crops of photographs shipped by scikit-image when it is installed
-(``skimage.data``: astronaut, coffee, chelsea, rocket, ...), otherwise synthetic structured
-scenes (gradients, shapes, texture, blur); see :func:`make_photo_folder`. Nothing is downloaded.
+The images are small crops of photographs shipped by scikit-image (``skimage.data``: astronaut,
+coffee, chelsea, rocket, ...); see :func:`tests.conftest.make_photo_folder`. Nothing is downloaded.
 """
 from __future__ import annotations
 

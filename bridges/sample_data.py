@@ -1,0 +1,122 @@
+"""Small real data sets that installed packages ship (nothing is downloaded), for ``lsmae demo``,
+the recorded recipe of the ``demo`` checkpoint and the tests.
+
+- photographs bundled with scikit-image (``skimage.data``), split into the pretraining set of the
+  demo checkpoint and held-out pictures for reconstructions;
+- scikit-learn's 8x8 handwritten digits (1797 labelled images) as an ImageFolder;
+- a generated COCO-format instance set (boxes and polygon masks) for Detectron2's builtin
+  ``coco_2017_train`` / ``coco_2017_val`` names.
+
+scikit-image and scikit-learn come with the ``demo`` extra: ``pip install 'long-seq-mae[demo]'``.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from pretrain.errors import LsmaeError
+
+# photographs in scikit-image's own wheel (these loaders never download); chosen for variety:
+# portraits, animals, food, objects, textures, astronomy and microscopy
+PRETRAIN_PHOTOS = ("camera", "coffee", "coins", "gravel", "brick", "grass", "hubble_deep_field", "moon",
+                   "retina", "immunohistochemistry", "page", "text", "clock", "cell")
+HELDOUT_PHOTOS = ("astronaut", "chelsea", "rocket")  # never seen in pretraining: for reconstructions
+PHOTO_SHORT_SIDE = 256  # stored size: RandomResizedCrop to 64 px needs no more, and decoding stays cheap
+
+
+class MissingDemoDependency(LsmaeError):
+    pass
+
+
+def require(module: str, package: str) -> Any:
+    """Import ``module`` or say which extra provides it (one line, no traceback)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise MissingDemoDependency(f"{package} is needed here ({e}): pip install 'long-seq-mae[demo]'") from e
+
+
+def skimage_photo(name: str) -> Image.Image:
+    """One of scikit-image's bundled photographs as RGB."""
+    data = require("skimage.data", "scikit-image")
+    return Image.fromarray(np.asarray(getattr(data, name)())).convert("RGB")
+
+
+def write_photos(folder: Path, names: Sequence[str], short_side: int = PHOTO_SHORT_SIDE) -> list[Path]:
+    """``folder/NAME.png`` for each photograph, shorter side resized to ``short_side`` (bicubic)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in names:
+        img = skimage_photo(name)
+        scale = short_side / min(img.size)
+        if scale < 1:
+            img = img.resize((round(img.width * scale), round(img.height * scale)), Image.BICUBIC)
+        path = folder / f"{name}.png"
+        img.save(path)
+        paths.append(path)
+    return paths
+
+
+def write_digits(root: Path, train_per_class: int, val_per_class: int, size: int = 32, seed: int = 0) -> Path:
+    """ImageFolder ``root/{train,val}/digitN/ID.png`` from scikit-learn's digits (8x8 grey, 17 levels,
+    upscaled bicubically to ``size`` x ``size`` RGB); a seeded, class-balanced split."""
+    datasets = require("sklearn.datasets", "scikit-learn")
+    digits = datasets.load_digits()
+    rng = np.random.default_rng(seed)
+    for c in range(10):
+        ids = rng.permutation(np.flatnonzero(digits.target == c))
+        if len(ids) < train_per_class + val_per_class:
+            raise LsmaeError(f"digit {c} has {len(ids)} images, fewer than {train_per_class}+{val_per_class} asked")
+        for split, chosen in (("train", ids[:train_per_class]),
+                              ("val", ids[train_per_class:train_per_class + val_per_class])):
+            folder = root / split / f"digit{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in chosen:
+                pixels = (digits.images[i] * (255 / 16)).astype(np.uint8)
+                Image.fromarray(pixels).resize((size, size), Image.BICUBIC).convert("RGB").save(folder / f"{i}.png")
+    return root
+
+
+# two COCO classes drawn as filled shapes: person (id 1) as a rectangle, car (id 3) as a triangle
+_SHAPES = {1: "rectangle", 3: "triangle"}
+
+
+def write_shapes_coco(root: Path, train_images: int = 8, val_images: int = 4, width: int = 160,
+                      height: int = 128) -> Path:
+    """``root/coco/{train2017,val2017}/*.jpg`` and ``root/coco/annotations/instances_*.json``: random
+    backgrounds with one box-and-polygon instance of each class per image, categories as COCO's 80
+    (ids 1..90) so Detectron2's builtin metadata applies. Point ``DETECTRON2_DATASETS`` at ``root``."""
+    builtin_meta = require("detectron2.data.datasets.builtin_meta", "detectron2")
+    categories = [{"id": c["id"], "name": c["name"]} for c in builtin_meta.COCO_CATEGORIES if c["isthing"]]
+    for split, count, seed in (("train2017", train_images, 0), ("val2017", val_images, 1)):
+        rng = np.random.default_rng(seed)
+        folder = root / "coco" / split
+        folder.mkdir(parents=True, exist_ok=True)
+        images, annotations = [], []
+        for i in range(count):
+            img = Image.new("RGB", (width, height), tuple(int(c) for c in rng.integers(0, 80, 3)))
+            draw = ImageDraw.Draw(img)
+            for category, shape in _SHAPES.items():
+                x0, y0 = int(rng.integers(5, width // 2)), int(rng.integers(5, height // 2))
+                x1 = min(x0 + int(rng.integers(25, 70)), width - 1)
+                y1 = min(y0 + int(rng.integers(25, 60)), height - 1)
+                if shape == "rectangle":
+                    polygon, area = [x0, y0, x1, y0, x1, y1, x0, y1], float((x1 - x0) * (y1 - y0))
+                else:
+                    polygon, area = [x0, y0, x1, y0, (x0 + x1) // 2, y1], float((x1 - x0) * (y1 - y0)) / 2
+                draw.polygon(polygon, fill=tuple(int(c) for c in rng.integers(120, 255, 3)))
+                annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": category,
+                                    "iscrowd": 0, "bbox": [x0, y0, x1 - x0, y1 - y0], "area": area,
+                                    "segmentation": [polygon]})
+            img.save(folder / f"{i:012d}.jpg", quality=95)
+            images.append({"id": i + 1, "file_name": f"{i:012d}.jpg", "width": width, "height": height})
+        (root / "coco" / "annotations").mkdir(exist_ok=True)
+        (root / "coco" / "annotations" / f"instances_{split}.json").write_text(
+            json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return root
