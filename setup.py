@@ -24,7 +24,9 @@ setup(
     ],
     extras_require={
         "tpu": ["torch_xla"],
-        "test": ["pytest>=7", "scikit-learn"],  # scikit-learn: the 8x8 digits of tests/test_finetune.py
+        # `lsmae demo`: photographs bundled in scikit-image, handwritten digits bundled in scikit-learn
+        "demo": ["scikit-image>=0.21", "scikit-learn>=1.2"],
+        "test": ["pytest>=7", "scikit-image>=0.21", "scikit-learn>=1.2"],
     },
     entry_points={"console_scripts": ["lsmae=bridges.cli:main"]},
 )

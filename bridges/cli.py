@@ -13,8 +13,9 @@ from . import commands as bridge_commands
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lsmae",
-        description="Long-sequence MAE checkpoints: fetch and verify the released weights, pretrain, export, "
-                    "visualize.",
+        description="Long-sequence MAE checkpoints: fetch and verify the released weights, convert them for timm "
+                    "and Detectron2 ViTDet, fine-tune, linear-probe and detect, pretrain (GPU/DDP, TPU), export, "
+                    "visualize. New here? `lsmae demo` runs the whole chain offline in a few CPU minutes.",
         epilog="Environment: LSMAE_HOME (cache folder), LSMAE_MIRROR (URL prefix), LSMAE_OFFLINE=1, "
                "LSMAE_REGISTRY (registry file), LSMAE_LOCK_TIMEOUT (seconds).",
     )

@@ -27,11 +27,13 @@ def cmd_visualize(args: argparse.Namespace) -> None:
 
     model = load_model(args.checkpoint, require_decoder=True)
     images = load_images(args.images, model.img_size)
-    picture = reconstruction_grid(model, images, args.mask_ratio, args.mask_downsampling, args.seed,
-                                  norm_pix=not args.raw_pixels)
+    picture, loss = reconstruction_grid(model, images, args.mask_ratio, args.mask_downsampling, args.seed,
+                                        norm_pix=not args.raw_pixels)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     picture.save(args.output)
     print(f"columns: original | masked ({args.mask_ratio:.0%}) | reconstruction | reconstruction + visible")
+    baseline = " (1.0 = predicting each patch's mean colour)" if not args.raw_pixels else ""
+    print(f"loss on the masked patches of these {len(images)} images: {loss:.3f}{baseline}")
     print(args.output)
 
 
@@ -80,6 +82,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
     run_eval(args)
 
 
+def cmd_demo(args: argparse.Namespace) -> None:
+    from . import demo
+
+    demo.run(args)
+
+
 def cmd_detect(args: argparse.Namespace) -> None:
     from . import detect
 
@@ -87,6 +95,13 @@ def cmd_detect(args: argparse.Namespace) -> None:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    from . import demo
+
+    p = sub.add_parser("demo", help="the whole chain offline on the embedded demo checkpoint (a few CPU minutes)",
+                       description=demo.DESCRIPTION)
+    demo.add_arguments(p)
+    p.set_defaults(func=cmd_demo)
+
     p = sub.add_parser("pretrain", help="pretrain a long-seq MAE (GPU/DDP, CPU, TPU)",
                        description="Long-sequence MAE pretraining (same as `python -m pretrain`).",
                        epilog=main_pretrain.EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)

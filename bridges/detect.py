@@ -38,6 +38,9 @@ from .vitdet_convert import BACKBONE_PREFIX, check_load_contract, convert_to_vit
 INIT_KEY = "train.init_checkpoint"
 PRETRAIN_IMG_SIZE_KEY = "model.backbone.net.pretrain_img_size"
 CONFIG_PACKAGE = "detection_configs"
+DETECTRON2_INSTALL = ("install it from source: pip install --no-build-isolation "
+                      "'git+https://github.com/facebookresearch/detectron2.git', then "
+                      "pip install 'setuptools<81' shapely pycocotools")
 CONVERTED_NAME = "lsmae_init_vitdet.pth"  # conversion of a SOURCE file, written into train.output_dir
 
 DESCRIPTION = ("Fine-tune a long-seq MAE encoder as a ViTDet (Cascade) Mask R-CNN on COCO with Detectron2. SOURCE "
@@ -409,10 +412,7 @@ def run(args: argparse.Namespace) -> None:
         import detectron2  # noqa: F401
         from detectron2.engine import launch
     except ImportError as e:
-        raise DetectError(
-            f"detectron2 is needed for detection and is not importable ({e}); install it from source: "
-            "pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git', then "
-            "pip install 'setuptools<81' shapely pycocotools") from None
+        raise DetectError(f"detectron2 is needed for detection and is not importable ({e}); {DETECTRON2_INSTALL}") from None
     from omegaconf import OmegaConf
 
     from . import vitdet_paths  # noqa: F401  (lsmae:// in train.init_checkpoint, whatever the config imports)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,9 @@ def write_shapes_coco(root: Path, train_images: int = 8, val_images: int = 4, wi
     """``root/coco/{train2017,val2017}/*.jpg`` and ``root/coco/annotations/instances_*.json``: random
     backgrounds with one box-and-polygon instance of each class per image, categories as COCO's 80
     (ids 1..90) so Detectron2's builtin metadata applies. Point ``DETECTRON2_DATASETS`` at ``root``."""
-    builtin_meta = require("detectron2.data.datasets.builtin_meta", "detectron2")
+    with warnings.catch_warnings():  # detectron2's import warns about torch.jit.script, nothing to act on
+        warnings.simplefilter("ignore", FutureWarning)
+        builtin_meta = require("detectron2.data.datasets.builtin_meta", "detectron2")
     categories = [{"id": c["id"], "name": c["name"]} for c in builtin_meta.COCO_CATEGORIES if c["isthing"]]
     for split, count, seed in (("train2017", train_images, 0), ("val2017", val_images, 1)):
         rng = np.random.default_rng(seed)

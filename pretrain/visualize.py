@@ -34,14 +34,16 @@ def load_images(paths: Sequence[str | Path], size: int) -> torch.Tensor:
 def reconstruction_grid(
     model: MaskedAutoencoderViT, images: torch.Tensor, mask_ratio: float = 0.75, downsampling: int = 2,
     seed: int = 0, norm_pix: bool = True,
-) -> Image.Image:
-    """One row per image. With ``norm_pix`` the per-patch normalised prediction is mapped back
-    with the statistics of the original patch (for display only, as in MAE's demo)."""
+) -> tuple[Image.Image, float]:
+    """One row per image, and the model's loss on the masked patches of these images. With
+    ``norm_pix`` the per-patch normalised prediction is mapped back with the statistics of the
+    original patch (for display only, as in MAE's demo)."""
     model.eval()
+    model.norm_pix_loss = norm_pix  # checkpoints do not record their loss target: the caller says
     b = images.shape[0]
     ids_keep, ids_restore = block_mask_indices(b, model.grid_size, mask_ratio, downsampling,
                                                generator=torch.Generator().manual_seed(seed))
-    _, pred, mask = model(images, ids_keep, ids_restore)
+    loss, pred, mask = model(images, ids_keep, ids_restore)
     if model.pred_downsampling > 1:
         raise ValueError("visualisation supports pred_downsampling=1 checkpoints only")
     if norm_pix:
@@ -54,4 +56,4 @@ def reconstruction_grid(
     columns = [images, images * (1 - mask_img), recon, images * (1 - mask_img) + recon * mask_img]
     rows = torch.cat(columns, dim=3) * _STD + _MEAN
     grid = torch.cat(list(rows), dim=1).clamp(0, 1)
-    return transforms.functional.to_pil_image(grid)
+    return transforms.functional.to_pil_image(grid), float(loss)

@@ -64,7 +64,7 @@ def test_demo_is_packaged_pinned_and_fetches_offline(lsmae_home):
     packaged = ASSETS_DIR / demo.path
     assert packaged.stat().st_size < 5_000_000
     assert hashlib.sha256(packaged.read_bytes()).hexdigest() == demo.sha256
-    path = zoo.fetch("demo", quiet=True)
+    path = zoo.fetch("demo", quiet=True, offline=True)  # in the package: no network involved
     assert path.read_bytes() == packaged.read_bytes()
     assert json.loads((lsmae_home / "pinned-digests.json").read_text())["demo"]["sha256"] == demo.sha256
     sd = zoo.load_state_dict("demo")

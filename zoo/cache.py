@@ -209,7 +209,7 @@ def fetch(
         # read-only (e.g. cluster-shared) cache works and DDP ranks check the file in parallel.
         _check_cached(entry, path, sha256)
         return path
-    if offline:
+    if offline and not entry.is_packaged:  # a packaged file is read from disk, not the network
         raise CacheError(
             f"{entry.id} is not cached at {path} and offline mode is on (LSMAE_OFFLINE / --offline); "
             f"fetch it on a machine with network access and copy it there"

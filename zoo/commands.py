@@ -35,6 +35,7 @@ def _entry_record(entry: Entry) -> dict[str, Any]:
         "file_epochs": entry.file_epochs, "img_size": entry.img_size, "patch_size": entry.patch_size,
         "mask_downsampling": entry.mask_downsampling, "decoder": entry.decoder,
         "size_bytes": _weights_bytes(entry), "license": entry.license, "sha256": entry.sha256,
+        "recipe": list(entry.recipe),
         "cached": cache.entry_path(entry).exists(),
     }
 

@@ -40,6 +40,8 @@ class Entry:
     sha256: str = ""
     url_prefix: str = ""
     notes: str = ""
+    # shell commands that regenerate the file from an empty folder (the project-made demo entry)
+    recipe: tuple[str, ...] = ()
 
     @property
     def filename(self) -> str:
@@ -82,7 +84,8 @@ def license_url(license: str) -> str:
 def entries() -> list[Entry]:
     """All registry entries, in file order."""
     doc = _load()
-    return [Entry(**{"url_prefix": doc["url_prefix"], **e}) for e in doc["entries"]]
+    return [Entry(**{"url_prefix": doc["url_prefix"], **e, "recipe": tuple(e.get("recipe", ()))})
+            for e in doc["entries"]]
 
 
 def _valid_ids() -> str:

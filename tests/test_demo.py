@@ -1,0 +1,100 @@
+"""``lsmae demo``, as the README's quickstart runs it, and how it fails; ``--from-scratch``."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bridges import demo
+from bridges.cli import main
+from bridges.timm_convert import create_timm_model, convert_to_timm
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory) -> tuple[Path, list[str]]:
+    """``lsmae demo`` exactly as the README's first command ends, in a fresh folder and cache."""
+    cwd = tmp_path_factory.mktemp("quickstart")
+    env = {**os.environ, "LSMAE_HOME": str(cwd / "home"),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    setup = (REPO / "README.md").read_text().splitlines()[2]
+    argv = setup.rsplit("/lsmae ", 1)[1].split()
+    assert argv == ["demo"]
+    done = subprocess.run([sys.executable, "-m", "bridges.cli", *argv], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return cwd / demo.DEFAULT_WORKDIR, done.stdout.splitlines()
+
+
+def test_quickstart_runs_every_step_and_reports_artefacts(quickstart):
+    workdir, lines = quickstart
+    steps = [line for line in lines if re.match(r"\[\d/\d\] ", line)]
+    with_detection = demo.detectron2_available()
+    assert len(steps) == (7 if with_detection else 6)
+    assert any(line.startswith("[skip] detection: detectron2 is not installed; to add this step, install it")
+               for line in lines) != with_detection
+    commands = [line.strip() for line in lines if line.strip().startswith("$ lsmae ")]
+    assert [c.split()[2] for c in commands][:4] == ["fetch", "verify", "visualize", "convert"]
+    assert sum(c.startswith("$ lsmae finetune demo") for c in commands) == 2
+    artefacts = {}
+    for line in lines[lines.index(next(x for x in lines if x.startswith("done in "))) + 1:]:
+        what, path = re.split(r"\s{2,}", line.strip())
+        artefacts[what] = Path(path)
+    assert all(p.exists() for p in artefacts.values()), artefacts
+    assert artefacts["reconstructions of held-out photographs"] == workdir / "reconstructions.png"
+    assert (workdir / "logs" / "finetune-scratch.log").is_file()
+    if with_detection:
+        assert artefacts["detection metrics"].name == "eval_results.json"
+
+
+def test_pretraining_shows_in_reconstructions_and_fine_tuning(quickstart):
+    """What the demo prints is what the demo checkpoint learned from photographs: held-out pictures are
+    reconstructed better than by each patch's mean colour (loss 1.0), and fine-tuning from it beats the
+    same budget from the untrained initialisation."""
+    _, lines = quickstart
+    loss = float(re.search(r"loss on the masked patches of these 3 images: ([\d.]+)", "\n".join(lines)).group(1))
+    assert loss < 0.85
+    m = re.search(r"pretrained ([\d.]+)% vs from scratch ([\d.]+)%", "\n".join(lines))
+    pretrained, scratch = float(m.group(1)), float(m.group(2))
+    assert pretrained > scratch + 10
+
+
+def test_a_failing_step_stops_with_its_log_and_exit_status(tmp_path, lsmae_home, monkeypatch, capsys):
+    monkeypatch.setattr(demo, "FINETUNE_RECIPE", (*demo.FINETUNE_RECIPE, "--lr", "fast"))
+    assert main(["demo", "--workdir", str(tmp_path / "w"), "--epochs", "1"]) == 1
+    out, err = capsys.readouterr()
+    assert "[5/" in out and "[6/" not in out
+    log = tmp_path / "w" / "logs" / "finetune-pretrained.log"
+    assert err.strip().splitlines() == [err.strip()]  # one line, no traceback
+    assert "failed (exit 2)" in err and str(log) in err
+    assert "invalid float value: 'fast'" in log.read_text()
+
+
+def test_demo_without_its_extra_says_how_to_install(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "skimage", None)  # as if scikit-image were not installed
+    monkeypatch.setitem(sys.modules, "skimage.data", None)
+    assert main(["demo", "--workdir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "scikit-image is needed" in err and "pip install 'long-seq-mae[demo]'" in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_from_scratch_is_the_untrained_mae_initialisation_through_the_same_conversion(lsmae_home):
+    torch.manual_seed(1)
+    scratch, converted, initialised = create_timm_model("demo", num_classes=10, img_size=64, pretrained=False)
+    pretrained, _, _ = create_timm_model("demo", num_classes=10, img_size=64)
+    assert converted.metadata["init"] == "untrained (from scratch)"
+    assert set(initialised) == {"head.weight", "head.bias", "fc_norm.weight", "fc_norm.bias"}
+    demo_weights = convert_to_timm("demo", img_size=64).state_dict
+    s, p = scratch.state_dict(), pretrained.state_dict()
+    assert torch.equal(p["blocks.0.attn.qkv.weight"], demo_weights["blocks.0.attn.qkv.weight"])
+    assert not torch.equal(s["blocks.0.attn.qkv.weight"], p["blocks.0.attn.qkv.weight"])
+    # the MAE code's initialisation (xavier-uniform linears), not timm's trunc-normal(0.02)
+    bound = (6 / sum(s["blocks.0.mlp.fc1.weight"].shape)) ** 0.5
+    assert s["blocks.0.mlp.fc1.weight"].abs().max() <= bound and s["blocks.0.mlp.fc1.weight"].std() > 0.03
