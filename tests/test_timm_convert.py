@@ -374,9 +374,9 @@ def test_zoo_demo_source(lsmae_home):
     converted = convert_to_timm("demo", img_size=64, global_pool="token")
     entry = get_entry("demo")
     assert converted.metadata["source"] == "demo"
-    assert converted.metadata["source_sha256"] == entry.sha256 == (
-        "80dbe30d1eb3e70f8932bc17b3a4902bb31136e8e338af4fa34e847b1682a663")
-    assert converted.metadata["epochs"] == "0" and converted.metadata["mae_model"] == TINY_MODEL
+    assert converted.metadata["source_sha256"] == entry.sha256 == hashlib.sha256(
+        (ASSETS_DIR / entry.path).read_bytes()).hexdigest()
+    assert converted.metadata["epochs"] == "10240" and converted.metadata["mae_model"] == TINY_MODEL
     assert (lsmae_home / "checkpoints" / "demo").is_dir()  # fetched through the cache
     demo = torch.load(ASSETS_DIR / entry.path, weights_only=True)["model"]  # the packaged file itself
     assert all(torch.equal(v, demo[k]) for k, v in converted.state_dict.items())
