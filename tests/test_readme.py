@@ -46,7 +46,7 @@ def indented_commands(text: str) -> list[str]:
 
 
 def lsmae_invocations(command: str) -> list[tuple[str, list[str]]]:
-    """(program, argv) for each lsmae / ``-m pretrain`` / ``-m bridges.finetune`` call in a command line,
+    """(program, argv) for each lsmae (also ``-m bridges.cli``) / ``-m pretrain`` / ``-m bridges.finetune`` call,
     also inside quoted remote commands (gcloud ... --command="... lsmae pretrain ...")."""
     lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
     lexer.whitespace_split = True
@@ -62,8 +62,9 @@ def lsmae_invocations(command: str) -> list[tuple[str, list[str]]]:
             if token == "lsmae" or token.endswith("/lsmae"):
                 found.append(("lsmae", tokens[i + 1:]))
                 break
-            if token == "-m" and i + 1 < len(tokens) and tokens[i + 1] in ("pretrain", "bridges.finetune"):
-                found.append((tokens[i + 1], tokens[i + 2:]))
+            if token == "-m" and i + 1 < len(tokens) and tokens[i + 1] in ("pretrain", "bridges.finetune",
+                                                                           "bridges.cli"):
+                found.append(("lsmae" if tokens[i + 1] == "bridges.cli" else tokens[i + 1], tokens[i + 2:]))
                 break
             if token.startswith("--command="):
                 found += lsmae_invocations(token.split("=", 1)[1])
