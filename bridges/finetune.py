@@ -16,14 +16,12 @@ import argparse
 import logging
 import math
 import os
-import random
 import sys
 import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create_transform
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -33,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from pretrain.backends import TorchBackend, make_backend
-from pretrain.engine import NonFiniteLossError, resolve_batch, resolve_precision
+from pretrain.engine import NonFiniteLossError, resolve_batch, resolve_precision, seed_epoch
 from pretrain.errors import LsmaeError
 from pretrain.run_logging import RunLogger, fmt_eta, setup_logging
 
@@ -424,15 +422,6 @@ def create_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
     return model
 
 
-def _seed_epoch(seed: int, epoch: int, rank: int) -> int:
-    """Seeds are functions of (seed, epoch, rank) only (torch, numpy and random: mixup uses numpy)."""
-    s = (seed * 1_000_003 + epoch * 1_009 + rank) % 2**63
-    torch.manual_seed(s)
-    np.random.seed(s % 2**32)
-    random.seed(s)
-    return s
-
-
 def _resume_state(args: argparse.Namespace, output_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     if args.resume == "auto":
         path = output_dir / "last.pth"
@@ -561,7 +550,7 @@ def train(args: argparse.Namespace, backend: TorchBackend, mode: str = "finetune
     total_steps = max(1, (args.epochs - start_epoch) * steps_per_epoch)
     for epoch in range(start_epoch, args.epochs):
         sampler.set_epoch(epoch)
-        loader_gen.manual_seed(_seed_epoch(args.seed, epoch, backend.rank))
+        loader_gen.manual_seed(seed_epoch(args.seed, epoch, backend.rank))
         model.train()
         epoch_loss = torch.zeros((), device=backend.device)
         for step, (images, target) in enumerate(backend.device_loader(loader)):

@@ -4,10 +4,12 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import random
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
@@ -65,11 +67,14 @@ def _json_safe(args: argparse.Namespace) -> dict[str, Any]:
             if isinstance(v, (str, int, float, bool, list, tuple, Path, type(None)))}
 
 
-def _seed_epoch(args: argparse.Namespace, backend: TorchBackend, epoch: int) -> int:
-    """Seeds are functions of (seed, epoch, rank) only, so a resumed run replays exactly."""
-    seed = (args.seed * 1_000_003 + epoch * 1_009 + backend.rank) % 2**63
-    torch.manual_seed(seed)
-    return seed
+def seed_epoch(seed: int, epoch: int, rank: int) -> int:
+    """Seed torch, numpy and random (timm's mixup uses numpy) from (seed, epoch, rank) only, so that
+    a resumed run replays exactly; returns the seed for the epoch's generators."""
+    s = (seed * 1_000_003 + epoch * 1_009 + rank) % 2**63
+    torch.manual_seed(s)
+    np.random.seed(s % 2**32)
+    random.seed(s)
+    return s
 
 
 def train(args: argparse.Namespace, backend: TorchBackend) -> Path:
@@ -137,7 +142,7 @@ def train(args: argparse.Namespace, backend: TorchBackend) -> Path:
     total_steps = (args.epochs - start_epoch) * steps_per_epoch
     for epoch in range(start_epoch, args.epochs):
         sampler.set_epoch(epoch)
-        seed = _seed_epoch(args, backend, epoch)
+        seed = seed_epoch(args.seed, epoch, backend.rank)
         loader_gen.manual_seed(seed)
         mask_gen = backend.generator(seed)
         ddp_model.train()
