@@ -16,6 +16,12 @@ class ConversionError(LsmaeError):
     pass
 
 
+def key_groups(keys: list[str]) -> str:
+    """The top-level modules of ``keys`` (``decoder_blocks, mask_token``), for conversion reports."""
+    groups = sorted({k.split(".")[0] for k in keys})
+    return ", ".join(groups) if groups else "nothing"
+
+
 def merge_qv_bias(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
     """``attn.q_bias``/``attn.v_bias`` -> ``attn.qkv.bias = cat(q, 0, v)`` (exact: BEiT style)."""
     out, merged = {}, 0

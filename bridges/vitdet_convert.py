@@ -17,7 +17,7 @@ import torch
 from pretrain.backends import atomic_save
 from zoo.checkpoint import CheckpointInfo, check_structure
 
-from .mae_weights import ConversionError, load_mae_weights, merge_qv_bias
+from .mae_weights import ConversionError, key_groups, load_mae_weights, merge_qv_bias
 
 BACKBONE_PREFIX = "backbone.net."
 VITDET_KEEP = ("pos_embed", "patch_embed.", "blocks.")
@@ -43,9 +43,8 @@ class VitDetCheckpoint:
         return self.info.img_size
 
     def report(self) -> str:
-        groups = sorted({k.split(".")[0] for k in self.dropped})
         lines = [f"{len(self.checkpoint['model'])} tensors as backbone.net.*; dropped {len(self.dropped)} "
-                 f"({', '.join(groups)})",
+                 f"({key_groups(self.dropped)})",
                  f"pos_embed kept whole ({self.info.grid_size}x{self.info.grid_size} + cls): set "
                  f"model.backbone.net.pretrain_img_size={self.pretrain_img_size}"]
         if self.merged_k_bias:
