@@ -7,7 +7,7 @@ pooling), drops the decoder and mask token, merges BEiT-style ``q_bias``/``v_bia
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +16,10 @@ from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from pretrain import create_model, model_config
+from pretrain.backends import atomic_save
 from zoo.checkpoint import CheckpointInfo, check_structure
 
-from .mae_weights import ConversionError, load_mae_weights, merge_qv_bias
+from .mae_weights import ConversionError, key_groups, load_mae_weights, merge_qv_bias
 
 ENCODER_PREFIXES = ("cls_token", "pos_embed", "patch_embed.", "blocks.")
 # timm model names for our encoders, by (width, depth, heads); others are built from vit_base with overrides
@@ -41,17 +42,12 @@ class Converted:
 
     def report(self) -> str:
         lines = [f"kept {len(self.kept)} tensors; dropped {len(self.dropped)} "
-                 f"({_summarise(self.dropped)})"]
+                 f"({key_groups(self.dropped)})"]
         if self.merged_k_bias:
             lines.append(f"merged q_bias/v_bias into qkv.bias (zero key bias) in {self.merged_k_bias} blocks")
         if self.resampled:
             lines.append(self.resampled)
         return "\n".join(lines)
-
-
-def _summarise(keys: list[str]) -> str:
-    groups = sorted({k.split(".")[0] for k in keys})
-    return ", ".join(groups) if groups else "nothing"
 
 
 def convert_to_timm(
@@ -108,9 +104,8 @@ def save_safetensors(converted: Converted, path: str | Path) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(converted.state_dict, str(tmp), metadata=converted.metadata)
-    tmp.replace(path)
+    atomic_save(converted.state_dict, path,
+                save=lambda tensors, tmp: save_file(tensors, tmp, metadata=converted.metadata))
     return path
 
 
@@ -128,12 +123,14 @@ def create_timm_model(
     """
     import timm
 
-    converted = convert_to_timm(source, img_size=img_size, global_pool=global_pool)
-    if not pretrained:
-        info = converted.info
+    if pretrained:
+        converted = convert_to_timm(source, img_size=img_size, global_pool=global_pool)
+    else:  # the source only names the architecture and provenance: its weights are not converted
+        sd, provenance = load_mae_weights(source)
+        info = check_structure(sd)
         untrained = create_model(info.matching_models[0], **info.model_overrides()).state_dict()
-        scratch = convert_to_timm(untrained, img_size=img_size, global_pool=global_pool)
-        converted = replace(scratch, metadata={**converted.metadata, "init": "untrained (from scratch)"})
+        converted = convert_to_timm(untrained, img_size=img_size, global_pool=global_pool)
+        converted.metadata.update({**provenance, "init": "untrained (from scratch)"})
     name, arch_kwargs = timm_model_args(converted.info)
     model = timm.create_model(name, pretrained=False, num_classes=num_classes, global_pool=global_pool,
                               img_size=img_size, **arch_kwargs, **timm_kwargs)
