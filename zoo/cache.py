@@ -209,7 +209,8 @@ def fetch(
         # read-only (e.g. cluster-shared) cache works and DDP ranks check the file in parallel.
         _check_cached(entry, path, sha256)
         return path
-    if offline and not entry.is_packaged:  # a packaged file is read from disk, not the network
+    url = entry.url(mirror)
+    if offline and not url.startswith("file:"):  # packaged files and file:// mirrors are no network
         raise CacheError(
             f"{entry.id} is not cached at {path} and offline mode is on (LSMAE_OFFLINE / --offline); "
             f"fetch it on a machine with network access and copy it there"
@@ -219,7 +220,6 @@ def fetch(
         if path.exists():
             _check_cached(entry, path, sha256)
             return path
-        url = entry.url(mirror)
         if not quiet and partial_path(path).exists():
             print(f"resuming {entry.id} from {partial_path(path).stat().st_size} bytes", file=sys.stderr)
         digest = download(url, path, lambda part, d: _verify_download(entry, url, part, d, sha256),
