@@ -63,11 +63,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 @dataclass
 class Demo:
-    """The state of one demo run: where things go, what was made, and how long each step took."""
+    """The state of one demo run: where things go and what was made."""
 
     workdir: Path
     artefacts: dict[str, Path] = field(default_factory=dict)
-    timings: list[tuple[str, float]] = field(default_factory=list)
 
     @property
     def logs(self) -> Path:
@@ -89,9 +88,7 @@ class Demo:
             log = self.log_path("traceback")
             log.write_text(traceback.format_exc())
             raise DemoError(f"step {number} ({title}) broke: {sys.exc_info()[1]!r}; traceback in {log}") from None
-        seconds = time.perf_counter() - start
-        self.timings.append((title, seconds))
-        print(f"      {result} ({seconds:.1f} s)", flush=True)
+        print(f"      {result} ({time.perf_counter() - start:.1f} s)", flush=True)
 
     def lsmae(self, name: str, argv: list[str]) -> list[str]:
         """``lsmae ARGV`` in this process, output to the step's log; returns the lines it printed."""
@@ -129,7 +126,7 @@ class Demo:
 
 
 def _strip_log_prefix(line: str) -> str:
-    return re.sub(r"^(\[[^]]*\] )?\d\d:\d\d:\d\d ", "", line)
+    return re.sub(r"^\d\d:\d\d:\d\d ", "", line)  # the time stamp of our own log lines
 
 
 def _last_error(lines: list[str]) -> str:

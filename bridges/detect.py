@@ -412,7 +412,8 @@ def run(args: argparse.Namespace) -> None:
         import detectron2  # noqa: F401
         from detectron2.engine import launch
     except ImportError as e:
-        raise DetectError(f"detectron2 is needed for detection and is not importable ({e}); {DETECTRON2_INSTALL}") from None
+        raise DetectError(
+            f"detectron2 is needed for detection and is not importable ({e}); {DETECTRON2_INSTALL}") from None
     from omegaconf import OmegaConf
 
     from . import vitdet_paths  # noqa: F401  (lsmae:// in train.init_checkpoint, whatever the config imports)
