@@ -1,13 +1,64 @@
-"""``lsmae``: one console script; each package registers its own subcommands."""
+"""``lsmae``: one console script over every package's commands.
+
+The commands are a table: each row names the function that adds its arguments (argparse only,
+no torch) and the function that runs it, imported only when that command runs. So ``lsmae
+--help``, ``lsmae list`` or a cached ``lsmae fetch`` answer without importing torch.
+"""
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from dataclasses import dataclass
+from typing import Any
 
-from pretrain.errors import LsmaeError
-from zoo import commands as zoo_commands
+from pretrain.errors import report_errors
+from zoo.settings import ENVIRONMENT
 
-from . import commands as bridge_commands
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str  # the one line `lsmae --help` shows
+    arguments: str  # "module:function" adding the arguments to the command's parser
+    run: str  # "module:function" taking the parsed arguments
+
+    @staticmethod
+    def resolve(ref: str) -> Any:
+        module, _, attr = ref.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+COMMANDS = [
+    Command("demo", "the whole chain offline on the embedded demo checkpoint (a few CPU minutes)",
+            "bridges.commands:add_demo_arguments", "bridges.commands:cmd_demo"),
+    Command("list", "the released checkpoints", "zoo.commands:add_list_arguments", "zoo.commands:cmd_list"),
+    Command("fetch", "download and verify a checkpoint; prints its local path",
+            "zoo.commands:add_fetch_arguments", "zoo.commands:cmd_fetch"),
+    Command("verify", "re-check a cached entry (SHA-256 + structure) or a file (structure)",
+            "zoo.commands:add_verify_arguments", "zoo.commands:cmd_verify"),
+    Command("inspect", "describe a checkpoint file without trusting it",
+            "zoo.commands:add_inspect_arguments", "zoo.commands:cmd_inspect"),
+    Command("cache", "list or remove cached checkpoints", "zoo.commands:add_cache_arguments", "zoo.commands:cmd_cache"),
+    Command("convert", "convert an MAE checkpoint for timm or Detectron2 ViTDet",
+            "bridges.commands:add_convert_arguments", "bridges.commands:cmd_convert"),
+    Command("finetune", "fine-tune an MAE encoder as a timm classifier (MAE recipe; GPU/DDP, CPU)",
+            "bridges.commands:add_finetune_arguments", "bridges.commands:cmd_finetune"),
+    Command("linprobe", "linear probing of a frozen MAE encoder (LARS; GPU/DDP, CPU)",
+            "bridges.commands:add_linprobe_arguments", "bridges.commands:cmd_finetune"),
+    Command("eval", "top-1/top-5 of a finetune/linprobe checkpoint on DATA/val",
+            "bridges.commands:add_eval_arguments", "bridges.commands:cmd_eval"),
+    Command("detect", "train/evaluate ViTDet (Cascade) Mask R-CNN on COCO from an MAE checkpoint (needs detectron2)",
+            "bridges.commands:add_detect_arguments", "bridges.commands:cmd_detect"),
+    Command("pretrain", "pretrain a long-seq MAE (GPU/DDP, CPU, TPU)",
+            "bridges.commands:add_pretrain_arguments", "bridges.commands:cmd_pretrain"),
+    Command("export", "write a run's weights in the release format",
+            "bridges.commands:add_export_arguments", "bridges.commands:cmd_export"),
+    Command("visualize", "PNG of masked reconstructions", "bridges.commands:add_visualize_arguments",
+            "bridges.commands:cmd_visualize"),
+    Command("bench", "benchmarks: pretrain (step time, memory, FLOP/s vs the release), zoo (fetch/verify/convert "
+                     "throughput and memory)", "bridges.commands:add_bench_arguments", "bridges.commands:cmd_bench"),
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,31 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Long-sequence MAE checkpoints: fetch and verify the released weights, convert them for timm "
                     "and Detectron2 ViTDet, fine-tune, linear-probe and detect, pretrain (GPU/DDP, TPU), export, "
                     "visualize. New here? `lsmae demo` runs the whole chain offline in a few CPU minutes.",
-        epilog="Environment: LSMAE_HOME (cache folder), LSMAE_MIRROR (URL prefix), LSMAE_OFFLINE=1, "
-               "LSMAE_REGISTRY (registry file), LSMAE_LOCK_TIMEOUT (seconds).",
+        epilog="environment: " + "; ".join(f"{name} ({what})" for name, what in ENVIRONMENT.items()) + ".",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    zoo_commands.add_parsers(sub)
-    bridge_commands.add_parsers(sub)
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        Command.resolve(command.arguments)(p)
+        p.set_defaults(handler=command.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except LsmaeError as e:
-        print(f"lsmae {args.command}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"lsmae {args.command}: interrupted; running the same command again resumes "
-              "(downloads from their partial file, training runs from their last checkpoint)", file=sys.stderr)
-        return 130
-    except OSError as e:
-        print(f"lsmae {args.command}: error: {e.strerror or e}"
-              + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
-        return 1
-    return 0
+    return report_errors(f"lsmae {args.command}", lambda: Command.resolve(args.handler)(args))
 
 
 if __name__ == "__main__":

@@ -1,79 +1,147 @@
-"""``lsmae`` subcommands that join the pretraining engine and the zoo: pretrain, export, visualize, bench."""
+"""``lsmae`` subcommands that join the pretraining engine, the zoo and the converters.
+
+Each command is an ``add_*_arguments`` function (argparse only: registering it imports no torch)
+and a library function that does the work and returns a result object; the ``cmd_*`` functions
+print from that result, and ``lsmae demo`` calls the same library functions.
+"""
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
-from pretrain import main_pretrain
-from pretrain.checkpoints import export_release
-from zoo.checkpoint import check_structure, load_checkpoint, model_state_dict
-from zoo.models import load_model
+CONVERT_TARGETS = ("timm", "vitdet")
 
 
-def cmd_pretrain(args: argparse.Namespace) -> None:
-    main_pretrain.run(args)
+# --------------------------------------------------------------------------- results
+@dataclass
+class Exported:
+    """A run's weights written in the release format."""
+
+    path: Path
+    model: str
+    grid_size: int
+    has_decoder: bool
+
+    def lines(self) -> list[str]:
+        return [f"wrote {self.model} weights ({self.grid_size}x{self.grid_size} grid, "
+                f"decoder {'kept' if self.has_decoder else 'absent'}) in the release format", str(self.path)]
+
+
+@dataclass
+class Reconstructions:
+    """A picture of masked reconstructions and the loss on the masked patches."""
+
+    path: Path
+    loss: float
+    num_images: int
+    mask_ratio: float
+    norm_pix: bool
+
+    @property
+    def summary(self) -> str:
+        baseline = " (1.0 = predicting each patch's mean colour)" if self.norm_pix else ""
+        return f"loss on the masked patches of these {self.num_images} images: {self.loss:.3f}{baseline}"
+
+    def lines(self) -> list[str]:
+        return [f"columns: original | masked ({self.mask_ratio:.0%}) | reconstruction | reconstruction + visible",
+                self.summary, str(self.path)]
+
+
+@dataclass
+class Conversion:
+    """A converted checkpoint: where it is, what the conversion did, and how to load it."""
+
+    path: Path
+    target: str
+    report: str
+    load_hint: str = ""
+
+    def lines(self) -> list[str]:
+        return [*self.report.splitlines(), *([self.load_hint] if self.load_hint else []), str(self.path)]
+
+
+# --------------------------------------------------------------------------- library functions
+def export(run: str | Path, output: str | Path) -> Exported:
+    """Write the newest checkpoint of a run folder (or one checkpoint file) in the release format."""
+    from pretrain.checkpoints import export_release
+    from zoo.checkpoint import check_structure, load_checkpoint, model_state_dict
+
+    out = export_release(Path(run), Path(output))
+    info = check_structure(model_state_dict(load_checkpoint(out)))
+    return Exported(out, info.model, info.grid_size, info.has_decoder)
+
+
+def visualize(checkpoint: str, images: list[str | Path], output: str | Path, mask_ratio: float = 0.75,
+              mask_downsampling: int = 2, seed: int = 0, norm_pix: bool = True) -> Reconstructions:
+    """Save rows of original | masked | reconstruction | reconstruction + visible for ``images``."""
+    from pretrain.visualize import load_images, reconstruction_grid
+    from zoo.models import load_model
+
+    model = load_model(checkpoint, require_decoder=True)
+    batch = load_images(images, model.img_size)
+    picture, loss = reconstruction_grid(model, batch, mask_ratio, mask_downsampling, seed, norm_pix=norm_pix)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    picture.save(output)
+    return Reconstructions(output, loss, len(batch), mask_ratio, norm_pix)
+
+
+def convert(source: str | Path, to: str, output: str | Path, img_size: int = 224,
+            global_pool: str = "avg") -> Conversion:
+    """Convert a zoo id or MAE checkpoint file for timm (``to='timm'``) or ViTDet (``'vitdet'``)."""
+    if to == "vitdet":
+        from .vitdet_convert import convert_to_vitdet, save_vitdet
+
+        converted = convert_to_vitdet(source)
+        return Conversion(save_vitdet(converted, output), to, converted.report())
+    from .timm_convert import convert_to_timm, save_safetensors
+
+    converted = convert_to_timm(source, img_size=img_size, global_pool=global_pool)
+    out = save_safetensors(converted, output)
+    extra = "".join(f", {k}={v!r}" for k, v in converted.timm_kwargs.items())
+    hint = (f"load with: timm.create_model('{converted.timm_model}', pretrained=True, img_size={img_size}, "
+            f"global_pool='{global_pool}', num_classes=N{extra}, "
+            f"pretrained_cfg_overlay=dict(file='{out}', num_classes=0))")
+    return Conversion(out, to, converted.report(), hint)
+
+
+# --------------------------------------------------------------------------- commands
+def _print(lines: list[str]) -> None:
+    print("\n".join(lines))
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    out = export_release(Path(args.run), Path(args.output))
-    info = check_structure(model_state_dict(load_checkpoint(out)))
-    print(f"wrote {info.matching_models[0]} weights ({info.grid_size}x{info.grid_size} grid, "
-          f"decoder {'kept' if info.has_decoder else 'absent'}) in the release format")
-    print(out)
+    _print(export(args.run, args.output).lines())
 
 
 def cmd_visualize(args: argparse.Namespace) -> None:
-    from pretrain.visualize import load_images, reconstruction_grid
-
-    model = load_model(args.checkpoint, require_decoder=True)
-    images = load_images(args.images, model.img_size)
-    picture, loss = reconstruction_grid(model, images, args.mask_ratio, args.mask_downsampling, args.seed,
-                                        norm_pix=not args.raw_pixels)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    picture.save(args.output)
-    print(f"columns: original | masked ({args.mask_ratio:.0%}) | reconstruction | reconstruction + visible")
-    baseline = " (1.0 = predicting each patch's mean colour)" if not args.raw_pixels else ""
-    print(f"loss on the masked patches of these {len(images)} images: {loss:.3f}{baseline}")
-    print(args.output)
+    _print(visualize(args.checkpoint, args.images, args.output, args.mask_ratio, args.mask_downsampling, args.seed,
+                     norm_pix=not args.raw_pixels).lines())
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
-    if args.to == "vitdet":
-        from .vitdet_convert import convert_to_vitdet, save_vitdet
-
-        converted = convert_to_vitdet(args.source)
-        out = save_vitdet(converted, args.output)
-        print(converted.report())
-        print(out)
-        return
-    from .timm_convert import convert_to_timm, save_safetensors
-
-    converted = convert_to_timm(args.source, img_size=args.img_size, global_pool=args.global_pool)
-    out = save_safetensors(converted, args.output)
-    print(converted.report())
-    name, kwargs = converted.metadata["timm_model"], converted.metadata["timm_kwargs"]
-    extra = "" if kwargs == "{}" else f", **{kwargs}"
-    print(f"load with: timm.create_model('{name}', pretrained=True, img_size={args.img_size}, "
-          f"global_pool='{args.global_pool}', num_classes=N{extra}, "
-          f"pretrained_cfg_overlay=dict(file='{out}', num_classes=0))")
-    print(out)
+    _print(convert(args.source, args.to, args.output, args.img_size, args.global_pool).lines())
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
     if args.target == "zoo":
-        from . import bench_zoo
-
-        bench_zoo.main(args.bench_args)
+        from . import bench_zoo as bench
     else:
-        from pretrain import bench
+        from pretrain import bench  # type: ignore[no-redef]
+    bench.main(args.bench_args)
 
-        bench.main(args.bench_args)
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from pretrain.main_pretrain import run
+
+    run(args)
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
-    from . import finetune
+    from .finetune import run
 
-    finetune.run(args, args.command)
+    run(args, args.command)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -82,42 +150,29 @@ def cmd_eval(args: argparse.Namespace) -> None:
     run_eval(args)
 
 
-def cmd_demo(args: argparse.Namespace) -> None:
-    from . import demo
-
-    demo.run(args)
-
-
 def cmd_detect(args: argparse.Namespace) -> None:
-    from . import detect
+    from .detect import run
 
-    detect.run(args)
+    run(args)
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
-    from . import demo
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run
 
-    p = sub.add_parser("demo", help="the whole chain offline on the embedded demo checkpoint (a few CPU minutes)",
-                       description=demo.DESCRIPTION)
-    demo.add_arguments(p)
-    p.set_defaults(func=cmd_demo)
+    run(args)
 
-    p = sub.add_parser("pretrain", help="pretrain a long-seq MAE (GPU/DDP, CPU, TPU)",
-                       description="Long-sequence MAE pretraining (same as `python -m pretrain`).",
-                       epilog=main_pretrain.EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    main_pretrain.add_arguments(p)
-    p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("export", help="write a run's weights in the release format",
-                       description="Strip optimizer, scaler and arguments from the newest checkpoint of a run "
-                                   "folder (or from one checkpoint file) and write {'model': state_dict}.")
+# --------------------------------------------------------------------------- arguments
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("Strip optimizer, scaler and arguments from the newest checkpoint of a run folder (or from one "
+                     "checkpoint file) and write {'model': state_dict}.")
     p.add_argument("run", help="run folder (its newest valid checkpoint) or a checkpoint file")
     p.add_argument("-o", "--output", required=True, help="output .pth")
-    p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("visualize", help="PNG of masked reconstructions",
-                       description="Rows of: original | masked input | reconstruction | reconstruction with the "
-                                   "visible patches pasted, for a checkpoint with a decoder.")
+
+def add_visualize_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("Rows of: original | masked input | reconstruction | reconstruction with the visible patches "
+                     "pasted, for a checkpoint with a decoder.")
     p.add_argument("checkpoint", help="a zoo id (e.g. demo) or a checkpoint file")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("-o", "--output", default="reconstruction.png")
@@ -126,15 +181,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--raw-pixels", action="store_true",
                    help="the model predicts raw pixels (trained without norm-pix loss)")
-    p.set_defaults(func=cmd_visualize)
 
-    p = sub.add_parser("convert", help="convert an MAE checkpoint for timm or Detectron2 ViTDet",
-                       description="Convert a zoo id or an MAE checkpoint file (release format or `lsmae export`) "
-                                   "into timm ViT weights (safetensors with provenance metadata) or Detectron2 "
-                                   "ViTDet backbone weights (--to vitdet: a .pth that loads without matching "
-                                   "heuristics).")
+
+def add_convert_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("Convert a zoo id or an MAE checkpoint file (release format or `lsmae export`) into timm ViT "
+                     "weights (safetensors with provenance metadata) or Detectron2 ViTDet backbone weights (--to "
+                     "vitdet: a .pth that loads without matching heuristics).")
     p.add_argument("source", help="zoo id (e.g. vit_base/in1k/1600) or checkpoint file")
-    p.add_argument("--to", choices=["timm", "vitdet"], default="timm",
+    p.add_argument("--to", choices=CONVERT_TARGETS, default="timm",
                    help="target framework: timm (ViT classifier) or vitdet (Detectron2 ViTDet backbone, "
                         "pos_embed kept whole: set model.backbone.net.pretrain_img_size as printed)")
     p.add_argument("-o", "--output", required=True, help="output file (.safetensors for timm, .pth for vitdet)")
@@ -143,36 +197,60 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--global-pool", choices=["avg", "token"], default="avg",
                    help="timm: avg (fine-tuning recipe: drops the final norm, timm adds fc_norm) or token "
                         "(linear probing: keeps it)")
-    p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("bench", help="benchmarks: pretrain (step time, memory, FLOP/s vs the release), "
-                                     "zoo (full-size fetch/verify/convert throughput and memory)",
-                       description="lsmae bench pretrain [OPTIONS] (see `python -m pretrain.bench --help`); "
-                                   "lsmae bench zoo [--workdir DIR].")
+
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("lsmae bench pretrain [OPTIONS] (see `python -m pretrain.bench --help`); "
+                     "lsmae bench zoo [--workdir DIR].")
     p.add_argument("target", choices=["pretrain", "zoo"])
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="options passed to the benchmark")
-    p.set_defaults(func=cmd_bench)
 
-    from . import finetune
 
-    for mode, help_ in (("finetune", "fine-tune an MAE encoder as a timm classifier (MAE recipe; GPU/DDP, CPU)"),
-                        ("linprobe", "linear probing of a frozen MAE encoder (LARS; GPU/DDP, CPU)")):
-        p = sub.add_parser(mode, help=help_, description=finetune.DESCRIPTIONS[mode], epilog=finetune.EXAMPLES,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-        finetune.add_arguments(p, mode)
-        p.set_defaults(func=cmd_finetune)
+def add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
+    from pretrain import main_pretrain
 
-    p = sub.add_parser("eval", help="top-1/top-5 of a finetune/linprobe checkpoint on DATA/val",
-                       description=finetune.DESCRIPTIONS["eval"], epilog=finetune.EXAMPLES,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    finetune.add_eval_arguments(p)
-    p.set_defaults(func=cmd_eval)
+    p.description = "Long-sequence MAE pretraining (same as `python -m pretrain`)."
+    p.epilog = main_pretrain.EXAMPLES
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    main_pretrain.add_arguments(p)
 
-    from . import detect
 
-    p = sub.add_parser("detect", help="train/evaluate ViTDet (Cascade) Mask R-CNN on COCO from an MAE checkpoint "
-                                      "(needs detectron2)",
-                       description=detect.DESCRIPTION,
-                       epilog=detect.EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    detect.add_arguments(p)
-    p.set_defaults(func=cmd_detect)
+def _finetune_family(p: argparse.ArgumentParser, mode: str) -> None:
+    from . import finetune_args
+
+    p.description = finetune_args.DESCRIPTIONS[mode]
+    p.epilog = finetune_args.EXAMPLES
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    if mode == "eval":
+        finetune_args.add_eval_arguments(p)
+    else:
+        finetune_args.add_arguments(p, mode)
+
+
+def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
+    _finetune_family(p, "finetune")
+
+
+def add_linprobe_arguments(p: argparse.ArgumentParser) -> None:
+    _finetune_family(p, "linprobe")
+
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    _finetune_family(p, "eval")
+
+
+def add_detect_arguments(p: argparse.ArgumentParser) -> None:
+    from . import detect_args
+
+    p.description = detect_args.DESCRIPTION
+    p.epilog = detect_args.EXAMPLES
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    detect_args.add_arguments(p)
+
+
+def add_demo_arguments(p: argparse.ArgumentParser) -> None:
+    from . import demo_args
+
+    p.description = demo_args.DESCRIPTION
+    demo_args.add_arguments(p)
+

@@ -1,11 +1,13 @@
 """``lsmae demo``: the whole chain, offline, on the embedded ``demo`` checkpoint, in a few minutes on a CPU.
 
-Every step is a real ``lsmae`` command line (printed, so it can be copied): fetch -> verify ->
-visualize reconstructions of held-out photographs -> convert to timm -> fine-tune on
-scikit-learn's digits next to the same model trained from scratch -> convert to ViTDet ->
-``lsmae detect`` on a generated COCO-format set when detectron2 is installed. Quick steps run in
-this process, training runs as child processes; each step's full output goes to
-``WORKDIR/logs/STEP.log`` and the console gets one result line per step.
+fetch -> verify -> visualize reconstructions of held-out photographs -> convert to timm ->
+fine-tune on scikit-learn's digits next to the same model trained from scratch -> convert to
+ViTDet -> ``lsmae detect`` on a generated COCO-format set when detectron2 is installed.
+
+Each step calls the library function behind its ``lsmae`` command and prints one line from the
+result it returns, after the equivalent command line (to copy). Output a step would print goes
+to ``WORKDIR/logs/STEP.log``. Detection runs as a child ``lsmae detect`` process: detectron2's
+launcher owns its processes and logging; its result is the ``eval_results.json`` it writes.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import argparse
 import contextlib
 import importlib.util
 import json
+import logging
 import os
 import re
 import shlex
@@ -23,12 +26,10 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pretrain.errors import LsmaeError
 
-from . import sample_data
-
-DEFAULT_WORKDIR = "lsmae-demo"
 # digits: 1797 images, the smallest class has 174: 140 per class to train, 34 to measure
 DIGITS_TRAIN, DIGITS_VAL = 140, 34
 FINETUNE_SIZE = 64  # the pretraining's resolution and 8x8 grid
@@ -37,28 +38,11 @@ FINETUNE_RECIPE = ("--input-size", str(FINETUNE_SIZE), "--warmup-epochs", "1", "
                    "--lr", "2e-3", "--mixup", "0", "--cutmix", "0", "--aa", "none", "--reprob", "0",
                    "--hflip", "0", "--min-crop-scale", "0.7", "--drop-path", "0", "--print-freq", "1000")
 DETECT_CONFIG = "mask_rcnn_vitdet_demo"
-
-DESCRIPTION = ("Run the whole chain on the embedded demo checkpoint (a micro long-seq MAE pretrained with `lsmae "
-               "pretrain` on photographs scikit-image ships): fetch, verify, visualize reconstructions of held-out "
-               "photographs, convert to timm, fine-tune on scikit-learn's digits next to a from-scratch baseline, "
-               "convert to ViTDet, and (with detectron2) train and evaluate a detector on a generated COCO-format "
-               "set. No network; a few minutes on a 2-core CPU. Needs the demo extra: "
-               "pip install 'long-seq-mae[demo]'.")
+EPOCH_DONE = re.compile(r"epoch \d+/\d+ done")
 
 
 class DemoError(LsmaeError):
     pass
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workdir", default=DEFAULT_WORKDIR,
-                   help="where data, logs and artefacts go (default ./%(default)s; rewritten on each run)")
-    p.add_argument("--epochs", type=int, default=4,
-                   help="fine-tuning epochs, for the pretrained and the from-scratch model alike (default %(default)s)")
-    p.add_argument("--device", choices=["cuda", "cpu"], default=None,
-                   help="fine-tuning device (default: cuda when available, else cpu; detection runs on the CPU)")
-    p.add_argument("--data-only", action="store_true",
-                   help="only write the data sets into WORKDIR/data (the first step of the demo checkpoint's recipe)")
 
 
 @dataclass
@@ -90,46 +74,63 @@ class Demo:
             raise DemoError(f"step {number} ({title}) broke: {sys.exc_info()[1]!r}; traceback in {log}") from None
         print(f"      {result} ({time.perf_counter() - start:.1f} s)", flush=True)
 
-    def lsmae(self, name: str, argv: list[str]) -> list[str]:
-        """``lsmae ARGV`` in this process, output to the step's log; returns the lines it printed."""
-        from .cli import main
-
-        log = self.log_path(name)
+    @contextlib.contextmanager
+    def logged(self, name: str, argv: list[str], logger: logging.Logger | None = None):
+        """Print the command line a step stands for; send what the step prints (and ``logger``'s
+        records, echoing the end-of-epoch lines) to the step's log. Yields the log's path."""
         print(f"      $ lsmae {shlex.join(argv)}", flush=True)
+        log = self.log_path(name)
+        console = sys.stdout
         with open(log, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-            code = main(argv)
-        lines = log.read_text().splitlines()
-        if code != 0:
-            raise DemoError(f"`lsmae {shlex.join(argv)}` failed: {_last_error(lines)} (log: {log})")
-        return lines
+            handler = _EchoingHandler(f, console, EPOCH_DONE)
+            if logger is not None:
+                logger.addHandler(handler)
+            try:
+                yield log
+            except SystemExit as e:  # argparse refused the options (usage is in the log)
+                raise DemoError(f"`lsmae {shlex.join(argv)}` failed (exit {e.code}): {_last_error(log)} "
+                                f"(log: {log})") from None
+            except LsmaeError as e:
+                raise type(e)(f"{e} (log: {log})") from None
+            finally:
+                if logger is not None:
+                    logger.removeHandler(handler)
 
-    def lsmae_child(self, name: str, argv: list[str], progress: str, env: dict[str, str] | None = None) -> list[str]:
-        """``lsmae ARGV`` as a child process (training: its own threads, logging and workers); lines
-        matching ``progress`` are echoed, everything goes to the step's log."""
+    def lsmae_child(self, name: str, argv: list[str], progress: str, env: dict[str, str] | None = None) -> None:
+        """``lsmae ARGV`` as a child process; lines matching ``progress`` are echoed, all go to the step's log."""
         log = self.log_path(name)
         print(f"      $ lsmae {shlex.join(argv)}", flush=True)
         cmd = [sys.executable, "-m", "bridges.cli", *argv]
-        lines = []
         with open(log, "w") as f, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                                    env={**os.environ, **(env or {})}) as child:
-            assert child.stdout is not None
-            for line in child.stdout:
+            for line in child.stdout or ():
                 f.write(line)
                 f.flush()
-                lines.append(line.rstrip("\n"))
                 if re.search(progress, line):
-                    print(f"        {_strip_log_prefix(line.strip())}", flush=True)
+                    print(f"        {line.strip()}", flush=True)
         if child.returncode != 0:
-            raise DemoError(f"`lsmae {shlex.join(argv)}` failed (exit {child.returncode}): {_last_error(lines)} "
+            raise DemoError(f"`lsmae {shlex.join(argv)}` failed (exit {child.returncode}): {_last_error(log)} "
                             f"(log: {log})")
-        return lines
 
 
-def _strip_log_prefix(line: str) -> str:
-    return re.sub(r"^\d\d:\d\d:\d\d ", "", line)  # the time stamp of our own log lines
+class _EchoingHandler(logging.StreamHandler):
+    """Writes every record to the step's log; prints those matching ``pattern`` on the console."""
+
+    def __init__(self, stream: Any, console: Any, pattern: re.Pattern[str]) -> None:
+        super().__init__(stream)
+        self.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+        self.console = console
+        self.pattern = pattern
+
+    def emit(self, record: logging.LogRecord) -> None:
+        super().emit(record)
+        message = record.getMessage()
+        if self.pattern.search(message):
+            print(f"        {message}", file=self.console, flush=True)
 
 
-def _last_error(lines: list[str]) -> str:
+def _last_error(log: Path) -> str:
+    lines = log.read_text().splitlines()
     errors = [line for line in lines if "error" in line.lower()]
     return (errors or lines or ["no output"])[-1].strip()
 
@@ -137,6 +138,8 @@ def _last_error(lines: list[str]) -> str:
 # --------------------------------------------------------------------------- data
 def write_data(data: Path) -> dict[str, Path]:
     """Photographs (pretraining set and held-out), digits, and a COCO-format set when detectron2 is there."""
+    from . import sample_data
+
     folders = {"pretrain photos": data / "photos" / "pretrain", "held-out photos": data / "photos" / "heldout",
                "digits": data / "digits"}
     sample_data.write_photos(folders["pretrain photos"], sample_data.PRETRAIN_PHOTOS)
@@ -153,17 +156,19 @@ def detectron2_available() -> bool:
 
 
 # --------------------------------------------------------------------------- steps
-def _best_top1(lines: list[str]) -> float:
-    for line in reversed(lines):
-        if m := re.search(r"best top-1 ([\d.]+)%", line):
-            return float(m.group(1))
-    raise DemoError("the fine-tuning run printed no best top-1")
-
-
 def run(args: argparse.Namespace) -> None:
-    """Run every step; raises :class:`DemoError` at the first one that fails."""
+    """Run every step; raises :class:`DemoError` (or the failing step's own error) at the first failure."""
+    from . import sample_data
+
     sample_data.require("skimage.data", "scikit-image")
     sample_data.require("sklearn.datasets", "scikit-learn")
+    from zoo.cache import fetch
+    from zoo.commands import verify
+
+    from . import finetune
+    from .commands import convert, visualize
+    from .finetune_args import build_parser as finetune_parser
+
     workdir = Path(args.workdir).expanduser().resolve()
     demo = Demo(workdir)
     total_start = time.perf_counter()
@@ -182,49 +187,60 @@ def run(args: argparse.Namespace) -> None:
            "timm": workdir / "timm" / f"demo_vit_micro_{FINETUNE_SIZE}.safetensors",
            "vitdet": workdir / "vitdet" / "demo_vitdet.pth"}
 
-    demo.step(f"1/{n}", "fetch the demo checkpoint (package file, same download and verification as a release file)",
-              lambda: f"cached at {demo.lsmae('fetch', ['fetch', 'demo'])[-1]}")
-    demo.step(f"2/{n}", "verify it (pinned SHA-256 + keys and shapes of its architecture)",
-              lambda: demo.lsmae("verify", ["verify", "demo"])[-1])
+    def fetch_step() -> str:
+        with demo.logged("fetch", ["fetch", "demo"]):
+            return f"cached at {fetch('demo')}"
 
-    def visualize() -> str:
-        lines = demo.lsmae("visualize", ["visualize", "demo", *map(str, heldout), "-o", str(out["reconstructions"])])
-        demo.artefacts["reconstructions of held-out photographs"] = out["reconstructions"]
-        return next(line for line in lines if line.startswith("loss on the masked patches"))
+    def verify_step() -> str:
+        with demo.logged("verify", ["verify", "demo"]):
+            return verify("demo")
+
+    demo.step(f"1/{n}", "fetch the demo checkpoint (package file, same download and verification as a release file)",
+              fetch_step)
+    demo.step(f"2/{n}", "verify it (SHA-256 read again against the pin + keys and shapes of its architecture)",
+              verify_step)
+
+    def visualize_step() -> str:
+        with demo.logged("visualize", ["visualize", "demo", *map(str, heldout), "-o", str(out["reconstructions"])]):
+            result = visualize("demo", heldout, out["reconstructions"])
+        demo.artefacts["reconstructions of held-out photographs"] = result.path
+        return result.summary
 
     demo.step(f"3/{n}", f"reconstruct held-out photographs ({', '.join(p.stem for p in heldout)}) "
-                        "with 75% of their patches masked", visualize)
+                        "with 75% of their patches masked", visualize_step)
 
     def to_timm() -> str:
-        lines = demo.lsmae("convert-timm", ["convert", "demo", "--to", "timm", "--img-size", str(FINETUNE_SIZE),
-                                            "-o", str(out["timm"])])
-        demo.artefacts["timm weights"] = out["timm"]
-        return lines[0]
+        argv = ["convert", "demo", "--to", "timm", "--img-size", str(FINETUNE_SIZE), "-o", str(out["timm"])]
+        with demo.logged("convert-timm", argv):
+            result = convert("demo", "timm", out["timm"], img_size=FINETUNE_SIZE)
+        demo.artefacts["timm weights"] = result.path
+        return result.report.splitlines()[0]
 
     demo.step(f"4/{n}", "convert to a timm ViT classifier", to_timm)
 
-    def finetune() -> str:
+    def finetune_step() -> str:
         common = ["--data-path", str(data / "digits"), "--epochs", str(args.epochs), *FINETUNE_RECIPE,
                   "--resume", ""] + (["--device", args.device] if args.device else [])
         top1 = {}
         for init, extra in (("pretrained", []), ("scratch", ["--from-scratch"])):
             run_dir = workdir / "finetune" / init
-            lines = demo.lsmae_child(f"finetune-{init}", ["finetune", "demo", *common, *extra,
-                                                          "--output-dir", str(run_dir)],
-                                     progress=r"epoch \d+/\d+ done")
-            top1[init] = _best_top1(lines)
-            demo.artefacts[f"digits classifier ({init})"] = run_dir / "best.pth"
+            argv = ["demo", *common, *extra, "--output-dir", str(run_dir)]
+            with demo.logged(f"finetune-{init}", ["finetune", *argv], logger=finetune.log):
+                result = finetune.run(finetune_parser("finetune").parse_args(argv), "finetune")
+            top1[init] = 100 * result["best_top1"]
+            demo.artefacts[f"digits classifier ({init})"] = result["best"]
         gain = top1["pretrained"] - top1["scratch"]
         return (f"digits val top-1 after {args.epochs} epochs: pretrained {top1['pretrained']:.1f}% vs from scratch "
                 f"{top1['scratch']:.1f}% ({gain:+.1f} points, {DIGITS_VAL * 10} images)")
 
     demo.step(f"5/{n}", f"fine-tune on scikit-learn's digits ({DIGITS_TRAIN * 10} train images, "
-                        f"{FINETUNE_SIZE} px), and the same model from scratch", finetune)
+                        f"{FINETUNE_SIZE} px), and the same model from scratch", finetune_step)
 
     def to_vitdet() -> str:
-        lines = demo.lsmae("convert-vitdet", ["convert", "demo", "--to", "vitdet", "-o", str(out["vitdet"])])
-        demo.artefacts["ViTDet backbone weights"] = out["vitdet"]
-        return "; ".join(lines[:-1])
+        with demo.logged("convert-vitdet", ["convert", "demo", "--to", "vitdet", "-o", str(out["vitdet"])]):
+            result = convert("demo", "vitdet", out["vitdet"])
+        demo.artefacts["ViTDet backbone weights"] = result.path
+        return "; ".join(result.report.splitlines())
 
     demo.step(f"6/{n}", "convert to a Detectron2 ViTDet backbone", to_vitdet)
 
@@ -243,7 +259,7 @@ def run(args: argparse.Namespace) -> None:
 
         demo.step(f"7/{n}", f"train and evaluate ViTDet Mask R-CNN ({DETECT_CONFIG}) through `lsmae detect`", detect)
     else:
-        from .detect import DETECTRON2_INSTALL
+        from .detect_args import DETECTRON2_INSTALL
 
         print(f"[skip] detection: detectron2 is not installed; to add this step, {DETECTRON2_INSTALL}")
 

@@ -2,6 +2,7 @@
 and the two attention-bias layouts (``qkv.bias`` vs BEiT-style ``q_bias``/``v_bias``)."""
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -14,6 +15,21 @@ from zoo.registry import UnknownEntryError, get_entry
 
 class ConversionError(LsmaeError):
     pass
+
+
+@dataclass
+class Provenance:
+    """Where converted weights came from; empty fields are unknown (e.g. an in-memory state dict)."""
+
+    source: str
+    source_url: str = ""
+    source_sha256: str = ""
+    dataset: str = ""
+    epochs: int | None = None
+
+    def as_strings(self) -> dict[str, str]:
+        """The known fields as text (safetensors metadata and checkpoint records hold str -> str)."""
+        return {k: str(v) for k, v in asdict(self).items() if v not in ("", None)}
 
 
 def key_groups(keys: list[str]) -> str:
@@ -52,24 +68,23 @@ def split_qkv_bias(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_mae_weights(source: str | Path | dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def load_mae_weights(source: str | Path | dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Provenance]:
     """Weights and provenance of a zoo id, a checkpoint file or an in-memory state dict.
 
     Files are memory-mapped privately (copy-on-write), so converters can write their tensors
     without copying them; an in-memory dict is copied so results never alias the caller's.
     """
     if isinstance(source, dict):  # copies: the converted dict must not alias the caller's tensors
-        return {k: v.clone() for k, v in model_state_dict(source).items()}, {"source": "in-memory state dict"}
+        return {k: v.clone() for k, v in model_state_dict(source).items()}, Provenance("in-memory state dict")
     path = Path(source)
     if path.is_file():
         sha = sha256_file(path)  # streamed: a ViT-L file is 1.2 GB
-        return model_state_dict(load_checkpoint(path)), {"source": str(path.resolve()), "source_sha256": sha}
+        return model_state_dict(load_checkpoint(path)), Provenance(str(path.resolve()), source_sha256=sha)
     try:
         entry = get_entry(str(source))
     except UnknownEntryError as e:
         raise ConversionError(f"{source!r} is neither a file nor a zoo id ({e})") from None
 
     fetched = fetch(entry.id)  # returns only a file whose digest matches expected_digest (no second hash)
-    meta = {"source": entry.id, "source_url": entry.url(), "source_sha256": expected_digest(entry)[0] or "",
-            "dataset": entry.dataset_name, "epochs": str(entry.epochs)}
-    return model_state_dict(load_checkpoint(fetched)), meta
+    provenance = Provenance(entry.id, entry.url(), expected_digest(entry)[0] or "", entry.dataset_name, entry.epochs)
+    return model_state_dict(load_checkpoint(fetched)), provenance

@@ -15,13 +15,15 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
-from pretrain import create_model, model_config
-from pretrain.backends import atomic_save
+from pretrain.archs import model_config
+from pretrain.models_mae import create_model
+from pretrain.serialization import atomic_save
 from zoo.checkpoint import CheckpointInfo, check_structure
 
-from .mae_weights import ConversionError, key_groups, load_mae_weights, merge_qv_bias
+from .mae_weights import ConversionError, Provenance, key_groups, load_mae_weights, merge_qv_bias
 
-ENCODER_PREFIXES = ("cls_token", "pos_embed", "patch_embed.", "blocks.")
+# what a timm ViT takes from an MAE encoder (its final norm too, for cls-token pooling)
+TIMM_ENCODER_KEYS = ("cls_token", "pos_embed", "patch_embed.", "blocks.")
 # timm model names for our encoders, by (width, depth, heads); others are built from vit_base with overrides
 TIMM_NAMES = {(768, 12, 12): "vit_base_patch16_224", (1024, 24, 16): "vit_large_patch16_224",
               (1280, 32, 16): "vit_huge_patch14_224"}
@@ -34,11 +36,26 @@ class Converted:
 
     state_dict: dict[str, torch.Tensor]
     info: CheckpointInfo
-    metadata: dict[str, str]
+    provenance: Provenance
+    img_size: int
+    global_pool: str
+    timm_model: str
+    timm_kwargs: dict[str, Any]
+    init: str = ""  # "" for the source's weights, else what the weights are instead
     kept: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
     merged_k_bias: int = 0
     resampled: str = ""
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """Provenance and rebuild arguments as safetensors metadata (str -> str)."""
+        return {
+            **self.provenance.as_strings(), "format": "long-seq-mae timm ViT", "mae_model": self.info.model,
+            "img_size": str(self.img_size), "pretrain_img_size": str(self.info.img_size),
+            "patch_size": str(self.info.patch_size), "global_pool": self.global_pool, "timm_model": self.timm_model,
+            "timm_kwargs": json.dumps(self.timm_kwargs), **({"init": self.init} if self.init else {}),
+        }
 
     def report(self) -> str:
         lines = [f"kept {len(self.kept)} tensors; dropped {len(self.dropped)} "
@@ -60,11 +77,11 @@ def convert_to_timm(
     """
     if global_pool not in ("avg", "token"):
         raise ConversionError(f"global_pool must be 'avg' or 'token', got {global_pool!r}")
-    sd, metadata = load_mae_weights(source)
+    sd, provenance = load_mae_weights(source)
     info = check_structure(sd)  # also refuses ViTDet and fine-tuned checkpoints with a clear message
     if img_size % info.patch_size:
         raise ConversionError(f"img_size {img_size} is not a multiple of the patch size {info.patch_size}")
-    keep = ENCODER_PREFIXES + (("norm.",) if global_pool == "token" else ())
+    keep = TIMM_ENCODER_KEYS + (("norm.",) if global_pool == "token" else ())
     out = {k: v for k, v in sd.items() if k.startswith(keep)}
     dropped = sorted(set(sd) - set(out))
     out, merged = merge_qv_bias(out)
@@ -78,18 +95,13 @@ def convert_to_timm(
                      f"(bicubic, cls slot kept) for {img_size}px")
     out = {k: v.contiguous() for k, v in out.items()}
     timm_name, timm_kwargs = timm_model_args(info)
-    metadata.update({
-        "format": "long-seq-mae timm ViT", "mae_model": info.matching_models[0], "img_size": str(img_size),
-        "pretrain_img_size": str(info.img_size), "patch_size": str(info.patch_size),
-        "global_pool": global_pool, "timm_model": timm_name, "timm_kwargs": json.dumps(timm_kwargs),
-    })
-    return Converted(out, info, metadata, kept=sorted(out), dropped=dropped, merged_k_bias=merged,
-                     resampled=resampled)
+    return Converted(out, info, provenance, img_size, global_pool, timm_name, timm_kwargs, kept=sorted(out),
+                     dropped=dropped, merged_k_bias=merged, resampled=resampled)
 
 
 def timm_model_args(info: CheckpointInfo) -> tuple[str, dict[str, Any]]:
     """A timm model name and the kwargs that make it this checkpoint's encoder."""
-    num_heads = model_config(info.matching_models[0])["num_heads"]
+    num_heads = model_config(info.model)["num_heads"]
     channels = {} if info.in_chans == 3 else {"in_chans": info.in_chans}  # timm's default is RGB
     name = TIMM_NAMES.get((info.embed_dim, info.depth, num_heads))
     if name and name.split("_")[2] == f"patch{info.patch_size}":
@@ -128,10 +140,10 @@ def create_timm_model(
     else:  # the source only names the architecture and provenance: its weights are not converted
         sd, provenance = load_mae_weights(source)
         info = check_structure(sd)
-        untrained = create_model(info.matching_models[0], **info.model_overrides()).state_dict()
+        untrained = create_model(info.model, **info.model_overrides()).state_dict()
         converted = convert_to_timm(untrained, img_size=img_size, global_pool=global_pool)
-        converted.metadata.update({**provenance, "init": "untrained (from scratch)"})
-    name, arch_kwargs = timm_model_args(converted.info)
+        converted.provenance, converted.init = provenance, "untrained (from scratch)"
+    name, arch_kwargs = converted.timm_model, converted.timm_kwargs
     model = timm.create_model(name, pretrained=False, num_classes=num_classes, global_pool=global_pool,
                               img_size=img_size, **arch_kwargs, **timm_kwargs)
     missing, unexpected = model.load_state_dict(converted.state_dict, strict=False)

@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from pretrain.backends import atomic_save
+from pretrain.pos_embed import grid_size_of
+from pretrain.serialization import atomic_save
 from zoo.checkpoint import CheckpointInfo, check_structure
 
 from .mae_weights import ConversionError, key_groups, load_mae_weights, merge_qv_bias
@@ -55,7 +56,7 @@ class VitDetCheckpoint:
 def convert_to_vitdet(source: str | Path | dict[str, torch.Tensor]) -> VitDetCheckpoint:
     """Keys become ``backbone.net.<key>`` for patch_embed, pos_embed and blocks; cls_token,
     norm, mask_token and the decoder are dropped; the file loads without matching heuristics."""
-    sd, metadata = load_mae_weights(source)
+    sd, provenance = load_mae_weights(source)
     info = check_structure(sd)
     kept = {k: v for k, v in sd.items() if k.startswith(VITDET_KEEP)}
     dropped = sorted(set(sd) - set(kept))
@@ -63,8 +64,8 @@ def convert_to_vitdet(source: str | Path | dict[str, torch.Tensor]) -> VitDetChe
     model = {BACKBONE_PREFIX + k: v.contiguous() for k, v in kept.items()}
     checkpoint = {
         "model": model, "matching_heuristics": False, "__author__": "long-seq-mae",
-        "pretrain_img_size": info.img_size, "patch_size": info.patch_size, "mae_model": info.matching_models[0],
-        **{k: v for k, v in metadata.items() if k in ("source", "source_sha256", "source_url")},
+        "pretrain_img_size": info.img_size, "patch_size": info.patch_size, "mae_model": info.model,
+        **{k: v for k, v in provenance.as_strings().items() if k in ("source", "source_sha256", "source_url")},
     }
     return VitDetCheckpoint(checkpoint, info, dropped, merged)
 
@@ -95,7 +96,7 @@ def check_load_contract(model_shapes: dict[str, tuple[int, ...]], checkpoint_sha
         k = grids[0] if grids else wrong[0]
         hint = ""
         if grids:
-            grid = round((checkpoint_shapes[k][1] - 1) ** 0.5)
+            grid = grid_size_of(checkpoint_shapes[k])
             patch = checkpoint_shapes.get(BACKBONE_PREFIX + "patch_embed.proj.weight")
             size = f"{grid * patch[-1]}" if patch else f"{grid} x patch size (448 for the released checkpoints)"
             hint = (f" -- the checkpoint's position embeddings are for a {grid}x{grid} grid: set "

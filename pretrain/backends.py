@@ -16,13 +16,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .errors import LsmaeError
-
-
-def atomic_save(obj: Any, path: Path, save: Callable[[Any, str], None] = torch.save) -> None:
-    """Write ``obj`` to a temporary file beside ``path``, then rename: never a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save(obj, str(tmp))
-    os.replace(tmp, path)
+from .serialization import atomic_save
 
 
 def bf16_supported_on_cpu() -> bool:

@@ -6,10 +6,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from .backends import atomic_save
 from .errors import LsmaeError
+from .serialization import atomic_save, load_checkpoint
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)\.pth$")
 log = logging.getLogger(__name__)
@@ -22,11 +20,8 @@ def checkpoint_path(output_dir: Path, epoch: int) -> Path:
 
 def load_training_checkpoint(path: Path) -> dict[str, Any]:
     """A checkpoint written by the engine (plain tensors and numbers: ``weights_only`` suffices)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure means "not a usable checkpoint"
-        raise LsmaeError(f"{path}: unreadable checkpoint ({str(e).splitlines()[0][:160]})") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "epoch" not in ckpt:
+    ckpt = load_checkpoint(path)
+    if "model" not in ckpt or "epoch" not in ckpt:
         raise LsmaeError(f"{path}: not a training checkpoint of this engine (needs 'model' and 'epoch')")
     return ckpt
 

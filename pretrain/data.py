@@ -12,15 +12,11 @@ from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset
 from torchvision import transforms
 
-from .errors import LsmaeError
+from .errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 MAX_CONSECUTIVE_BAD = 16
 log = logging.getLogger(__name__)
-
-
-class DataError(LsmaeError):
-    pass
 
 
 def pretrain_transform(input_size: int, min_scale: float = 0.2) -> transforms.Compose:

@@ -18,17 +18,13 @@ from torch.utils.data import DataLoader, DistributedSampler
 from .backends import TorchBackend, bf16_supported_on_cpu
 from .checkpoints import checkpoint_path, load_training_checkpoint, newest_checkpoint
 from .data import PretrainImages, pretrain_transform
-from .errors import LsmaeError
+from .errors import LsmaeError, NonFiniteLossError
 from .masking import block_mask_indices
 from .models_mae import create_model
 from .run_logging import RunLogger, fmt_eta, setup_logging
 
 log = logging.getLogger("pretrain")
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class NonFiniteLossError(LsmaeError):
-    pass
 
 
 def resolve_precision(precision: str, backend: TorchBackend) -> torch.dtype | None:

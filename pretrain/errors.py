@@ -1,5 +1,58 @@
-"""The one error type the ``lsmae`` CLI reports as a one-line message instead of a traceback."""
+"""Every error the ``lsmae`` entry points report as a one-line message, and the handler that does it.
+
+Standard library only, so that any module (and a command that only looks something up) can raise
+or catch these without importing torch.
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
 
 
 class LsmaeError(Exception):
     """A problem the user can fix (bad input, missing file, failed verification)."""
+
+
+class DataError(LsmaeError):
+    """A data folder that is missing, empty, damaged or laid out unexpectedly."""
+
+
+class CheckpointError(LsmaeError):
+    """A file that is not a usable MAE checkpoint (damaged, unsafe, or of another kind)."""
+
+
+class VerificationError(CheckpointError):
+    """A checkpoint whose keys or shapes differ from what its architecture defines."""
+
+
+class UnknownModelError(LsmaeError, KeyError):
+    """An architecture name that is not in :mod:`pretrain.archs`."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class NonFiniteLossError(LsmaeError):
+    """Training produced a NaN or infinite loss."""
+
+
+INTERRUPTED_HINT = ("interrupted; running the same command again resumes (downloads from their partial file, "
+                    "training runs from their last checkpoint)")
+
+
+def report_errors(prog: str, func: Callable[..., Any], *args: Any) -> int:
+    """Run ``func(*args)`` and map what a user can fix to one line on stderr and an exit status:
+    0 on success, 1 for :class:`LsmaeError` and OS errors, 130 on Ctrl-C. Bugs keep their traceback."""
+    try:
+        func(*args)
+    except LsmaeError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: {INTERRUPTED_HINT}", file=sys.stderr)
+        return 130
+    except OSError as e:
+        print(f"{prog}: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
+        return 1
+    return 0

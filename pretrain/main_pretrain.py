@@ -1,12 +1,13 @@
-"""Command line of the pretraining engine: ``python -m pretrain`` / ``lsmae pretrain``."""
+"""Command line of the pretraining engine: ``python -m pretrain`` / ``lsmae pretrain``.
+
+The options are defined without importing torch; :func:`run` imports the engine.
+"""
 from __future__ import annotations
 
 import argparse
 import os
 
-from .backends import import_torch_xla, make_backend
-from .engine import train
-from .models_mae import list_models
+from .archs import list_models
 
 EXAMPLES = """\
 examples:
@@ -80,11 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _xla_worker(index: int, args: argparse.Namespace) -> None:
+    from .backends import make_backend
+    from .engine import train
+
     train(args, make_backend("xla"))
 
 
 def run(args: argparse.Namespace) -> None:
     """Train on the chosen backend; for XLA, spawn one process per device through PJRT."""
+    from .backends import import_torch_xla, make_backend
+    from .engine import train
+
     if args.device == "xla":
         # only import here: the spawned workers, not this process, must own the TPU devices
         import_torch_xla().launch(_xla_worker, args=(args,))
@@ -92,5 +99,8 @@ def run(args: argparse.Namespace) -> None:
     train(args, make_backend(args.device))
 
 
-def main(argv: list[str] | None = None) -> None:
-    run(build_parser().parse_args(argv))
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pretrain``: exit status 0, or 1 with a one-line error."""
+    from .errors import report_errors
+
+    return report_errors("pretrain", run, build_parser().parse_args(argv))

@@ -5,7 +5,6 @@ The module and parameter names are those of the released checkpoints, so a relea
 """
 from __future__ import annotations
 
-import fnmatch
 from functools import partial
 from typing import Any
 
@@ -17,80 +16,8 @@ from timm.layers.attention import Attention
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from .errors import LsmaeError
+from .archs import model_config
 from .pos_embed import sincos_2d_pos_embed
-
-# width, depth, heads
-ENCODERS: dict[str, tuple[int, int, int]] = {
-    "micro": (96, 4, 3),  # tests and the embedded demo checkpoint
-    "base": (768, 12, 12),
-    "large": (1024, 24, 16),
-    "huge": (1280, 32, 16),
-}
-# name suffix -> decoder width, depth, heads ("dec384d12h8b" = 384 wide, 12 heads, 8 blocks)
-DECODERS: dict[str, tuple[int, int, int]] = {
-    "dec64d4h2b": (64, 2, 4),
-    "dec384d12h8b": (384, 8, 12),
-    "dec512d16h8b": (512, 8, 16),
-    "dec512d8b": (512, 8, 16),  # the original MAE decoder
-}
-# encoder, patch sizes, decoder, default image size
-_FAMILY: list[tuple[str, tuple[int, ...], str, int]] = [
-    ("micro", (8,), "dec64d4h2b", 64),
-    ("base", (4, 8, 16, 24, 32, 64), "dec384d12h8b", 224),
-    ("large", (4, 8, 16, 24, 32, 64), "dec512d16h8b", 224),
-    ("base", (16,), "dec512d8b", 224),
-    ("large", (16,), "dec512d8b", 224),
-    ("huge", (14,), "dec512d8b", 224),
-]
-ALIASES: dict[str, str] = {
-    "mae_vit_base_patch16": "mae_vit_base_patch16_dec512d8b",
-    "mae_vit_large_patch16": "mae_vit_large_patch16_dec512d8b",
-    "mae_vit_huge_patch14": "mae_vit_huge_patch14_dec512d8b",
-}
-
-
-def _architectures() -> dict[str, dict[str, Any]]:
-    table = {}
-    for encoder, patch_sizes, decoder, img_size in _FAMILY:
-        width, depth, heads = ENCODERS[encoder]
-        dec_width, dec_depth, dec_heads = DECODERS[decoder]
-        for patch in patch_sizes:
-            table[f"mae_vit_{encoder}_patch{patch}_{decoder}"] = dict(
-                img_size=img_size, patch_size=patch,
-                embed_dim=width, depth=depth, num_heads=heads,
-                decoder_embed_dim=dec_width, decoder_depth=dec_depth, decoder_num_heads=dec_heads,
-            )
-    return table
-
-
-ARCHITECTURES: dict[str, dict[str, Any]] = _architectures()
-
-
-class UnknownModelError(LsmaeError, KeyError):
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
-
-
-def resolve_model_name(name: str) -> str:
-    """Canonical architecture name for ``name`` (which may be an alias)."""
-    name = ALIASES.get(name, name)
-    if name not in ARCHITECTURES:
-        raise UnknownModelError(
-            f"unknown model {name!r}; known: {', '.join(list_models())} (aliases: {', '.join(ALIASES)})"
-        )
-    return name
-
-
-def list_models(pattern: str = "*") -> list[str]:
-    """Names of the defined architectures matching a shell-style ``pattern``."""
-    return sorted(n for n in ARCHITECTURES if fnmatch.fnmatch(n, pattern))
-
-
-def model_config(name: str) -> dict[str, Any]:
-    """The constructor arguments of architecture ``name``."""
-    return dict(ARCHITECTURES[resolve_model_name(name)])
-
 
 def create_model(name: str, **overrides: Any) -> "MaskedAutoencoderViT":
     """Build architecture ``name``; ``overrides`` replace table values or set options
@@ -98,25 +25,43 @@ def create_model(name: str, **overrides: Any) -> "MaskedAutoencoderViT":
     return MaskedAutoencoderViT(**{**model_config(name), **overrides})
 
 
-class NoKBiasAttention(Attention):
-    """timm attention with learnable q and v biases and a key bias fixed at zero (BEiT style).
+class NoKBiasAttention(nn.Module):
+    """Self-attention with learnable q and v biases and a key bias fixed at zero (BEiT/EVA style).
 
     Stored as ``attn.q_bias`` / ``attn.v_bias`` next to a bias-free ``attn.qkv``, as the
-    release's ``--no_k_bias_in_vit`` checkpoints are; timm's fused forward is reused.
+    release's ``--no_k_bias_in_vit`` checkpoints are. The zero key bias is a non-persistent
+    buffer concatenated in :meth:`forward`, so the state dict holds exactly the release's keys.
+    Takes timm's ``Block`` attention arguments (``attn_layer=``).
     """
 
-    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, **kwargs: Any) -> None:
-        kwargs.pop("depth", None)
-        super().__init__(dim, num_heads=num_heads, qkv_bias=False, **kwargs)
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0, qk_norm: bool = False, device: Any = None, dtype: Any = None,
+                 **unused: Any) -> None:
+        super().__init__()
+        if qk_norm:
+            raise ValueError("NoKBiasAttention has no q/k normalisation")
+        factory = dict(device=device, dtype=dtype)
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False, **factory)
         if qkv_bias:
-            factory = dict(device=kwargs.get("device"), dtype=kwargs.get("dtype"))
             self.q_bias = nn.Parameter(torch.zeros(dim, **factory))
+            self.register_buffer("k_bias", torch.zeros(dim, **factory), persistent=False)
             self.v_bias = nn.Parameter(torch.zeros(dim, **factory))
-            self.qkv.register_forward_hook(self._add_qv_bias)
+        else:
+            self.q_bias = self.k_bias = self.v_bias = None
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim, **factory)
+        self.proj_drop = nn.Dropout(proj_drop)
 
-    def _add_qv_bias(self, module: nn.Module, inputs: Any, out: torch.Tensor) -> torch.Tensor:
-        bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
-        return out + bias.to(out.dtype)
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, **unused: Any) -> torch.Tensor:
+        b, n, c = x.shape
+        bias = None if self.q_bias is None else torch.cat((self.q_bias, self.k_bias, self.v_bias))
+        qkv = F.linear(x, self.qkv.weight, bias).reshape(b, n, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                           dropout_p=self.attn_drop.p if self.training else 0.0)
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(b, n, c)))
 
 
 class MaskedAutoencoderViT(nn.Module):
@@ -230,7 +175,7 @@ class MaskedAutoencoderViT(nn.Module):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-            elif isinstance(m, NoKBiasAttention) and hasattr(m, "q_bias"):
+            elif isinstance(m, NoKBiasAttention) and m.q_bias is not None:
                 nn.init.zeros_(m.q_bias)
                 nn.init.zeros_(m.v_bias)
 

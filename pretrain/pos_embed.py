@@ -1,6 +1,9 @@
 """Fixed 2D sine-cosine position embeddings, laid out exactly as the MAE release stores them."""
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch
 
 
@@ -25,3 +28,13 @@ def sincos_2d_pos_embed(dim: int, grid_size: int, cls_token: bool = True) -> tor
     if cls_token:
         emb = torch.cat([torch.zeros(1, dim, dtype=emb.dtype), emb], dim=0)
     return emb.float()
+
+
+def grid_size_of(pos_embed_shape: Sequence[int], prefix_tokens: int = 1) -> int:
+    """The side of the square grid a ``[1, prefix + g*g, D]`` position table is laid out for."""
+    tokens = pos_embed_shape[-2] - prefix_tokens
+    side = math.isqrt(max(tokens, 0))
+    if side * side != tokens:
+        raise ValueError(f"a position table of {pos_embed_shape[-2]} tokens is no square grid plus "
+                         f"{prefix_tokens} prefix token(s)")
+    return side

@@ -53,7 +53,7 @@ def test_release_training_checkpoint_with_namespace_loads(tmp_path):
                 "scaler": {"scale": 65536.0}, "args": args}, path)
     ckpt = load_checkpoint(path)
     assert ckpt["args"].input_size == 64 and ckpt["epoch"] == 799
-    assert check_structure(model_state_dict(ckpt)).matching_models[0] == TINY_MODEL
+    assert check_structure(model_state_dict(ckpt)).model == TINY_MODEL
 
 
 def test_truncated_and_non_checkpoint_files(tmp_path):

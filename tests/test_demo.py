@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from bridges import demo
+from bridges.demo_args import DEFAULT_WORKDIR
 from bridges.cli import main
 from bridges.timm_convert import create_timm_model, convert_to_timm
 
@@ -29,7 +30,7 @@ def quickstart(tmp_path_factory) -> tuple[Path, list[str]]:
     done = subprocess.run([sys.executable, "-m", "bridges.cli", *argv], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    return cwd / demo.DEFAULT_WORKDIR, done.stdout.splitlines()
+    return cwd / DEFAULT_WORKDIR, done.stdout.splitlines()
 
 
 def test_quickstart_runs_every_step_and_reports_artefacts(quickstart):

@@ -196,7 +196,7 @@ def test_export_release_round_trip(reference_run, tmp_path):
     assert list(raw) == ["model"]  # no optimizer, scaler, epoch or args
     sd = zoo.checkpoint.model_state_dict(zoo.load_checkpoint(out))
     info = zoo.checkpoint.check_structure(sd)
-    assert info.matching_models[0] == TINY and info.img_size == 64 and info.has_decoder
+    assert info.model == TINY and info.img_size == 64 and info.has_decoder
     model = pretrain.create_model(TINY, img_size=64)
     model.load_state_dict(sd, strict=True)
     last = load(reference_run / f"checkpoint-{E - 1}.pth")["model"]

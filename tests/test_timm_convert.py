@@ -27,7 +27,7 @@ from bridges.timm_convert import (
 from pretrain.checkpoints import export_release
 from pretrain.errors import LsmaeError
 from tests.conftest import TINY_MODEL
-from zoo.checkpoint import describe, expected_shapes
+from zoo.checkpoint import check_structure, describe, expected_shapes
 from zoo.registry import ASSETS_DIR, get_entry
 
 # one intra-op thread: these tensors are tiny, and on a busy 2-core machine thread hand-offs cost 40x
@@ -222,7 +222,10 @@ def test_state_dict_is_independent_of_the_source():
 
 
 def meta_info(name: str, **overrides):
-    return describe({k: torch.empty(s, device="meta") for k, s in expected_shapes(name, **overrides).items()})
+    """What check_structure reports for architecture ``name`` (built on the meta device: no values to check)."""
+    info = describe({k: torch.empty(s, device="meta") for k, s in expected_shapes(name, **overrides).items()})
+    info.model = name
+    return info
 
 
 def test_timm_model_args():
@@ -240,7 +243,7 @@ def test_timm_model_args():
 def test_non_rgb_checkpoint_builds_a_matching_timm_model():
     torch.manual_seed(12)
     mae = pretrain.create_model(TINY_MODEL, in_chans=1).eval()
-    name, kwargs = timm_model_args(describe(mae.state_dict()))
+    name, kwargs = timm_model_args(check_structure(mae.state_dict()))
     assert (name, kwargs) == ("vit_base_patch16_224", {**TINY_KWARGS, "in_chans": 1})
     model, _, _ = create_timm_model(mae.state_dict(), num_classes=0, img_size=64, global_pool="token")
     x = torch.randn(2, 1, 64, 64)

@@ -47,5 +47,5 @@ def test_xla_cpu_training_steps_save_and_load_back(tmp_path):
     assert ckpt["epoch"] == 1 and ckpt["model"]["pos_embed"].device.type == "cpu"
     exported = export_release(out, tmp_path / "mine.pth")
     info = zoo.check_structure(zoo.checkpoint.model_state_dict(zoo.load_checkpoint(exported)))
-    assert info.matching_models[0] == "mae_vit_micro_patch8_dec64d4h2b"
+    assert info.model == "mae_vit_micro_patch8_dec64d4h2b"
 

@@ -1,20 +1,34 @@
-"""The checkpoint zoo: registry of released weights, verified downloads, local cache."""
-from .cache import cache_root, fetch, load_state_dict
-from .checkpoint import CheckpointError, VerificationError, check_structure, describe, load_checkpoint
-from .models import load_model
-from .registry import Entry, entries, get_entry
+"""The checkpoint zoo: registry of released weights, verified downloads, local cache.
 
-__all__ = [
-    "CheckpointError",
-    "Entry",
-    "VerificationError",
-    "cache_root",
-    "check_structure",
-    "describe",
-    "entries",
-    "fetch",
-    "get_entry",
-    "load_checkpoint",
-    "load_model",
-    "load_state_dict",
-]
+Names are handed on lazily: ``import zoo`` and the registry cost no torch import; loading or
+checking weights imports it when it happens.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "CheckpointError": "checkpoint",
+    "VerificationError": "checkpoint",
+    "check_structure": "checkpoint",
+    "describe": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "cache_root": "settings",
+    "fetch": "cache",
+    "load_state_dict": "cache",
+    "load_model": "models",
+    "Entry": "registry",
+    "entries": "registry",
+    "get_entry": "registry",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    try:  # a submodule reached as an attribute (``zoo.cache``)
+        return importlib.import_module(f".{name}", __name__)
+    except ModuleNotFoundError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None

@@ -3,7 +3,13 @@
 Trust model (no digests are published for the release): a download is accepted when its
 structure matches the entry's architecture and, if the registry (or the caller) gives a
 SHA-256, when the digest matches. The digest of the first accepted download is pinned in
-``<LSMAE_HOME>/pinned-digests.json`` and every later use of the file is checked against it.
+``<LSMAE_HOME>/pinned-digests.json``. When a file is hashed against its pin, its fingerprint
+(size, mtime_ns, inode) is recorded beside it (``.fingerprint.json``, per machine); a later use
+whose fingerprint still matches trusts the pin without reading the file. A changed fingerprint,
+``lsmae verify`` or ``fetch(..., verify=True)`` hashes it again.
+
+Only the fetch path is imported up front: torch (structure checks) and requests (downloads)
+are imported when a file has to be checked or downloaded.
 """
 from __future__ import annotations
 
@@ -22,28 +28,13 @@ import filelock
 
 from pretrain.errors import LsmaeError
 
-from .checkpoint import check_structure, load_checkpoint, model_state_dict
-from .download import CHUNK_SIZE, download, partial_path
+from . import settings
 from .registry import Entry, entries, get_entry, license_url
-
-PINS_FILE = "pinned-digests.json"
-DEFAULT_LOCK_TIMEOUT_S = 3600.0
+from .settings import CHUNK_SIZE, FINGERPRINT_FILE, PINS_FILE, cache_root
 
 
 class CacheError(LsmaeError):
     pass
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def cache_root() -> Path:
-    """``LSMAE_HOME``, else ``$XDG_CACHE_HOME/lsmae``, else ``~/.cache/lsmae``."""
-    if os.environ.get("LSMAE_HOME"):
-        return Path(os.environ["LSMAE_HOME"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(xdg) / "lsmae"
 
 
 def entry_path(entry: Entry) -> Path:
@@ -106,18 +97,44 @@ def expected_digest(entry: Entry, sha256: str | None = None) -> tuple[str | None
     return (pin["sha256"], f"the digest pinned on {pin.get('pinned', 'first download')}") if pin else (None, "")
 
 
+# --------------------------------------------------------------------------- fingerprints
+def _fingerprint_path(path: Path) -> Path:
+    return path.with_name(FINGERPRINT_FILE)
+
+
+def _stat_fingerprint(path: Path) -> dict[str, int]:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+
+
+def _fingerprint_trusts(path: Path, digest: str) -> bool:
+    """True when ``path`` was hashed to ``digest`` on this machine and has not changed since."""
+    try:
+        record = json.loads(_fingerprint_path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("sha256") == digest and \
+        {k: record.get(k) for k in ("size", "mtime_ns", "inode")} == _stat_fingerprint(path)
+
+
+def _record_fingerprint(path: Path, digest: str) -> None:
+    """Remember that ``path`` hashed to ``digest`` (best effort: a read-only cache re-hashes on each use)."""
+    record = {"sha256": digest, **_stat_fingerprint(path)}
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".fingerprint-")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(record, f)
+        os.replace(tmp, _fingerprint_path(path))
+    except OSError:
+        pass
+
+
 # --------------------------------------------------------------------------- locking
 def _lock_timeout() -> float:
-    value = os.environ.get("LSMAE_LOCK_TIMEOUT", "").strip()
-    if not value:
-        return DEFAULT_LOCK_TIMEOUT_S
     try:
-        seconds = float(value)
-    except ValueError:
-        seconds = float("nan")
-    if not seconds >= 0:
-        raise CacheError(f"LSMAE_LOCK_TIMEOUT={value!r}: expected a number of seconds")
-    return seconds
+        return settings.lock_timeout()
+    except ValueError as e:
+        raise CacheError(str(e)) from None
 
 
 @contextmanager
@@ -160,6 +177,8 @@ def _ensure_dir(path: Path) -> None:
 # --------------------------------------------------------------------------- fetch / verify
 def verify_file(entry: Entry, path: Path, digest: str, sha256: str | None = None) -> None:
     """Accept ``path`` for ``entry``: digest (when one is known), then structure."""
+    from .checkpoint import check_structure, load_checkpoint, model_state_dict
+
     want, source = expected_digest(entry, sha256)
     if want and digest != want:
         raise CacheError(
@@ -168,9 +187,11 @@ def verify_file(entry: Entry, path: Path, digest: str, sha256: str | None = None
     check_structure(model_state_dict(load_checkpoint(path)), entry.model, entry.img_size)
 
 
-def _check_cached(entry: Entry, path: Path, sha256: str | None) -> None:
-    digest = sha256_file(path)
+def _check_cached(entry: Entry, path: Path, sha256: str | None, rehash: bool) -> None:
     want, source = expected_digest(entry, sha256)
+    if want is not None and not rehash and _fingerprint_trusts(path, want):
+        return  # hashed against this pin on this machine, unchanged since: not a byte read
+    digest = sha256_file(path)
     if want is None:  # cached by hand or pins deleted: verify the structure, then pin
         verify_file(entry, path, digest)
         _pin(entry, path, digest)
@@ -179,6 +200,7 @@ def _check_cached(entry: Entry, path: Path, sha256: str | None) -> None:
             f"{path} does not match {source} (SHA-256 {digest[:16]}... vs {want[:16]}...); "
             f"remove it with `lsmae cache rm {entry.id}` and fetch again"
         )
+    _record_fingerprint(path, digest)
 
 
 def _pin(entry: Entry, path: Path, digest: str) -> None:
@@ -195,19 +217,22 @@ def fetch(
     offline: bool | None = None,
     quiet: bool = False,
     sha256: str | None = None,
+    verify: bool = False,
 ) -> Path:
     """Return the local path of a verified copy of ``entry_id``, downloading it if needed.
 
-    Many processes may call this at once (e.g. every DDP rank): one downloads, the others
-    wait on the entry's lock and then check the same file.
+    A cached file is trusted without being read while its fingerprint matches the one recorded
+    when it was last hashed; ``verify=True`` hashes it anyway. Many processes may call this at
+    once (e.g. every DDP rank): one downloads, the others wait on the entry's lock and then check
+    the same file.
     """
     entry = get_entry(entry_id)
     path = entry_path(entry)
-    offline = env_flag("LSMAE_OFFLINE") if offline is None else offline
+    offline = settings.offline() if offline is None else offline
     if path.exists():
         # Files only ever appear by a rename after verification: reading needs no lock, so a
         # read-only (e.g. cluster-shared) cache works and DDP ranks check the file in parallel.
-        _check_cached(entry, path, sha256)
+        _check_cached(entry, path, sha256, verify)
         return path
     url = entry.url(mirror)
     if offline and not url.startswith("file:"):  # packaged files and file:// mirrors are no network
@@ -218,13 +243,16 @@ def fetch(
     _ensure_dir(path.parent)
     with _locked(path.with_name(path.name + ".lock"), entry.id, quiet):
         if path.exists():
-            _check_cached(entry, path, sha256)
+            _check_cached(entry, path, sha256, verify)
             return path
+        from .download import download, partial_path
+
         if not quiet and partial_path(path).exists():
             print(f"resuming {entry.id} from {partial_path(path).stat().st_size} bytes", file=sys.stderr)
         digest = download(url, path, lambda part, d: _verify_download(entry, url, part, d, sha256),
                           quiet=quiet, desc=entry.id)
         _pin(entry, path, digest)
+        _record_fingerprint(path, digest)
     if not quiet:
         print(f"{entry.id}: verified, SHA-256 {digest} pinned. Weights licensed {entry.license} "
               f"({license_url(entry.license)}).", file=sys.stderr)
@@ -241,6 +269,8 @@ def _verify_download(entry: Entry, url: str, part: Path, digest: str, sha256: st
 
 def load_state_dict(id_or_path: str | Path, **fetch_kwargs: Any) -> dict[str, Any]:
     """Verified MAE weights of a zoo entry id or of a checkpoint file."""
+    from .checkpoint import check_structure, load_checkpoint, model_state_dict
+
     path = Path(id_or_path)
     if path.is_file():
         sd = model_state_dict(load_checkpoint(path))

@@ -5,70 +5,22 @@ truth for keys and shapes), built on the meta device so no weights are allocated
 """
 from __future__ import annotations
 
-import argparse
-import pickle
-import re
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pretrain import create_model, list_models, model_config
-from pretrain.errors import LsmaeError
+from pretrain.archs import list_models, model_config
+from pretrain.errors import CheckpointError, VerificationError
+from pretrain.models_mae import create_model
+from pretrain.pos_embed import grid_size_of
+from pretrain.serialization import load_checkpoint
 
-# The release's training checkpoints pickle their command line as an argparse.Namespace.
-SAFE_GLOBALS = [argparse.Namespace]
-ENCODER_PREFIXES = ("cls_token", "pos_embed", "patch_embed.", "blocks.", "norm.")
-
-
-class CheckpointError(LsmaeError):
-    """A file that is not a usable MAE checkpoint (damaged, unsafe, or of another kind)."""
-
-
-class VerificationError(CheckpointError):
-    """A checkpoint whose keys or shapes differ from what its architecture defines."""
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """``torch.load`` with ``weights_only=True`` (plus ``argparse.Namespace``), memory-mapped.
-
-    Anything that would execute code while unpickling is refused before it runs.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
-    mmap = zipfile.is_zipfile(path)  # only the zip format can be memory-mapped
-    try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"unsupported GLOBAL (\S+)|Unsupported global: GLOBAL (\S+)", str(e))
-        if found:
-            name = found.group(1) or found.group(2)
-            raise CheckpointError(
-                f"{path}: refused to load: the file asks to run or build {name}, which a weights "
-                "file never needs (not loaded; nothing was executed)"
-            ) from None
-        detail = str(e).partition("WeightsUnpickler error:")[2].strip().split("\n")[0] or _first_line(e)
-        raise CheckpointError(
-            f"{path}: refused to load: not a PyTorch weights file, or it uses pickle features a weights "
-            f"file never needs ({detail}; nothing was executed)"
-        ) from None
-    except (RuntimeError, EOFError, KeyError, IndexError, ValueError, OSError) as e:
-        if mmap or "zip archive" in str(e):
-            reason = str(e).partition("zip archive: ")[2].split(".")[0] or _first_line(e)
-            raise CheckpointError(f"{path}: damaged or truncated checkpoint ({reason})") from None
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a legacy pickle)") from None
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a checkpoint dict")
-    return obj
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__
+# the keys of an encoder-only MAE checkpoint (the decoder and mask token dropped)
+ENCODER_ONLY_PREFIXES = ("cls_token", "pos_embed", "patch_embed.", "blocks.", "norm.")
+__all__ = ["CheckpointError", "CheckpointInfo", "VerificationError", "check_structure", "describe",
+           "expected_shapes", "load_checkpoint", "model_state_dict"]
 
 
 def model_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -100,7 +52,8 @@ class CheckpointInfo:
     num_params: int = 0
     num_bytes: int = 0
     dtypes: list[str] = field(default_factory=list)
-    matching_models: list[str] = field(default_factory=list)
+    matching_models: list[str] = field(default_factory=list)  # every table row these shapes fit
+    model: str = ""  # the architecture check_structure verified the weights against ("" before)
 
     @property
     def img_size(self) -> int:
@@ -135,9 +88,11 @@ def describe(sd: dict[str, torch.Tensor]) -> CheckpointInfo:
     try:
         embed_dim = sd["cls_token"].shape[-1]
         proj = sd["patch_embed.proj.weight"].shape
-        grid = round((sd["pos_embed"].shape[1] - 1) ** 0.5)
+        grid = grid_size_of(sd["pos_embed"].shape)
     except KeyError as e:
         raise CheckpointError(f"not an MAE checkpoint: no {e.args[0]!r} tensor") from None
+    except ValueError as e:
+        raise CheckpointError(f"not an MAE checkpoint: pos_embed: {e}") from None
     k_bias = "q_bias/v_bias" if "blocks.0.attn.q_bias" in sd else (
         "qkv.bias" if "blocks.0.attn.qkv.bias" in sd else "none")
     info = CheckpointInfo(
@@ -150,7 +105,7 @@ def describe(sd: dict[str, torch.Tensor]) -> CheckpointInfo:
     if info.has_decoder:
         info.decoder_embed_dim = sd["decoder_embed.weight"].shape[0]
         info.decoder_depth = _block_count(sd, "decoder_blocks.")
-        decoder_grid = round((sd["decoder_pos_embed"].shape[1] - 1) ** 0.5)
+        decoder_grid = grid_size_of(sd["decoder_pos_embed"].shape)
         info.decoder_downsampling = max(1, grid // max(decoder_grid, 1))
         pred_patch = round((sd["decoder_pred.weight"].shape[0] / info.in_chans) ** 0.5)
         info.pred_downsampling = max(1, pred_patch // info.patch_size)
@@ -201,7 +156,7 @@ def check_structure(
         )
     expected = expected_shapes(model_name, **overrides)
     if not info.has_decoder:
-        expected = {k: v for k, v in expected.items() if k.startswith(ENCODER_PREFIXES)}
+        expected = {k: v for k, v in expected.items() if k.startswith(ENCODER_ONLY_PREFIXES)}
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
     wrong = sorted(k for k in set(expected) & set(sd) if sd[k].shape != expected[k])
@@ -221,5 +176,5 @@ def check_structure(
         # one reduction pass; NaN/inf anywhere makes the sum non-finite (then confirm exactly)
         if not torch.isfinite(t.sum(dtype=torch.float32)) and not torch.isfinite(t).all():
             raise VerificationError(f"tensor {k} holds NaN or infinite values")
-    info.matching_models = [model_name] + [m for m in info.matching_models if m != model_name]
+    info.model = model_name
     return info

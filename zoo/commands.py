@@ -1,4 +1,8 @@
-"""``lsmae`` subcommands of the zoo: list, fetch, verify, inspect, cache."""
+"""``lsmae`` subcommands of the zoo: list, fetch, verify, inspect, cache.
+
+``list``, ``cache ls`` and ``fetch`` of a cached entry answer without importing torch; the
+commands that read weights (``verify``, ``inspect``) import the checkpoint module when they run.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,10 +11,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pretrain.errors import LsmaeError
+from pretrain.archs import num_weights
+from pretrain.errors import CheckpointError, LsmaeError
 
 from . import cache
-from .checkpoint import CheckpointError, check_structure, describe, expected_shapes, load_checkpoint, model_state_dict
 from .registry import Entry, entries, get_entry
 
 
@@ -24,8 +28,7 @@ def _human(n: float) -> str:
 
 def _weights_bytes(entry: Entry) -> int:
     """Size of the fp32 weights (the release publishes no file sizes)."""
-    shapes = expected_shapes(entry.model, img_size=entry.img_size)
-    return 4 * sum(s.numel() for s in shapes.values())
+    return 4 * num_weights(entry.model, img_size=entry.img_size)
 
 
 def _entry_record(entry: Entry) -> dict[str, Any]:
@@ -57,7 +60,7 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 def cmd_fetch(args: argparse.Namespace) -> None:
     path = cache.fetch(args.id, mirror=args.mirror, offline=args.offline or None, quiet=args.quiet,
-                       sha256=args.sha256)
+                       sha256=args.sha256, verify=args.verify)
     print(path)
 
 
@@ -84,6 +87,8 @@ def _with_path(path: Path, error: CheckpointError) -> CheckpointError:
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
+    from .checkpoint import describe, load_checkpoint, model_state_dict
+
     path = Path(args.path)
     checkpoint = load_checkpoint(path)
     try:
@@ -93,22 +98,28 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     _print_info(path, checkpoint, info)
 
 
-def cmd_verify(args: argparse.Namespace) -> None:
-    path = Path(args.target)
+def verify(target: str) -> str:
+    """Check a cached entry (hashed again, then its structure) or a checkpoint file (structure);
+    returns the one-line verdict, raises on a problem."""
+    from .checkpoint import check_structure, load_checkpoint, model_state_dict
+
+    path = Path(target)
     if path.is_file():
         try:
             info = check_structure(model_state_dict(load_checkpoint(path)))
         except CheckpointError as e:
             raise _with_path(path, e) from None
-        print(f"OK: {path} is a valid {info.matching_models[0]} checkpoint "
-              f"({info.grid_size}x{info.grid_size} grid, decoder {'present' if info.has_decoder else 'absent'}); "
-              f"SHA-256 {cache.sha256_file(path)}")
-        return
-    entry = get_entry(args.target)
-    cached = cache.fetch(entry.id, offline=True, quiet=True)
+        return (f"OK: {path} is a valid {info.model} checkpoint ({info.grid_size}x{info.grid_size} grid, decoder "
+                f"{'present' if info.has_decoder else 'absent'}); SHA-256 {cache.sha256_file(path)}")
+    entry = get_entry(target)
+    cached = cache.fetch(entry.id, offline=True, quiet=True, verify=True)  # hashes the file again
     check_structure(model_state_dict(load_checkpoint(cached)), entry.model, entry.img_size)
     want, source = cache.expected_digest(entry)
-    print(f"OK: {entry.id} at {cached} matches {source} and the structure of {entry.model}")
+    return f"OK: {entry.id} at {cached} matches {source} and the structure of {entry.model}"
+
+
+def cmd_verify(args: argparse.Namespace) -> None:
+    print(verify(args.target))
 
 
 def cmd_cache(args: argparse.Namespace) -> None:
@@ -132,40 +143,42 @@ def cmd_cache(args: argparse.Namespace) -> None:
             cache.unpin(entry.id)
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
-    """Register the zoo's subcommands on the ``lsmae`` parser."""
-    ids = ", ".join(e.id for e in entries())
-    p = sub.add_parser("list", help="the released checkpoints", description="List the released checkpoints.")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_list)
+def _ids() -> str:
+    return ", ".join(e.id for e in entries())
 
-    p = sub.add_parser(
-        "fetch", help="download and verify a checkpoint; prints its local path",
-        description=f"Download (resumably), verify and cache a checkpoint. IDs: {ids}. Aliases such as "
-                    "vitb/imagenet/1600 work. The last line of output is the local path.",
-    )
+
+def add_list_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = "List the released checkpoints (and the project's demo entry)."
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def add_fetch_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (f"Download (resumably), verify and cache a checkpoint. IDs: {_ids()}. Aliases such as "
+                     "vitb/imagenet/1600 work. The last line of output is the local path. A cached file that is "
+                     "unchanged since it was last hashed is not read again (--verify reads it).")
     p.add_argument("id", help="ARCH/DATASET/EPOCHS, e.g. vit_large/coco/4000, or demo")
     p.add_argument("--mirror", help="URL replacing the release prefix (also LSMAE_MIRROR)")
     p.add_argument("--offline", action="store_true", help="never use the network (also LSMAE_OFFLINE=1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     p.add_argument("--sha256", help="expected SHA-256, if you have one from a trusted source")
-    p.set_defaults(func=cmd_fetch)
+    p.add_argument("--verify", action="store_true",
+                   help="hash a cached file again even if it looks unchanged since it was last hashed")
 
-    p = sub.add_parser("verify", help="check a cached entry or a file against its architecture",
-                       description="Verify a cached entry (digest + structure) or any checkpoint file (structure).")
+
+def add_verify_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("Verify a cached entry (its SHA-256 read again and compared with the pin, then its structure) "
+                     "or any checkpoint file (structure).")
     p.add_argument("target", help="an entry id or a checkpoint path")
-    p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("inspect", help="describe a checkpoint file without trusting it",
-                       description="Describe a checkpoint (loaded with weights_only: no code runs).")
+
+def add_inspect_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = "Describe a checkpoint (loaded with weights_only: no code runs)."
     p.add_argument("path")
-    p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("cache", help="list or remove cached checkpoints",
-                       description="Cache under LSMAE_HOME (default ~/.cache/lsmae).")
+
+def add_cache_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = "List or remove cached checkpoints under LSMAE_HOME (default ~/.cache/lsmae)."
     p.add_argument("action", choices=["ls", "rm"])
     p.add_argument("ids", nargs="*", help="entries to remove (rm)")
     p.add_argument("--all", action="store_true", help="remove every cached entry (rm)")
     p.add_argument("--unpin", action="store_true", help="also forget the pinned digests (rm)")
-    p.set_defaults(func=cmd_cache)
-

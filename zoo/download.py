@@ -27,7 +27,8 @@ from tqdm import tqdm
 
 from pretrain.errors import LsmaeError
 
-CHUNK_SIZE = 1 << 20
+from .settings import CHUNK_SIZE
+
 RETRY_STATUS = {429, 500, 502, 503, 504}
 MAX_RETRY_AFTER_S = 120.0
 

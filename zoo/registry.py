@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from pretrain.errors import LsmaeError
+
+from . import settings
 
 REGISTRY_FILE = Path(__file__).with_name("registry.json")
 ASSETS_DIR = Path(__file__).with_name("assets")
@@ -55,13 +56,13 @@ class Entry:
         """Download URL; ``mirror`` (or ``LSMAE_MIRROR``) replaces the release's URL prefix."""
         if self.is_packaged:
             return (ASSETS_DIR / self.path).as_uri()
-        prefix = mirror or os.environ.get("LSMAE_MIRROR") or self.url_prefix
+        prefix = mirror or settings.mirror() or self.url_prefix
         return prefix.rstrip("/") + "/" + self.path
 
 
 def registry_file() -> Path:
     """``LSMAE_REGISTRY`` (a registry of your own, same format) or the packaged one."""
-    return Path(os.environ.get("LSMAE_REGISTRY") or REGISTRY_FILE)
+    return settings.registry_override() or REGISTRY_FILE
 
 
 def _load() -> dict[str, Any]:

@@ -1,0 +1,23 @@
+"""Options of ``lsmae demo`` (argparse only: registering them imports no torch)."""
+from __future__ import annotations
+
+import argparse
+
+DEFAULT_WORKDIR = "lsmae-demo"
+DESCRIPTION = ("Run the whole chain on the embedded demo checkpoint (a micro long-seq MAE pretrained with `lsmae "
+               "pretrain` on photographs scikit-image ships): fetch, verify, visualize reconstructions of held-out "
+               "photographs, convert to timm, fine-tune on scikit-learn's digits next to a from-scratch baseline, "
+               "convert to ViTDet, and (with detectron2) train and evaluate a detector on a generated COCO-format "
+               "set. No network; a few minutes on a 2-core CPU. Needs the demo extra: "
+               "pip install 'long-seq-mae[demo]'.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", default=DEFAULT_WORKDIR,
+                   help="where data, logs and artefacts go (default ./%(default)s; rewritten on each run)")
+    p.add_argument("--epochs", type=int, default=4,
+                   help="fine-tuning epochs, for the pretrained and the from-scratch model alike (default %(default)s)")
+    p.add_argument("--device", choices=["cuda", "cpu"], default=None,
+                   help="fine-tuning device (default: cuda when available, else cpu; detection runs on the CPU)")
+    p.add_argument("--data-only", action="store_true",
+                   help="only write the data sets into WORKDIR/data (the first step of the demo checkpoint's recipe)")
