@@ -4,8 +4,9 @@
 
 A release-format file is made by our model code (random weights), served by a local HTTP
 server, then: a plain ``requests`` streaming copy (the baseline), ``zoo.fetch`` (download +
-SHA-256 in the same pass + structural verification), a re-verification of the cached file,
-and the conversions to ViTDet and to timm. Each step runs in its own process so that its peak
+SHA-256 in the same pass + structural verification), a second ``zoo.fetch`` of the cached file
+(with the bytes it read, from ``/proc/self/io``: the fingerprint spares the re-hash), a
+re-verification as ``lsmae verify`` does it (hashed again), and the conversions to ViTDet and timm. Each step runs in its own process so that its peak
 memory (resident set, above the process's footprint after imports) is its own.
 """
 from __future__ import annotations
@@ -37,6 +38,12 @@ def _status_mb(field: str) -> float:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
+def _bytes_read() -> int:
+    """Bytes this process has read through read() calls so far (``rchar``: page cache hits included)."""
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
+
+
 def _step(name: str, workdir: Path, url: str) -> dict[str, Any]:
     """One measured step, run in a fresh process (imports done before the baseline)."""
     import requests
@@ -47,16 +54,17 @@ def _step(name: str, workdir: Path, url: str) -> dict[str, Any]:
     from bridges.vitdet_convert import convert_to_vitdet, save_vitdet
 
     base = _status_mb("VmRSS")
+    read_before = _bytes_read()
     start = time.perf_counter()
     if name == "plain_copy":
         with requests.get(url, stream=True, timeout=60) as r, open(workdir / "plain_copy.pth", "wb") as f:
             r.raise_for_status()
             for chunk in r.iter_content(1 << 20):
                 f.write(chunk)
-    elif name == "fetch":
+    elif name in ("fetch", "cached_fetch"):
         zoo.fetch(ENTRY, quiet=True)
-    elif name == "verify":  # what `lsmae verify ID` does: digest against the pin, then the structure
-        cached = zoo.fetch(ENTRY, quiet=True, offline=True)
+    elif name == "verify":  # what `lsmae verify ID` does: digest against the pin (read again), then the structure
+        cached = zoo.fetch(ENTRY, quiet=True, offline=True, verify=True)
         zoo.check_structure(zoo.checkpoint.model_state_dict(zoo.load_checkpoint(cached)))
     elif name == "make_file":
         _make_release_file(Path(url), MODEL)
@@ -65,7 +73,8 @@ def _step(name: str, workdir: Path, url: str) -> dict[str, Any]:
     elif name == "to_timm":
         save_safetensors(convert_to_timm(workdir / "release.pth"), workdir / "timm.safetensors")
     seconds = time.perf_counter() - start
-    return {"step": name, "seconds": seconds, "peak_mb_above_imports": _status_mb("VmHWM") - base}
+    return {"step": name, "seconds": seconds, "peak_mb_above_imports": _status_mb("VmHWM") - base,
+            "mb_read": (_bytes_read() - read_before) / 2**20}
 
 
 def _serve(folder: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
@@ -120,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         env.pop("LSMAE_OFFLINE", None)
         print(f"{release.name}: {size_mb:.0f} MiB, served at {base_url}", flush=True)
         results = {}
-        for step in ("plain_copy", "fetch", "verify", "to_vitdet", "to_timm"):
+        for step in ("plain_copy", "fetch", "cached_fetch", "verify", "to_vitdet", "to_timm"):
             out = subprocess.run(
                 [sys.executable, "-m", "bridges.bench_zoo", "--step", step, "--workdir", str(workdir),
                  "--url", entry.url(base_url)], capture_output=True, text=True, env=env)
@@ -128,8 +137,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{step}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
                 continue
             r = results[step] = json.loads(out.stdout.strip().splitlines()[-1])
-            line = f"{step:10s} {r['seconds']:7.2f} s  peak {r['peak_mb_above_imports']:7.0f} MiB " \
-                   f"(x{r['peak_mb_above_imports'] / size_mb:.2f} file size)"
+            line = f"{step:12s} {r['seconds']:7.2f} s  peak {r['peak_mb_above_imports']:7.0f} MiB " \
+                   f"(x{r['peak_mb_above_imports'] / size_mb:.2f} file size)  read {r['mb_read']:7.1f} MiB"
             if step in ("plain_copy", "fetch"):
                 line += f"  {size_mb / r['seconds']:7.1f} MiB/s"
             if step == "fetch" and "plain_copy" in results:

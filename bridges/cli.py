@@ -56,8 +56,8 @@ COMMANDS = [
             "bridges.commands:add_export_arguments", "bridges.commands:cmd_export"),
     Command("visualize", "PNG of masked reconstructions", "bridges.commands:add_visualize_arguments",
             "bridges.commands:cmd_visualize"),
-    Command("bench", "benchmarks: pretrain (step time, memory, FLOP/s vs the release), zoo (fetch/verify/convert "
-                     "throughput and memory)", "bridges.commands:add_bench_arguments", "bridges.commands:cmd_bench"),
+    Command("bench", "benchmarks: pretrain (step time, memory, FLOP/s), zoo (fetch/verify/convert throughput and "
+                     "memory), cli (look-up commands vs import torch)", "bridges.commands:add_bench_arguments", "bridges.commands:cmd_bench"),
 ]
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CONVERT_TARGETS = ("timm", "vitdet")
+BENCHMARKS = {"pretrain": "pretrain.bench", "zoo": "bridges.bench_zoo", "cli": "bridges.bench_cli"}
 
 
 # --------------------------------------------------------------------------- results
@@ -125,11 +126,9 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    if args.target == "zoo":
-        from . import bench_zoo as bench
-    else:
-        from pretrain import bench  # type: ignore[no-redef]
-    bench.main(args.bench_args)
+    import importlib
+
+    importlib.import_module(BENCHMARKS[args.target]).main(args.bench_args)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
@@ -200,9 +199,10 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = ("lsmae bench pretrain [OPTIONS] (see `python -m pretrain.bench --help`); "
-                     "lsmae bench zoo [--workdir DIR].")
-    p.add_argument("target", choices=["pretrain", "zoo"])
+    p.description = ("lsmae bench pretrain [OPTIONS] (see `python -m pretrain.bench --help`): step time, memory, "
+                     "FLOP/s; lsmae bench zoo [--workdir DIR]: full-size fetch/verify/convert; lsmae bench cli "
+                     "[--repeat N]: how fast the look-up commands answer next to `import torch`.")
+    p.add_argument("target", choices=sorted(BENCHMARKS))
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="options passed to the benchmark")
 
 

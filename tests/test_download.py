@@ -461,10 +461,13 @@ def _drop_privileges() -> None:
 
 
 # Used when the unprivileged user cannot reach the interpreter (e.g. python under /root): start
-# as root, import the CLI, then drop to nobody before running it; 77 = cannot switch users.
+# as root, import the CLI and what `fetch` imports lazily (it could not be read as nobody), then
+# drop to nobody before running it; 77 = cannot switch users.
 _DROP_THEN_RUN = f"""
-import os, sys
-from bridges.cli import main
+import gettext, locale, os, sys
+import zoo.cache, zoo.checkpoint, zoo.commands, zoo.download
+from bridges.cli import build_parser, main
+build_parser()
 try:
     os.setgroups([]); os.setgid({NOBODY}); os.setuid({NOBODY})
 except PermissionError:
