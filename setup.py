@@ -12,21 +12,32 @@ setup(
                                     "detection_configs"]),
     # detection_configs: Detectron2 LazyConfig files, read by `lsmae detect --config NAME`
     package_data={"zoo": ["registry.json", "assets/*.pth"], "detection_configs": ["*.py", "README.md"]},
+    # what the code imports, with the oldest versions it relies on
     install_requires=[
-        "torch>=2.4",
-        "timm>=1.0,<2",
-        "fvcore",
-        "iopath",
-        "requests",
+        "torch>=2.4",  # torch.load(mmap=True), serialization.safe_globals, fused AdamW on CPU
+        "torchvision>=0.19",  # the torchvision release of torch 2.4
+        "timm>=1.0.15,<2",  # Block(attn_layer=...), layers.resample_abs_pos_embed
+        "numpy>=1.24",
+        "Pillow>=9.1",
+        "safetensors>=0.4",
+        "requests>=2.28",
         "filelock>=3.12",
-        "tqdm",
-        "tensorboard",
+        "tqdm>=4.60",
+        "iopath>=0.1.9",  # the lsmae:// path handler for Detectron2's PathManager
+        "fvcore>=0.1.5",  # Detectron2's checkpointer
     ],
     extras_require={
-        "tpu": ["torch_xla"],
+        "tpu": ["torch_xla>=2.5"],  # torch_xla.launch, torch_xla.sync
+        # `lsmae detect`: detectron2 itself is installed from source (not on PyPI, see the README)
+        "detect": ["omegaconf>=2.1", "pycocotools>=2.0.6", "shapely>=2.0", "setuptools<81"],
+        # TensorBoard event files beside log.jsonl (training runs log JSON lines without it)
+        "tensorboard": ["tensorboard>=2.12"],
+        # the Hugging Face bridges (segmentation, transformers export)
+        "hf": ["transformers>=5.0,<6"],
         # `lsmae demo`: photographs bundled in scikit-image, handwritten digits bundled in scikit-learn
         "demo": ["scikit-image>=0.21", "scikit-learn>=1.2"],
-        "test": ["pytest>=7", "scikit-image>=0.21", "scikit-learn>=1.2"],
+        "test": ["pytest>=7", "scikit-image>=0.21", "scikit-learn>=1.2", "tensorboard>=2.12",
+                 "transformers>=5.0,<6"],
     },
     entry_points={"console_scripts": ["lsmae=bridges.cli:main"]},
 )
