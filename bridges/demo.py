@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> None:
     from zoo.commands import verify
 
     from . import finetune
-    from .commands import convert, visualize
+    from .operations import convert, visualize
     from .finetune_args import build_parser as finetune_parser
 
     workdir = Path(args.workdir).expanduser().resolve()

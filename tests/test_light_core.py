@@ -126,3 +126,58 @@ def test_fingerprints_stay_out_of_the_shareable_pin_file(cached_demo):
     record = json.loads((cached_demo.parent / ".fingerprint.json").read_text())
     assert record["sha256"] == pins["demo"]["sha256"] and record["inode"] == cached_demo.stat().st_ino
     assert torch.load(cached_demo, weights_only=True)  # the cached file itself is untouched
+
+
+# --------------------------------------------------------------------------- layering
+PACKAGES = ("pretrain", "zoo", "bridges", "detection_configs")
+LAYER = {"pretrain": 0, "zoo": 1, "bridges": 2, "detection_configs": 3}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every project module ``path`` imports, at module level or inside functions."""
+    import ast
+
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            found.add(base)
+            found |= {f"{base}.{a.name}" for a in node.names}
+    modules = {_module_name(p) for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py")}
+    return {m for m in found if m in modules and m != name}
+
+
+def test_one_way_layers_and_no_import_cycle():
+    graph = {_module_name(p): _imports(p) for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py")}
+    for module, deps in graph.items():
+        for dep in deps:
+            if module.split(".")[0] != "detection_configs":
+                assert LAYER[dep.split(".")[0]] <= LAYER[module.split(".")[0]], f"{module} imports {dep}"
+    # packages' __init__ files hand names on lazily: drop parent-package edges, then look for cycles
+    state: dict[str, int] = {}
+
+    def visit(module: str, trail: list[str]) -> None:
+        state[module] = 1
+        for dep in graph.get(module, ()):
+            if module.startswith(dep + ".") or "." not in dep:
+                continue
+            if state.get(dep) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(trail[trail.index(dep):] + [dep]))
+            if dep not in state:
+                visit(dep, trail + [dep])
+        state[module] = 2
+
+    for module in graph:
+        if module not in state:
+            visit(module, [module])
