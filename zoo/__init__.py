@@ -3,10 +3,7 @@
 Names are handed on lazily: ``import zoo`` and the registry cost no torch import; loading or
 checking weights imports it when it happens.
 """
-from __future__ import annotations
-
-import importlib
-from typing import Any
+from pretrain.lazy_exports import lazy_getattr
 
 _EXPORTS = {
     "CheckpointError": "checkpoint",
@@ -23,12 +20,4 @@ _EXPORTS = {
     "get_entry": "registry",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    try:  # a submodule reached as an attribute (``zoo.cache``)
-        return importlib.import_module(f".{name}", __name__)
-    except ModuleNotFoundError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
