@@ -50,6 +50,8 @@ COMMANDS = [
             "bridges.commands:add_eval_arguments", "bridges.commands:cmd_eval"),
     Command("detect", "train/evaluate ViTDet (Cascade) Mask R-CNN on COCO from an MAE checkpoint (needs detectron2)",
             "bridges.commands:add_detect_arguments", "bridges.commands:cmd_detect"),
+    Command("segment", "train/evaluate UperNet semantic segmentation on ADE20K from an MAE checkpoint (GPU/DDP, CPU)",
+            "bridges.commands:add_segment_arguments", "bridges.commands:cmd_segment"),
     Command("pretrain", "pretrain a long-seq MAE (GPU/DDP, CPU, TPU)",
             "bridges.commands:add_pretrain_arguments", "bridges.commands:cmd_pretrain"),
     Command("export", "write a run's weights in the release format",
@@ -65,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lsmae",
         description="Long-sequence MAE checkpoints: fetch and verify the released weights, convert them for timm "
-                    "and Detectron2 ViTDet, fine-tune, linear-probe and detect, pretrain (GPU/DDP, TPU), export, "
+                    "and Detectron2 ViTDet, fine-tune, linear-probe, detect and segment, pretrain (GPU/DDP, TPU), export, "
                     "visualize. New here? `lsmae demo` runs the whole chain offline in a few CPU minutes.",
         epilog="environment: " + "; ".join(f"{name} ({what})" for name, what in ENVIRONMENT.items()) + ".",
     )

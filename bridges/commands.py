@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-CONVERT_TARGETS = ("timm", "vitdet")
+CONVERT_TARGETS = ("timm", "vitdet", "upernet")
 BENCHMARKS = {"pretrain": "pretrain.bench", "zoo": "bridges.bench_zoo", "cli": "bridges.bench_cli"}
 
 
@@ -33,7 +33,7 @@ def cmd_visualize(args: argparse.Namespace) -> None:
 def cmd_convert(args: argparse.Namespace) -> None:
     from .operations import convert
 
-    _print(convert(args.source, args.to, args.output, args.img_size, args.global_pool).lines())
+    _print(convert(args.source, args.to, args.output, args.img_size, args.global_pool, args.num_labels).lines())
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -62,6 +62,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def cmd_detect(args: argparse.Namespace) -> None:
     from .detect import run
+
+    run(args)
+
+
+def cmd_segment(args: argparse.Namespace) -> None:
+    from .segment import run
 
     run(args)
 
@@ -95,15 +101,20 @@ def add_visualize_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_convert_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Convert a zoo id or an MAE checkpoint file (release format or `lsmae export`) into timm ViT "
-                     "weights (safetensors with provenance metadata) or Detectron2 ViTDet backbone weights (--to "
-                     "vitdet: a .pth that loads without matching heuristics).")
+                     "weights (safetensors with provenance metadata), Detectron2 ViTDet backbone weights (--to "
+                     "vitdet: a .pth that loads without matching heuristics), or an UperNet segmentation model "
+                     "(--to upernet: a transformers folder, heads initialised, load with "
+                     "bridges.upernet.model_class().from_pretrained).")
     p.add_argument("source", help="zoo id (e.g. vit_base/in1k/1600) or checkpoint file")
     p.add_argument("--to", choices=CONVERT_TARGETS, default="timm",
                    help="target framework: timm (ViT classifier) or vitdet (Detectron2 ViTDet backbone, "
                         "pos_embed kept whole: set model.backbone.net.pretrain_img_size as printed)")
-    p.add_argument("-o", "--output", required=True, help="output file (.safetensors for timm, .pth for vitdet)")
-    p.add_argument("--img-size", type=int, default=224,
-                   help="timm: fine-tuning resolution; pos_embed is resampled to its grid (default %(default)s)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output file (.safetensors for timm, .pth for vitdet) or folder (upernet)")
+    p.add_argument("--img-size", type=int, default=None,
+                   help="timm: fine-tuning resolution (default 224); upernet: crop size (default 512); pos_embed is "
+                        "resampled to its grid")
+    p.add_argument("--num-labels", type=int, default=150, help="upernet: classes (default %(default)s, ADE20K)")
     p.add_argument("--global-pool", choices=["avg", "token"], default="avg",
                    help="timm: avg (fine-tuning recipe: drops the final norm, timm adds fc_norm) or token "
                         "(linear probing: keeps it)")
@@ -157,6 +168,15 @@ def add_detect_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = detect_args.EXAMPLES
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     detect_args.add_arguments(p)
+
+
+def add_segment_arguments(p: argparse.ArgumentParser) -> None:
+    from . import segment_args
+
+    p.description = segment_args.DESCRIPTION
+    p.epilog = segment_args.EXAMPLES
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    segment_args.add_arguments(p)
 
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:

@@ -80,9 +80,17 @@ def visualize(checkpoint: str, images: list[str | Path], output: str | Path, mas
     return Reconstructions(output, loss, len(batch), mask_ratio, norm_pix)
 
 
-def convert(source: str | Path, to: str, output: str | Path, img_size: int = 224,
-            global_pool: str = "avg") -> Conversion:
-    """Convert a zoo id or MAE checkpoint file for timm (``to='timm'``) or ViTDet (``'vitdet'``)."""
+def convert(source: str | Path, to: str, output: str | Path, img_size: int | None = None,
+            global_pool: str = "avg", num_labels: int = 150) -> Conversion:
+    """Convert a zoo id or MAE checkpoint file for timm (``to='timm'``), ViTDet (``'vitdet'``) or
+    UperNet segmentation (``'upernet'``, a transformers folder)."""
+    if to == "upernet":
+        from .upernet import convert_to_upernet, save_upernet
+
+        converted = convert_to_upernet(source, img_size=img_size or 512, num_labels=num_labels)
+        folder = save_upernet(converted.model, output, "initialised here (train them with lsmae segment)")
+        return Conversion(folder, to, converted.report(),
+                          f"load with: bridges.upernet.model_class().from_pretrained('{folder}')")
     if to == "vitdet":
         from .vitdet_convert import convert_to_vitdet, save_vitdet
 
@@ -90,6 +98,7 @@ def convert(source: str | Path, to: str, output: str | Path, img_size: int = 224
         return Conversion(save_vitdet(converted, output), to, converted.report())
     from .timm_convert import convert_to_timm, save_safetensors
 
+    img_size = img_size or 224
     converted = convert_to_timm(source, img_size=img_size, global_pool=global_pool)
     out = save_safetensors(converted, output)
     extra = "".join(f", {k}={v!r}" for k, v in converted.timm_kwargs.items())

@@ -123,3 +123,39 @@ def write_shapes_coco(root: Path, train_images: int = 8, val_images: int = 4, wi
         (root / "coco" / "annotations" / f"instances_{split}.json").write_text(
             json.dumps({"images": images, "annotations": annotations, "categories": categories}))
     return root
+
+
+# scikit-image textures as the classes of a small scene-parsing set (ADE20K labels 1..4; 0 = "other")
+TEXTURE_CLASSES = ("brick", "grass", "gravel", "coins")
+
+
+def write_textures_ade20k(root: Path, train_images: int = 48, val_images: int = 12, height: int = 96,
+                          width: int = 128, seed: int = 0) -> Path:
+    """``root/ade/{images,annotations}/{training,validation}``: each image a Voronoi partition of 2-4
+    regions, each region cut from one of :data:`TEXTURE_CLASSES` (label = its index + 1), with the
+    1-pixel borders between regions labelled 0 ("other", ignored): the ADE20K layout, 4 classes."""
+    textures = [np.asarray(skimage_photo(name).resize((256, 256), Image.BICUBIC)) for name in TEXTURE_CLASSES]
+    ys, xs = np.mgrid[0:height, 0:width]
+    for split, count, split_seed in (("training", train_images, seed), ("validation", val_images, seed + 1)):
+        rng = np.random.default_rng(split_seed)
+        images, annotations = root / "ade" / "images" / split, root / "ade" / "annotations" / split
+        images.mkdir(parents=True, exist_ok=True)
+        annotations.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            n = int(rng.integers(2, 5))
+            seeds = rng.uniform((0, 0), (height, width), size=(n, 2))
+            region = np.argmin((ys[..., None] - seeds[:, 0]) ** 2 + (xs[..., None] - seeds[:, 1]) ** 2, axis=-1)
+            classes = rng.integers(0, len(TEXTURE_CLASSES), n)
+            pixels = np.zeros((height, width, 3), np.uint8)
+            for r in range(n):
+                oy, ox = int(rng.integers(0, 256 - height)), int(rng.integers(0, 256 - width))
+                patch = textures[classes[r]][oy:oy + height, ox:ox + width]
+                pixels[region == r] = patch[region == r]
+            label = (classes[region] + 1).astype(np.uint8)
+            border = np.zeros_like(region, bool)
+            border[:-1] |= region[:-1] != region[1:]
+            border[:, :-1] |= region[:, :-1] != region[:, 1:]
+            label[border] = 0
+            Image.fromarray(pixels).save(images / f"ADE_{split}_{i:08d}.jpg", quality=95)
+            Image.fromarray(label).save(annotations / f"ADE_{split}_{i:08d}.png")
+    return root / "ade"

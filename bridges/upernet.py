@@ -1,0 +1,271 @@
+"""MAE checkpoint -> UperNet semantic segmentation on transformers' BEiT pieces (``lsmae convert --to upernet``).
+
+The model is transformers' ``BeitForSemanticSegmentation`` (absolute position embeddings from
+the checkpoint, per-layer relative position bias initialised to zero, layer scale initialised
+to 1, four-scale pyramid, UperNet head, FCN auxiliary head) under a forward of ours: the stock
+forward reads ``hidden_states[i - 1]`` per ``out_indices`` entry, which taps zero-based blocks
+1, 3, 5, 9 for ``[3, 5, 7, 11]`` and cannot reach the last block. :class:`MaeUperNet` taps the
+blocks in ``config.lsmae_block_taps`` (zero-based, the recipe's), round-trips with
+``save_pretrained``/``from_pretrained``, and loads with ``MaeUperNet.from_pretrained(DIR)``.
+
+The conversion is exact: with the pretraining grid (no resampling) every block's output equals
+the MAE encoder's. The MAE key bias is dropped: it adds the same ``q . b_k`` to every logit of a
+query, which softmax ignores.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from timm.layers import resample_abs_pos_embed
+from torch import nn
+
+from pretrain.errors import LsmaeError
+from zoo.checkpoint import CheckpointInfo, check_structure
+from zoo.registry import get_entry, license_url
+
+from .mae_weights import ConversionError, Provenance, key_groups, load_mae_weights, split_qkv_bias
+
+TRANSFORMERS_INSTALL = "pip install 'long-seq-mae[hf]'"
+# what the backbone takes from an MAE checkpoint (its final norm is not used by the heads)
+ENCODER_KEYS = ("cls_token", "pos_embed", "patch_embed.", "blocks.")
+ADE20K_CLASSES = 150
+IGNORE_INDEX = 255
+
+
+def import_transformers() -> Any:
+    """transformers' BEiT module, or a one-line error that says how to install it."""
+    try:
+        from transformers.models.beit import modeling_beit
+    except ImportError as e:
+        raise LsmaeError(f"the segmentation bridge needs transformers ({e}); {TRANSFORMERS_INSTALL}") from None
+    return modeling_beit
+
+
+def model_class() -> type:
+    """:class:`MaeUperNet`, defined on first use so that importing this module costs no transformers import."""
+    global _MODEL_CLASS
+    if _MODEL_CLASS is None:
+        _MODEL_CLASS = _define_model_class(import_transformers())
+    return _MODEL_CLASS
+
+
+_MODEL_CLASS: type | None = None
+
+
+def _define_model_class(beit: Any) -> type:
+    class MaeUperNet(beit.BeitForSemanticSegmentation):
+        """BEiT UperNet that taps the blocks in ``config.lsmae_block_taps`` (zero-based)."""
+
+        def block_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            """The tapped blocks' outputs as [B, C, H/p, W/p] maps (cls token dropped)."""
+            hidden = self.beit(pixel_values, output_hidden_states=True).hidden_states  # [0] = embeddings
+            b, _, h, w = pixel_values.shape
+            p = self.config.patch_size
+            return tuple(hidden[k + 1][:, 1:].transpose(1, 2).reshape(b, -1, h // p, w // p)
+                         for k in self.config.lsmae_block_taps)
+
+        def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None,  # type: ignore[override]
+                    **kwargs: Any) -> Any:
+            from transformers.modeling_outputs import SemanticSegmenterOutput
+
+            features = self.fpn(self.block_features(pixel_values))
+            logits = self.decode_head(features)
+            auxiliary = self.auxiliary_head(features) if self.auxiliary_head is not None else None
+            loss = None
+            if labels is not None:
+                loss = self.loss_function(logits, labels, ignore_index=self.config.semantic_loss_ignore_index,
+                                          auxiliary_logits=auxiliary,
+                                          auxiliary_loss_weight=self.config.auxiliary_loss_weight)
+            return SemanticSegmenterOutput(loss=loss, logits=logits)
+
+    return MaeUperNet
+
+
+def upernet_config(info: CheckpointInfo, img_size: int, num_labels: int, block_taps: list[int],
+                   drop_path: float = 0.0, provenance: dict[str, Any] | None = None) -> Any:
+    """A ``BeitConfig`` for the MAE encoder ``info`` describes, with the recipe's options."""
+    from transformers import BeitConfig
+
+    from pretrain.archs import model_config
+
+    if len(block_taps) != 4 or not all(0 <= k < info.depth for k in block_taps):
+        raise ConversionError(f"block taps {block_taps}: need 4 zero-based blocks of the {info.depth}")
+    heads = model_config(info.model)["num_heads"]
+    return BeitConfig(
+        image_size=img_size, patch_size=info.patch_size, num_channels=info.in_chans, hidden_size=info.embed_dim,
+        num_hidden_layers=info.depth, num_attention_heads=heads, intermediate_size=4 * info.embed_dim,
+        hidden_act="gelu", layer_norm_eps=1e-6, use_absolute_position_embeddings=True,
+        use_relative_position_bias=True, layer_scale_init_value=1.0, use_mean_pooling=False,
+        drop_path_rate=drop_path, out_indices=list(block_taps), pool_scales=[1, 2, 3, 6], use_auxiliary_head=True,
+        auxiliary_loss_weight=0.4, auxiliary_channels=256, auxiliary_num_convs=1, auxiliary_concat_input=False,
+        semantic_loss_ignore_index=IGNORE_INDEX, num_labels=num_labels, lsmae_block_taps=list(block_taps),
+        architectures=["MaeUperNet"], lsmae=provenance or {},
+    )
+
+
+@dataclass
+class UperNetConversion:
+    """A segmentation model initialised from an MAE encoder, and what the conversion did."""
+
+    model: nn.Module
+    info: CheckpointInfo
+    provenance: Provenance
+    kept: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    new: list[str] = field(default_factory=list)
+    resampled: str = ""
+
+    def report(self) -> str:
+        lines = [f"kept {len(self.kept)} encoder tensors; dropped {len(self.dropped)} ({key_groups(self.dropped)}); "
+                 f"new {len(self.new)} ({_new_groups(self.new)})",
+                 f"taps after blocks {self.model.config.lsmae_block_taps} (zero-based)"]
+        if self.resampled:
+            lines.append(self.resampled)
+        return "\n".join(lines)
+
+
+def _new_groups(keys: list[str]) -> str:
+    groups = {"relative position tables" if "relative_position" in k else "layer scale" if ".lambda_" in k
+              else k.split(".")[0] for k in keys}
+    return ", ".join(sorted(groups)) or "nothing"
+
+
+def _beit_state(model: nn.Module, encoder: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The MAE encoder's tensors under the BEiT state-dict names, read off the model's modules
+    (so they follow the installed transformers). ``encoder`` has q/v biases (no key bias)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    out: dict[str, torch.Tensor] = {}
+
+    def put(param: nn.Parameter, value: torch.Tensor) -> None:
+        out[names[id(param)]] = value.reshape(param.shape)
+
+    emb = model.beit.embeddings
+    put(emb.cls_token, encoder["cls_token"])
+    put(emb.position_embeddings, encoder["pos_embed"])
+    put(emb.patch_embeddings.projection.weight, encoder["patch_embed.proj.weight"])
+    put(emb.patch_embeddings.projection.bias, encoder["patch_embed.proj.bias"])
+    for i, layer in enumerate(model.beit.layers):
+        a, prefix = layer.attention, f"blocks.{i}."
+        for proj, weight in zip((a.q_proj, a.k_proj, a.v_proj), encoder[prefix + "attn.qkv.weight"].chunk(3)):
+            put(proj.weight, weight)
+        put(a.q_proj.bias, encoder[prefix + "attn.q_bias"])
+        put(a.v_proj.bias, encoder[prefix + "attn.v_bias"])
+        for ours, theirs in (("norm1", layer.layernorm_before), ("norm2", layer.layernorm_after),
+                             ("attn.proj", a.o_proj), ("mlp.fc1", layer.mlp.fc1), ("mlp.fc2", layer.mlp.fc2)):
+            put(theirs.weight, encoder[f"{prefix}{ours}.weight"])
+            put(theirs.bias, encoder[f"{prefix}{ours}.bias"])
+    return out
+
+
+def convert_to_upernet(source: str | Path | dict[str, torch.Tensor], img_size: int = 512,
+                       num_labels: int = ADE20K_CLASSES, block_taps: list[int] | None = None,
+                       drop_path: float = 0.0) -> UperNetConversion:
+    """An UperNet segmentation model whose backbone is the MAE encoder of ``source`` (heads newly
+    initialised), pos_embed resampled bicubically to the ``img_size`` grid (cls slot kept)."""
+    from .segment_recipes import default_taps
+
+    sd, provenance = load_mae_weights(source)
+    info = check_structure(sd)
+    if img_size % info.patch_size:
+        raise ConversionError(f"img_size {img_size} is not a multiple of the patch size {info.patch_size}")
+    taps = list(block_taps) if block_taps is not None else default_taps(info.depth)
+    record = {**provenance.as_strings(), "arch": info.model, "attention": info.k_bias,
+              "pretrain_img_size": info.img_size, "lsmae_version": package_version()}
+    model = model_class()(upernet_config(info, img_size, num_labels, taps, drop_path, record))
+    kept = sorted(k for k in sd if k.startswith(ENCODER_KEYS))
+    encoder = split_qkv_bias({k: sd[k] for k in kept})
+    grid = img_size // info.patch_size
+    resampled = ""
+    if grid != info.grid_size:
+        encoder["pos_embed"] = resample_abs_pos_embed(encoder["pos_embed"].float(), new_size=[grid, grid],
+                                                      num_prefix_tokens=1, interpolation="bicubic")
+        resampled = (f"resampled pos_embed {info.grid_size}x{info.grid_size} -> {grid}x{grid} (bicubic, cls slot "
+                     f"kept) for {img_size}px")
+    missing, unexpected = model.load_state_dict(_beit_state(model, encoder), strict=False)
+    if unexpected:
+        raise ConversionError(f"the segmentation model does not take {unexpected[:3]}")
+    return UperNetConversion(model, info, provenance, kept=kept, dropped=sorted(set(sd) - set(kept)),
+                             new=sorted(missing), resampled=resampled)
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("long-seq-mae")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def revert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Inverse of ``nn.SyncBatchNorm.convert_sync_batchnorm``: plain BatchNorm2d for ``save_pretrained``."""
+    if isinstance(module, nn.SyncBatchNorm):
+        plain = nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
+                               module.track_running_stats)
+        plain.load_state_dict(module.state_dict())
+        return plain
+    for name, child in module.named_children():
+        setattr(module, name, revert_sync_batchnorm(child))
+    return module
+
+
+MODEL_CARD = """---
+license: {license_id}
+library_name: transformers
+tags: [semantic-segmentation, upernet, beit, mae, long-seq-mae]
+---
+# {title}
+
+UperNet semantic segmentation with a ViT backbone initialised from a long-sequence MAE checkpoint
+("Exploring Long-Sequence Masked Autoencoders", Hu et al. 2022). Converted by long-seq-mae
+{version} from `{source}`{sha}.
+
+- backbone: `{arch}` pretrained at {pretrain_px}px ({pretrain_grid}x{pretrain_grid} tokens), here at {img_size}px
+  (position embeddings resampled bicubically), {dataset}{epochs}
+- features after blocks {taps} (zero-based), x4 / x2 / x1 / x0.5 pyramid, UperNet head (pool scales 1,2,3,6),
+  FCN auxiliary head (loss weight 0.4), {num_labels} classes, ignore index {ignore}
+- heads: {state}
+
+## Load
+
+```python
+from bridges.upernet import model_class
+model = model_class().from_pretrained("{folder}")
+logits = model(pixel_values).logits        # ImageNet-normalised images, [B, {num_labels}, H/4, W/4]
+```
+
+Load it with this class: the weights also load into `transformers.BeitForSemanticSegmentation`,
+but its forward taps other blocks (`hidden_states[i - 1]`) than the recipe's.
+
+## License
+
+The weights derive from `{source}`, licensed {license_id} ({license_url}).
+"""
+
+
+def save_upernet(model: nn.Module, folder: str | Path, state: str, provenance: Provenance | None = None) -> Path:
+    """``save_pretrained`` (safetensors) plus a README.md model card."""
+    folder = Path(folder)
+    model = revert_sync_batchnorm(model)
+    model.save_pretrained(folder)
+    record = dict(model.config.lsmae)
+    source = record.get("source", "an MAE checkpoint")
+    license_id = ""
+    try:
+        license_id = get_entry(source).license
+    except LsmaeError:
+        pass
+    cfg = model.config
+    pretrain_px = int(record.get("pretrain_img_size", 0))
+    (folder / "README.md").write_text(MODEL_CARD.format(
+        license_id=license_id or "other", title=f"UperNet from {source}", version=record.get("lsmae_version", ""),
+        source=source, sha=f" (SHA-256 {record['source_sha256']})" if record.get("source_sha256") else "",
+        arch=record.get("arch", ""), pretrain_px=pretrain_px, pretrain_grid=pretrain_px // cfg.patch_size,
+        img_size=cfg.image_size, dataset=record.get("dataset", "data of its own"),
+        epochs=f", {record['epochs']} epochs" if record.get("epochs") else "", taps=cfg.lsmae_block_taps,
+        num_labels=cfg.num_labels, ignore=cfg.semantic_loss_ignore_index, state=state, folder=folder,
+        license_url=license_url(license_id) if license_id else "see the source's terms"))
+    return folder

@@ -1,0 +1,219 @@
+"""Segmentation bridge: exact conversion, the recipe's taps, data, sliding-window inference, metrics, plans."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import pretrain
+from bridges.cli import main
+from bridges.segment_recipes import RECIPES, default_taps, get_recipe, scale_to_batch
+
+transformers = pytest.importorskip("transformers")
+
+from bridges.segment_data import ADE20K, reduce_zero_label, train_transform  # noqa: E402
+from bridges.segment_eval import SegMetrics, normalize, predict, slide_logits  # noqa: E402
+from bridges.upernet import IGNORE_INDEX, convert_to_upernet, model_class, save_upernet  # noqa: E402
+from tests.conftest import TINY_MODEL  # noqa: E402
+
+
+def perturbed_mae(name: str, img_size: int, seed: int = 0, **kwargs) -> pretrain.MaskedAutoencoderViT:
+    """Release-format weights that are not the initialisation (zero biases would hide mapping errors)."""
+    torch.manual_seed(seed)
+    mae = pretrain.create_model(name, img_size=img_size, **kwargs).eval()
+    with torch.no_grad():
+        for p in mae.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return mae
+
+
+def mae_block_outputs(mae: pretrain.MaskedAutoencoderViT, x: torch.Tensor) -> list[torch.Tensor]:
+    t = mae.patch_embed(x) + mae.pos_embed[:, 1:]
+    t = torch.cat([(mae.cls_token + mae.pos_embed[:, :1]).expand(len(x), -1, -1), t], 1)
+    outs = []
+    for blk in mae.blocks:
+        t = blk(t)
+        outs.append(t)
+    return outs
+
+
+# --------------------------------------------------------------------------- conversion
+def test_vit_b_448_conversion_is_exact_block_by_block(tmp_path):
+    mae = perturbed_mae("mae_vit_base_patch16_dec384d12h8b", 448)
+    path = tmp_path / "release.pth"
+    torch.save({"model": mae.state_dict()}, path)
+    conversion = convert_to_upernet(str(path), img_size=448)
+    model = conversion.model.eval()
+    assert model.config.lsmae_block_taps == [3, 5, 7, 11] and model.config.num_labels == 150
+    assert "resampled" not in conversion.report()
+    x = torch.randn(1, 3, 448, 448)
+    with torch.no_grad():
+        hidden = model.beit(x, output_hidden_states=True).hidden_states
+        ours = mae_block_outputs(mae, x)
+        for i, block in enumerate(ours):
+            torch.testing.assert_close(hidden[i + 1], block, atol=1e-4, rtol=0)
+        taps = model.block_features(x)
+    for k, feature in zip([3, 5, 7, 11], taps):  # the recipe's blocks, not transformers' hidden_states[i - 1]
+        torch.testing.assert_close(feature, ours[k][:, 1:].transpose(1, 2).reshape(1, 768, 28, 28), atol=1e-4, rtol=0)
+    assert {k.split(".")[0] for k in conversion.dropped} == {
+        "norm", "mask_token", "decoder_embed", "decoder_blocks", "decoder_norm", "decoder_pred", "decoder_pos_embed"}
+
+
+def test_no_k_bias_checkpoint_and_resampled_grid():
+    mae = perturbed_mae(TINY_MODEL, 64, no_k_bias=True)
+    exact = convert_to_upernet(mae.state_dict(), img_size=64).model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        hidden = exact.beit(x, output_hidden_states=True).hidden_states
+        for i, block in enumerate(mae_block_outputs(mae, x)):
+            torch.testing.assert_close(hidden[i + 1], block, atol=1e-5, rtol=0)
+    resampled = convert_to_upernet(mae.state_dict(), img_size=96)
+    assert "resampled pos_embed 8x8 -> 12x12" in resampled.report()
+    assert resampled.model.beit.embeddings.position_embeddings.shape == (1, 145, 96)
+    with torch.no_grad():
+        assert resampled.model.eval()(torch.randn(1, 3, 96, 96)).logits.shape == (1, 150, 48, 48)  # patch 8: the x4 level is H/2
+
+
+def test_save_and_load_round_trip_keeps_taps_and_outputs(tmp_path):
+    conversion = convert_to_upernet(perturbed_mae(TINY_MODEL, 64).state_dict(), img_size=64, num_labels=4)
+    folder = save_upernet(conversion.model, tmp_path / "seg", "initialised (not trained)")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["lsmae_block_taps"] == [0, 1, 2, 3] and config["architectures"] == ["MaeUperNet"]
+    assert (folder / "model.safetensors").is_file() and "MaeUperNet" not in (folder / "README.md").read_text()[:0]
+    assert "model_class().from_pretrained" in (folder / "README.md").read_text()
+    loaded = model_class().from_pretrained(str(folder)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).logits, conversion.model.eval()(x).logits)
+
+
+def test_default_taps():
+    assert default_taps(12) == [3, 5, 7, 11] and default_taps(24) == [7, 11, 15, 23] and default_taps(4) == [0, 1, 2, 3]
+    assert list(RECIPES["upernet_vit_b_ade20k_160k"].out_indices) == default_taps(12)
+    assert list(RECIPES["upernet_vit_l_ade20k_160k"].out_indices) == default_taps(24)
+
+
+# --------------------------------------------------------------------------- data
+def write_ade(root, names=("a", "b"), split="training", size=(40, 56), labels=None):
+    (root / "images" / split).mkdir(parents=True, exist_ok=True)
+    (root / "annotations" / split).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name in names:
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(root / "images" / split / f"{name}.jpg")
+        label = labels if labels is not None else rng.integers(0, 5, size, dtype=np.uint8)
+        Image.fromarray(label).save(root / "annotations" / split / f"{name}.png")
+    return root
+
+
+def test_labels_reduce_zero_and_ignore(tmp_path):
+    labels = np.array([[0, 1, 2], [150, 0, 3]], dtype=np.uint8).repeat(4, 0).repeat(4, 1)
+    write_ade(tmp_path, names=("x",), size=labels.shape, labels=labels)
+    image, label = ADE20K(tmp_path, "train")[0]
+    assert image.dtype == torch.uint8 and image.shape == (3, *labels.shape)
+    expected = torch.tensor([[IGNORE_INDEX, 0, 1], [149, IGNORE_INDEX, 2]]).repeat_interleave(4, 0).repeat_interleave(4, 1)
+    assert torch.equal(label, expected)
+    assert torch.equal(reduce_zero_label(torch.tensor([0, 1, 150], dtype=torch.uint8)),
+                       torch.tensor([255, 0, 149], dtype=torch.uint8))
+
+
+def test_training_pipeline_crops_pads_and_keeps_labels_aligned(tmp_path):
+    recipe = get_recipe("demo")
+    write_ade(tmp_path, names=("a",), size=(30, 40))  # smaller than the crop after some resizes: padded
+    dataset = ADE20K(tmp_path, "train", train_transform(recipe))
+    torch.manual_seed(0)
+    for _ in range(5):
+        image, label = dataset[0]
+        assert image.shape == (3, 64, 64) and label.shape == (64, 64)
+        assert set(label.unique().tolist()) <= {0, 1, 2, 3, IGNORE_INDEX}
+        padded = label == IGNORE_INDEX
+        assert (image[:, padded.all(1)] == 0).all()  # fully padded rows are black in the image too
+
+
+def test_bad_data_folders_are_one_line_errors(tmp_path, capsys):
+    with pytest.raises(pretrain.LsmaeError, match="does not exist .*ADE20K layout"):
+        ADE20K(tmp_path / "none", "val")
+    write_ade(tmp_path, names=("a", "b", "c"), split="validation")
+    (tmp_path / "annotations" / "validation" / "b.png").unlink()
+    (tmp_path / "images" / "validation" / "c.jpg").unlink()
+    with pytest.raises(pretrain.LsmaeError, match="images without annotation: b; annotations without image: c"):
+        ADE20K(tmp_path, "val")
+
+
+# --------------------------------------------------------------------------- inference and metrics
+def test_sliding_window_equals_whole_image_when_the_window_covers_it():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 5, 4, stride=4)
+
+    image = torch.randn(1, 3, 64, 64)
+    whole = torch.nn.functional.interpolate(conv(image), size=(64, 64), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(slide_logits(conv, image, crop=64, stride=43, num_classes=5), whole, atol=1e-6,
+                               rtol=0)
+    # smaller than the window: padded black, the padding's logits dropped
+    small = normalize(torch.zeros(1, 3, 40, 64, dtype=torch.uint8))
+    padded = normalize(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+    torch.testing.assert_close(slide_logits(conv, small, crop=64, stride=43, num_classes=5),
+                               slide_logits(conv, padded, crop=64, stride=43, num_classes=5)[:, :, :40])
+    # a per-pixel model gives the same logits from any tiling of overlapping windows
+    pointwise = torch.nn.Conv2d(3, 5, 1)
+    big = torch.randn(1, 3, 100, 130)
+    torch.testing.assert_close(slide_logits(pointwise, big, crop=64, stride=43, num_classes=5), pointwise(big),
+                               atol=1e-5, rtol=0)
+
+
+def test_predict_returns_the_annotation_resolution():
+    recipe = get_recipe("demo")
+    pointwise = torch.nn.Conv2d(3, 4, 1)
+    torch.manual_seed(0)  # 16 x 16 blocks of one colour each: resizing keeps them but at their borders
+    image = torch.randint(0, 255, (3, 6, 8), dtype=torch.uint8).repeat_interleave(16, 1).repeat_interleave(16, 2)
+    with torch.no_grad():
+        pred = predict(pointwise, image, recipe, (96, 128))
+        aug = predict(pointwise, image, recipe, (96, 128), aug_test=True)
+    assert pred.shape == aug.shape == (96, 128) and pred.dtype == torch.int64
+    expected = pointwise(normalize(image[None]))[0].argmax(0)
+    assert (pred == expected).float().mean() > 0.9  # resized to 64 x 85 and back: borders may differ
+
+
+def test_metric_definitions_on_hand_made_cases():
+    m = SegMetrics.empty(3)
+    label = torch.tensor([0, 0, 1, 1, 255, 255])
+    pred = torch.tensor([0, 1, 1, 1, 2, 0])
+    m.add(pred, label)
+    s = m.summary()
+    # class 0: intersect 1, union 2; class 1: intersect 2, union 3; class 2: absent from both -> left out
+    assert s["IoU"][0] == 0.5 and math.isclose(s["IoU"][1], 2 / 3) and math.isnan(s["IoU"][2])
+    assert math.isclose(s["mIoU"], (0.5 + 2 / 3) / 2)
+    assert math.isclose(s["mAcc"], (0.5 + 1.0) / 2) and math.isclose(s["aAcc"], 3 / 4)
+    m.add(torch.tensor([2]), torch.tensor([0]))  # a false positive of class 2 makes it count, IoU 0
+    assert m.summary()["IoU"][2] == 0.0
+
+
+# --------------------------------------------------------------------------- plans
+def _plan(capsys, *argv) -> dict:
+    assert main(["segment", *argv, "--dry-run", "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_dry_run_plans_print_the_recipes_and_scale_with_the_batch(lsmae_home, capsys):
+    b = _plan(capsys, "vit_base/coco/4000")
+    assert (b["config"], b["max_iter"], b["batch_size"], b["lr"], b["layer_decay"], b["drop_path"]) == (
+        "upernet_vit_b_ade20k_160k", 160000, 16, 8e-5, 0.8, 0.1)
+    assert (b["crop_size"], b["warmup_iters"], b["out_indices"], b["eval_stride"], b["devices"]) == (
+        512, 1500, [3, 5, 7, 11], 341, 1)
+    assert b["eval_period"] == b["checkpoint_period"] == 16000 and b["weight_decay"] == 0.05
+    large = _plan(capsys, "vit_large/coco/4000", "--batch-size", "8")
+    assert (large["config"], large["lr"], large["layer_decay"], large["drop_path"], large["out_indices"]) == (
+        "upernet_vit_l_ade20k_160k", 1e-5, 0.95, 0.2, [7, 11, 15, 23])
+    assert (large["batch_size"], large["max_iter"], large["warmup_iters"], large["eval_period"]) == (
+        8, 320000, 3000, 32000)
+    assert not any(lsmae_home.rglob("*.pth"))  # nothing fetched
+
+
+def test_scaling_rule_and_bad_batch():
+    r = scale_to_batch(get_recipe("upernet_vit_b_ade20k_160k"), 32)
+    assert (r.lr, r.max_iter, r.warmup_iters, r.checkpoint_period) == (1.6e-4, 80000, 750, 8000)
+    with pytest.raises(pretrain.LsmaeError):
+        scale_to_batch(r, 0)
