@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
-import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +23,15 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create_transform
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import Lars, create_optimizer_v2
-from timm.scheduler import CosineLRScheduler
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from pretrain.backends import TorchBackend, make_backend
-from pretrain.engine import NonFiniteLossError, resolve_batch, resolve_precision, seed_epoch
-from pretrain.errors import DataError, LsmaeError, report_errors
-from pretrain.run_logging import RunLogger, fmt_eta, setup_logging
+from pretrain.checkpoints import json_safe_args
+from pretrain.errors import CheckpointError, DataError, LsmaeError, report_errors
+from pretrain.run_logging import setup_logging
+from pretrain.serialization import load_checkpoint
+from pretrain.trainer import LoopConfig, Progress, Trainer, precision_name, resolve_batch, resolve_precision
 
 from .finetune_args import AUTO_BATCH_CAP, FINETUNE_BY_WIDTH, FINETUNE_COMMON, LINPROBE, build_parser
 
@@ -43,14 +43,14 @@ LINPROBE_HEAD_INIT_STD = 0.01  # main_linprobe.py
 
 # --------------------------------------------------------------------------- recipe
 def _source_width(source: str) -> int | None:
-    """The encoder width of a zoo id or checkpoint file, cheaply (None if it cannot be told: the
-    conversion then reports the problem)."""
+    """The encoder width of a zoo id or local source (checkpoint file, transformers folder), cheaply (None if
+    it cannot be told: the conversion then reports the problem)."""
     try:
-        path = Path(source)
-        if path.is_file():
-            from zoo.checkpoint import load_checkpoint, model_state_dict
+        from zoo.checkpoint import local_source, model_state_dict, read_checkpoint
 
-            return int(model_state_dict(load_checkpoint(path))["cls_token"].shape[-1])
+        path = local_source(source)
+        if path is not None:
+            return int(model_state_dict(read_checkpoint(path))["cls_token"].shape[-1])
         from pretrain import model_config
         from zoo.registry import get_entry
 
@@ -71,18 +71,6 @@ def resolve_recipe(args: argparse.Namespace, mode: str, width: int | None) -> No
     if mode == "finetune" and str(args.aa).lower() in ("none", ""):
         args.aa = None
     args.lr = args.blr * args.effective_batch_size / 256 if args.lr is None else args.lr
-
-
-def batch_plan(effective: int, batch: int | None, accum: int | None, world: int, cap: int) -> tuple[int, int]:
-    """Per-device batch and accumulation steps: as :func:`pretrain.engine.resolve_batch`, except that
-    with neither given the per-device batch is the largest divisor of the per-device share <= ``cap``."""
-    if batch is None and accum is None:
-        if effective % world:
-            raise LsmaeError(f"--effective-batch-size {effective} is not divisible by {world} devices")
-        share = effective // world
-        batch = max(d for d in range(1, min(cap, share) + 1) if share % d == 0)
-        return batch, share // batch
-    return resolve_batch(effective, batch, accum, world)
 
 
 def eval_crop_pct(input_size: int) -> float:
@@ -270,18 +258,15 @@ def evaluate(model: nn.Module, loader: DataLoader, backend: TorchBackend, dtype:
 
 # --------------------------------------------------------------------------- checkpoints
 def load_classifier_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint of ``lsmae finetune``/``lsmae linprobe`` (of a run folder: its ``best.pth``), read by
+    the one safe loader; anything else is a :class:`CheckpointError`."""
     path = Path(path)
     if path.is_dir():
         path = path / "best.pth"
-    if not path.is_file():
-        raise LsmaeError(f"{path}: no such file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure means "not a usable checkpoint"
-        raise LsmaeError(f"{path}: unreadable checkpoint ({str(e).splitlines()[0][:160]})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
-        raise LsmaeError(f"{path}: not a checkpoint of `lsmae finetune`/`lsmae linprobe` (for an MAE "
-                         "checkpoint, fine-tune it first)")
+    ckpt = load_checkpoint(path)
+    if ckpt.get("format") != CKPT_FORMAT:
+        raise CheckpointError(f"{path}: not a checkpoint of `lsmae finetune`/`lsmae linprobe` (for an MAE "
+                              "checkpoint, fine-tune it first)")
     return ckpt
 
 
@@ -324,6 +309,71 @@ def _check_resumable(path: Path, ckpt: dict[str, Any], meta: dict[str, Any], cla
 
 
 # --------------------------------------------------------------------------- training
+def _uses_mixup(args: argparse.Namespace, mode: str) -> bool:
+    return mode == "finetune" and (args.mixup > 0 or args.cutmix > 0)
+
+
+class Classification:
+    """The classifier's cross-entropy (mixup/cutmix and label smoothing as the recipe says; a linear
+    probe computes the frozen features without autograd and trains, and all-reduces, the head only).
+    Each epoch ends with top-1/top-5 on the validation set, ``best.pth`` when top-1 improved, and the
+    resume checkpoint ``last.pth``."""
+
+    def __init__(self, model: nn.Module, mode: str, args: argparse.Namespace, backend: TorchBackend,
+                 dtype: torch.dtype | None, vloader: DataLoader, base: dict[str, Any], best: dict[str, Any]) -> None:
+        self.classifier, self.mode, self.args, self.backend, self.dtype = model, mode, args, backend, dtype
+        self.model = backend.wrap_model(model.head if mode == "linprobe" else model)
+        self.vloader, self.num_classes, self.base, self.best = vloader, base["num_classes"], base, best
+        self.output_dir = Path(args.output_dir)
+        self.mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, label_smoothing=args.smoothing,
+                           num_classes=self.num_classes) if _uses_mixup(args, mode) else None
+        if self.mixup is not None:
+            self.criterion: nn.Module = SoftTargetCrossEntropy()
+        elif mode == "finetune" and args.smoothing > 0:
+            self.criterion = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+        else:
+            self.criterion = nn.CrossEntropyLoss()
+        self.result: dict[str, Any] = {}
+
+    def forward_loss(self, batch: Sequence[Any], generator: torch.Generator) -> torch.Tensor:
+        images, target = batch
+        if self.mixup is not None:
+            images, target = self.mixup(images, target)
+        if self.mode == "linprobe":
+            with torch.no_grad(), self.backend.autocast(self.dtype):
+                features = self.classifier.forward_head(self.classifier.forward_features(images), pre_logits=True)
+            return self.criterion(self.model(features.float()), target)
+        with self.backend.autocast(self.dtype):
+            return self.criterion(self.model(images), target)
+
+    def evaluate(self, at: Progress, train_loss: float) -> dict[str, Any]:
+        epoch = at.epoch - 1
+        stats = evaluate(self.classifier, self.vloader, self.backend, self.dtype, self.num_classes)
+        improved = stats["top1"] > self.best["top1"]
+        if improved:
+            self.best = {"top1": stats["top1"], "top5": stats["top5"], "epoch": epoch}
+        log.info("epoch %d/%d done: train loss %.4f, val top-1 %.2f%% top-5 %.2f%% loss %.4f (%d images); "
+                 "best top-1 %.2f%% (epoch %d)", at.epoch, self.args.epochs, train_loss, 100 * stats["top1"],
+                 100 * stats["top5"], stats["val_loss"], stats["images"], 100 * self.best["top1"],
+                 self.best["epoch"] + 1)
+        self.result = {"top1": stats["top1"], "top5": stats["top5"], "best": self.best}
+        if improved:  # the main process writes; every process waits for it
+            self.backend.save({**self.base, **self.result, "epoch": epoch,
+                               "model": plain_state_dict(self.classifier, self.mode)} if self.backend.is_main else None,
+                              self.output_dir / "best.pth")
+        return {"kind": "epoch", "epoch": epoch, "train_loss": train_loss, "top1": stats["top1"],
+                "top5": stats["top5"], "val_loss": stats["val_loss"], "best_top1": self.best["top1"]}
+
+    def checkpoint_path(self, at: Progress) -> Path:
+        return self.output_dir / "last.pth"
+
+    def checkpoint_extra(self, at: Progress) -> dict[str, Any]:
+        extra = {**self.base, **self.result, "model": plain_state_dict(self.classifier, self.mode)}
+        if self.mode == "linprobe":
+            extra["probe_head"] = {k: v.detach().cpu() for k, v in self.classifier.head.state_dict().items()}
+        return extra
+
+
 def train(args: argparse.Namespace, backend: TorchBackend, mode: str = "finetune") -> dict[str, Any]:
     """Fine-tune or linear-probe (``mode``), resuming from ``OUTPUT_DIR/last.pth``; returns
     ``{'best_top1', 'best_top5', 'best_epoch', 'best', 'last', 'epochs'}``."""
@@ -331,10 +381,9 @@ def train(args: argparse.Namespace, backend: TorchBackend, mode: str = "finetune
     output_dir = Path(args.output_dir)
     resolve_recipe(args, mode, _source_width(args.source))
     dtype = resolve_precision(args.precision, backend)
-    batch, accum = batch_plan(args.effective_batch_size, args.batch_size, args.accum_iter, backend.world_size,
-                              AUTO_BATCH_CAP[mode])
-    mixup_on = mode == "finetune" and (args.mixup > 0 or args.cutmix > 0)
-    if mixup_on and batch % 2:
+    batch, accum = resolve_batch(args.effective_batch_size, args.batch_size, args.accum_iter, backend.world_size,
+                                 cap=AUTO_BATCH_CAP[mode])
+    if _uses_mixup(args, mode) and batch % 2:
         raise LsmaeError(f"mixup/cutmix need an even per-device batch, got {batch}: set --batch-size")
 
     train_set, val_set = load_splits(args.data_path, train_transform(args, mode), eval_transform(args.input_size))
@@ -342,41 +391,19 @@ def train(args: argparse.Namespace, backend: TorchBackend, mode: str = "finetune
     torch.manual_seed(args.seed)
     model, _, meta = build_model(args, mode, num_classes)  # the source's errors before the batch's
     meta["classes"] = list(train_set.classes)
-    sampler = DistributedSampler(train_set, num_replicas=backend.world_size, rank=backend.rank, shuffle=True,
-                                 seed=args.seed, drop_last=True)
-    loader_gen = torch.Generator()
-    loader = DataLoader(train_set, batch_size=batch, sampler=sampler, num_workers=args.num_workers,
-                        pin_memory=backend.name == "cuda", drop_last=True, generator=loader_gen)
-    batches_per_epoch = len(loader)
-    if batches_per_epoch < accum:
-        raise LsmaeError(f"{len(train_set)} training images give {batches_per_epoch} batches of {batch} per device, "
-                         f"fewer than one optimizer update ({accum} accumulation steps); lower the batch size")
-    updates_per_epoch = batches_per_epoch // accum
-    steps_per_epoch = updates_per_epoch * accum
-    vloader = val_loader(val_set, backend, batch, args.num_workers)
-
     if getattr(args, "grad_checkpointing", False):
         model.set_grad_checkpointing(True)
     model.to(backend.device)
-    optimizer = make_optimizer(model, args, mode, backend)
-    scheduler = CosineLRScheduler(
-        optimizer, t_initial=max(1, (args.epochs - args.warmup_epochs) * updates_per_epoch), lr_min=args.min_lr,
-        warmup_t=args.warmup_epochs * updates_per_epoch, warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False)
-    scaler = torch.amp.GradScaler(backend.device.type) if dtype == torch.float16 else None
-    mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, label_smoothing=args.smoothing,
-                  num_classes=num_classes) if mixup_on else None
-    if mixup is not None:
-        criterion: nn.Module = SoftTargetCrossEntropy()
-    elif mode == "finetune" and args.smoothing > 0:
-        criterion = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
-    else:
-        criterion = nn.CrossEntropyLoss()
+    trainer = Trainer(
+        backend, make_optimizer(model, args, mode, backend), train_set, batch=batch, accum=accum,
+        num_workers=args.num_workers, dtype=dtype,
+        config=LoopConfig(seed=args.seed, min_lr=args.min_lr, print_freq=args.print_freq, epochs=args.epochs,
+                          warmup=args.warmup_epochs),
+        output_dir=output_dir, log=log,
+        stop_hint=f"Resume from {output_dir / 'last.pth'} (the default) after lowering --blr or switching "
+                  "--precision (fp16 overflows most)")
 
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if backend.is_main:
-        for stale in output_dir.glob(".*.pth.tmp*"):
-            stale.unlink(missing_ok=True)  # left by a process killed while saving
-    start_epoch, best = 0, {"top1": -1.0, "top5": 0.0, "epoch": -1}
+    best = {"top1": -1.0, "top5": 0.0, "epoch": -1}
     resume = _resume_state(args, output_dir)
     if resume is not None:
         path, ckpt = resume
@@ -387,111 +414,41 @@ def train(args: argparse.Namespace, backend: TorchBackend, mode: str = "finetune
         else:
             state = ckpt["model"]
         model.load_state_dict(state, strict=True)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        start_epoch = ckpt["epoch"] + 1
+        trainer.resume(ckpt)
         best = dict(ckpt["best"])
         log.info("resumed from %s (epoch %d done, best top-1 %.2f%% at epoch %d)", path, ckpt["epoch"] + 1,
                  100 * best["top1"], best["epoch"] + 1)
 
-    # the linear probe computes frozen features without autograd and trains (and all-reduces) the head only
-    ddp_model = backend.wrap_model(model.head if mode == "linprobe" else model)
-    logger = RunLogger(output_dir, backend.is_main, log)
     log.info("%s %s: %d classes, %d train / %d val images at %dpx; %d devices x batch %d x %d accumulation = %d "
              "per update, lr %.3g (blr %.3g), %d epochs (%d warmup), precision %s, %d updates/epoch",
              mode, meta["timm_model"], num_classes, len(train_set), len(val_set), args.input_size,
              backend.world_size, batch, accum, batch * accum * backend.world_size, args.lr, args.blr, args.epochs,
-             args.warmup_epochs, "fp32" if dtype is None else str(dtype).removeprefix("torch."), updates_per_epoch)
+             args.warmup_epochs, precision_name(dtype), trainer.updates_per_epoch)
     if mode == "finetune":
         log.info("recipe: layer decay %g, drop path %g, weight decay %g, label smoothing %g, mixup %g, cutmix %g, "
                  "auto-augment %s, random erasing %g, min lr %g", args.layer_decay, args.drop_path,
                  args.weight_decay, args.smoothing, args.mixup, args.cutmix, args.aa, args.reprob, args.min_lr)
-    unused = len(train_set) - steps_per_epoch * batch * backend.world_size
+    unused = len(train_set) - trainer.steps_per_epoch * batch * backend.world_size
     if unused:
         log.info("%d of %d training images are left out of each epoch (a different few each epoch): they do "
                  "not fill a whole batch on every device, or a whole accumulated update", unused, len(train_set))
     if args.warmup_epochs >= args.epochs:
         log.warning("warning: --warmup-epochs %d is not shorter than --epochs %d: the lr never reaches %.3g",
                     args.warmup_epochs, args.epochs, args.lr)
-    if start_epoch >= args.epochs:
-        log.info("nothing to do: %s already holds epoch %d of %d", output_dir / "last.pth", start_epoch, args.epochs)
+    if trainer.progress.epoch >= args.epochs:
+        log.info("nothing to do: %s already holds epoch %d of %d", output_dir / "last.pth", trainer.progress.epoch,
+                 args.epochs)
 
-    base = {**meta, "args": _json_safe(args), "batch_size": batch, "accum_iter": accum,
+    base = {**meta, "args": json_safe_args(args), "batch_size": batch, "accum_iter": accum,
             "world_size": backend.world_size}
-    t_start, images_done = time.time(), 0
-    total_steps = max(1, (args.epochs - start_epoch) * steps_per_epoch)
-    for epoch in range(start_epoch, args.epochs):
-        sampler.set_epoch(epoch)
-        loader_gen.manual_seed(seed_epoch(args.seed, epoch, backend.rank))
-        model.train()
-        epoch_loss = torch.zeros((), device=backend.device)
-        for step, (images, target) in enumerate(backend.device_loader(loader)):
-            if step >= steps_per_epoch:
-                break
-            update_now = (step + 1) % accum == 0
-            if step % accum == 0:
-                scheduler.step_update(epoch * updates_per_epoch + step // accum)
-            if mixup is not None:
-                images, target = mixup(images, target)
-            if mode == "linprobe":
-                with torch.no_grad(), backend.autocast(dtype):
-                    features = model.forward_head(model.forward_features(images), pre_logits=True)
-                with backend.no_sync(ddp_model, not update_now):
-                    loss = criterion(ddp_model(features.float()), target)
-            else:
-                with backend.no_sync(ddp_model, not update_now), backend.autocast(dtype):
-                    loss = criterion(ddp_model(images), target)
-            backend.backward_and_step(loss, optimizer, scaler, accum, update_now)
-            epoch_loss += loss.detach()
-            images_done += images.shape[0] * backend.world_size
-            done = (epoch - start_epoch) * steps_per_epoch + step + 1
-            value = loss.item()
-            if not math.isfinite(value):
-                raise NonFiniteLossError(
-                    f"loss is {value} at epoch {epoch + 1} step {step}; stopping. Resume from {output_dir / 'last.pth'} "
-                    "(the default) after lowering --blr or switching --precision (fp16 overflows most)")
-            if step % args.print_freq == 0 or step + 1 == steps_per_epoch:
-                elapsed = time.time() - t_start
-                rate = images_done / max(elapsed, 1e-9)
-                lr = max(g["lr"] for g in optimizer.param_groups)
-                log.info("epoch %d/%d [%d/%d] loss %.4f lr %.3g %.1f img/s ETA %s", epoch + 1, args.epochs,
-                         step + 1, steps_per_epoch, value, lr, rate, fmt_eta(elapsed / done * (total_steps - done)))
-                logger.write({"kind": "train", "epoch": epoch, "step": step, "loss": value, "lr": lr,
-                              "images_per_s": rate}, epoch * steps_per_epoch + step)
-        train_loss = backend.all_reduce_mean(epoch_loss / max(1, steps_per_epoch)).item()
-        stats = evaluate(model, vloader, backend, dtype, num_classes)
-        improved = stats["top1"] > best["top1"]
-        if improved:
-            best = {"top1": stats["top1"], "top5": stats["top5"], "epoch": epoch}
-        log.info("epoch %d/%d done: train loss %.4f, val top-1 %.2f%% top-5 %.2f%% loss %.4f (%d images); "
-                 "best top-1 %.2f%% (epoch %d)", epoch + 1, args.epochs, train_loss, 100 * stats["top1"],
-                 100 * stats["top5"], stats["val_loss"], stats["images"], 100 * best["top1"], best["epoch"] + 1)
-        logger.write({"kind": "epoch", "epoch": epoch, "train_loss": train_loss, "top1": stats["top1"],
-                      "top5": stats["top5"], "val_loss": stats["val_loss"], "best_top1": best["top1"],
-                      "lr": max(g["lr"] for g in optimizer.param_groups)}, epoch)
-        # the main process writes (atomically: temporary file, then rename); every process waits for it
-        weights = plain_state_dict(model, mode) if backend.is_main else None
-        result = {"epoch": epoch, "top1": stats["top1"], "top5": stats["top5"], "best": best}
-        if improved:
-            backend.save({**base, **result, "model": weights}, output_dir / "best.pth")
-        last = None
-        if backend.is_main:
-            last = {**base, **result, "model": weights, "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else None}
-            if mode == "linprobe":
-                last["probe_head"] = {k: v.detach().cpu() for k, v in model.head.state_dict().items()}
-        backend.save(last, output_dir / "last.pth")
-    logger.close()
+    task = Classification(model, mode, args, backend, dtype, val_loader(val_set, backend, batch, args.num_workers),
+                          base, best)
+    trainer.fit(task)
+    best = task.best
     if best["epoch"] < 0:
         raise LsmaeError(f"{output_dir}: no epoch was run and there is no checkpoint to report")
     return {"best_top1": best["top1"], "best_top5": best["top5"], "best_epoch": best["epoch"],
             "best": output_dir / "best.pth", "last": output_dir / "last.pth", "epochs": args.epochs}
-
-
-def _json_safe(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-            if k != "func" and isinstance(v, (str, int, float, bool, list, tuple, Path, type(None)))}
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data_path: str | Path, batch_size: int = 64, num_workers: int = 0,
@@ -509,16 +466,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data_path: str | Path, batch_siz
         stats = evaluate(model, val_loader(val_set, backend, batch_size, num_workers), backend,
                          resolve_precision(precision, backend), ckpt["num_classes"])
     finally:
-        _end_distributed(backend)
+        backend.shutdown()
     return {**stats, "epoch": ckpt.get("epoch"), "logged_top1": ckpt.get("top1"), "is_main": backend.is_main}
-
-
-def _end_distributed(backend: TorchBackend) -> None:
-    if backend.world_size > 1:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def run_eval(args: argparse.Namespace) -> dict[str, Any]:
@@ -537,7 +486,7 @@ def run(args: argparse.Namespace, mode: str = "finetune") -> dict[str, Any]:
     try:
         result = train(args, backend, mode)
     finally:
-        _end_distributed(backend)
+        backend.shutdown()
     if backend.is_main:
         print(f"best top-1 {100 * result['best_top1']:.2f}% top-5 {100 * result['best_top5']:.2f}% "
               f"(epoch {result['best_epoch'] + 1} of {result['epochs']}); weights load into plain timm, "

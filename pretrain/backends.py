@@ -1,7 +1,7 @@
 """The few places where CUDA/CPU (torchrun, DDP) and TPU (torch_xla, PJRT) training differ.
 
-The engine calls these methods and nothing device-specific; torch_xla is imported only when
-the XLA backend is built.
+The training loop (:mod:`pretrain.trainer`) calls these methods and nothing device-specific;
+torch_xla is imported only when the XLA backend is built.
 """
 from __future__ import annotations
 
@@ -125,6 +125,11 @@ class TorchBackend:
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
+
+    def shutdown(self) -> None:
+        """End the process group this run joined (torchrun), so that the process exits cleanly."""
+        if self.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 class XLABackend(TorchBackend):

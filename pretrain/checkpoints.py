@@ -1,6 +1,8 @@
-"""Training checkpoints of a run folder: naming, finding the newest valid one, export."""
+"""Training checkpoints of a run folder: naming, finding the newest valid one, the arguments they
+record, export."""
 from __future__ import annotations
 
+import argparse
 import logging
 import re
 from pathlib import Path
@@ -37,8 +39,14 @@ def newest_checkpoint(output_dir: Path) -> tuple[Path, dict[str, Any]] | None:
         try:
             return path, load_training_checkpoint(path)
         except LsmaeError as e:
-            log.warning("skipping %s", e)
+            log.warning("skipping unreadable checkpoint %s", e)
     return None
+
+
+def json_safe_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The command line as plain values (paths as strings), as checkpoints record it."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+            if isinstance(v, (str, int, float, bool, list, tuple, Path, type(None)))}
 
 
 def export_release(source: Path, out: Path) -> Path:

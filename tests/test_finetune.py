@@ -21,11 +21,13 @@ import torch
 from PIL import Image
 
 from bridges import finetune
+from bridges.finetune_args import add_arguments
 from bridges.cli import build_parser as cli_parser
 from bridges.sample_data import write_digits
 from bridges.cli import main as cli_main
 from pretrain import main_pretrain
 from pretrain.checkpoints import export_release
+from pretrain.trainer import resolve_batch
 from tests.conftest import TINY_MODEL
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -45,7 +47,7 @@ def load(path: Path) -> dict:
 
 def run_mode(mode: str, argv: list[str]) -> dict:
     parser = argparse.ArgumentParser()
-    finetune.add_arguments(parser, mode)
+    add_arguments(parser, mode)
     return finetune.run(parser.parse_args(argv), mode)
 
 
@@ -210,7 +212,7 @@ def test_default_recipe_smoke_and_resume_with_more_epochs(pretrained, tmp_path):
 # --- recipe resolution (no training) --------------------------------------------------------------
 def _resolved(mode: str, width: int | None, *argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    finetune.add_arguments(parser, mode)
+    add_arguments(parser, mode)
     args = parser.parse_args(["src", "--data-path", "d", *argv])
     finetune.resolve_recipe(args, mode, width)
     return args
@@ -238,11 +240,11 @@ def test_recipe_defaults_follow_the_architecture_and_flags_override_them():
 
 
 def test_batch_plan():
-    assert finetune.batch_plan(1024, None, None, 8, 64) == (64, 2)
-    assert finetune.batch_plan(1024, None, None, 1, 64) == (64, 16)
-    assert finetune.batch_plan(16384, None, None, 32, 512) == (512, 1)
-    assert finetune.batch_plan(48, None, None, 1, 64) == (48, 1)
-    assert finetune.batch_plan(1024, 32, None, 8, 64) == (32, 4)
+    assert resolve_batch(1024, None, None, 8, cap=64) == (64, 2)
+    assert resolve_batch(1024, None, None, 1, cap=64) == (64, 16)
+    assert resolve_batch(16384, None, None, 32, cap=512) == (512, 1)
+    assert resolve_batch(48, None, None, 1, cap=64) == (48, 1)
+    assert resolve_batch(1024, 32, None, 8, cap=64) == (32, 4)
 
 
 def test_transforms_are_timms_at_the_input_size():

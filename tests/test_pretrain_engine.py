@@ -24,9 +24,9 @@ import torch
 import pretrain
 import zoo
 from pretrain.checkpoints import export_release
-from pretrain.engine import NonFiniteLossError, resolve_batch
-from pretrain.errors import LsmaeError
+from pretrain.errors import LsmaeError, NonFiniteLossError
 from pretrain.main_pretrain import build_parser, main, run
+from pretrain.trainer import resolve_batch
 
 TINY = "mae_vit_micro_patch8_dec64d4h2b"
 REPO = Path(__file__).resolve().parents[1]
