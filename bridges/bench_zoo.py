@@ -6,14 +6,16 @@ A release-format file is made by our model code (random weights), served by a lo
 server, then: a plain ``requests`` streaming copy (the baseline), ``zoo.fetch`` (download +
 SHA-256 in the same pass + structural verification), a second ``zoo.fetch`` of the cached file
 (with the bytes it read, from ``/proc/self/io``: the fingerprint spares the re-hash), a
-re-verification as ``lsmae verify`` does it (hashed again), and the conversions to ViTDet and timm. Each step runs in its own process so that its peak
-memory (resident set, above the process's footprint after imports) is its own.
+re-verification as ``lsmae verify`` does it (hashed again), and the conversions to ViTDet, timm and (when
+transformers is installed) a transformers ViTMAEForPreTraining folder. Each step runs in its own process
+so that its peak memory (resident set, above the process's footprint after imports) is its own.
 """
 from __future__ import annotations
 
 import argparse
 import functools
 import http.server
+import importlib.util
 import json
 import os
 import shutil
@@ -53,6 +55,10 @@ def _step(name: str, workdir: Path, url: str) -> dict[str, Any]:
     from bridges.timm_convert import convert_to_timm, save_safetensors
     from bridges.vitdet_convert import convert_to_vitdet, save_vitdet
 
+    if name == "to_hf":  # importing transformers' classes is part of the footprint, not of the step
+        from transformers import ViTImageProcessor, ViTMAEConfig, ViTMAEForPreTraining  # noqa: F401
+
+        from bridges.hf_export import export_hf
     base = _status_mb("VmRSS")
     read_before = _bytes_read()
     start = time.perf_counter()
@@ -72,6 +78,8 @@ def _step(name: str, workdir: Path, url: str) -> dict[str, Any]:
         save_vitdet(convert_to_vitdet(workdir / "release.pth"), workdir / "vitdet.pth")
     elif name == "to_timm":
         save_safetensors(convert_to_timm(workdir / "release.pth"), workdir / "timm.safetensors")
+    elif name == "to_hf":
+        export_hf(workdir / "release.pth", "hf-mae", workdir / "hf")
     seconds = time.perf_counter() - start
     return {"step": name, "seconds": seconds, "peak_mb_above_imports": _status_mb("VmHWM") - base,
             "mb_read": (_bytes_read() - read_before) / 2**20}
@@ -129,7 +137,8 @@ def main(argv: list[str] | None = None) -> None:
         env.pop("LSMAE_OFFLINE", None)
         print(f"{release.name}: {size_mb:.0f} MiB, served at {base_url}", flush=True)
         results = {}
-        for step in ("plain_copy", "fetch", "cached_fetch", "verify", "to_vitdet", "to_timm"):
+        steps = ("plain_copy", "fetch", "cached_fetch", "verify", "to_vitdet", "to_timm")
+        for step in steps + (("to_hf",) if importlib.util.find_spec("transformers") else ()):
             out = subprocess.run(
                 [sys.executable, "-m", "bridges.bench_zoo", "--step", step, "--workdir", str(workdir),
                  "--url", entry.url(base_url)], capture_output=True, text=True, env=env)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-CONVERT_TARGETS = ("timm", "vitdet", "upernet")
+CONVERT_TARGETS = ("timm", "vitdet", "upernet", "hf-mae", "hf-vit", "release")
 BENCHMARKS = {"pretrain": "pretrain.bench", "zoo": "bridges.bench_zoo", "cli": "bridges.bench_cli"}
 
 
@@ -100,17 +100,22 @@ def add_visualize_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_convert_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = ("Convert a zoo id or an MAE checkpoint file (release format or `lsmae export`) into timm ViT "
-                     "weights (safetensors with provenance metadata), Detectron2 ViTDet backbone weights (--to "
-                     "vitdet: a .pth that loads without matching heuristics), or an UperNet segmentation model "
-                     "(--to upernet: a transformers folder, heads initialised, load with "
-                     "bridges.upernet.model_class().from_pretrained).")
-    p.add_argument("source", help="zoo id (e.g. vit_base/in1k/1600) or checkpoint file")
+    p.description = ("Convert a zoo id, an MAE checkpoint file (release format or `lsmae export`) or a transformers "
+                     "ViTMAE/ViT folder into timm ViT weights (safetensors with provenance metadata), Detectron2 ViTDet "
+                     "backbone weights (--to vitdet: a .pth that loads without matching heuristics), an UperNet "
+                     "segmentation model (--to upernet: a transformers folder, heads initialised, load with "
+                     "bridges.upernet.model_class().from_pretrained), a plain transformers model (--to hf-mae: "
+                     "ViTMAEForPreTraining with the decoder; --to hf-vit: ViTModel, the encoder) or a release-format "
+                     "file (--to release).")
+    p.add_argument("source", help="zoo id (e.g. vit_base/in1k/1600), checkpoint file or transformers ViTMAE/ViT folder "
+                                  "(a path that exists wins over a zoo id)")
     p.add_argument("--to", choices=CONVERT_TARGETS, default="timm",
-                   help="target framework: timm (ViT classifier) or vitdet (Detectron2 ViTDet backbone, "
-                        "pos_embed kept whole: set model.backbone.net.pretrain_img_size as printed)")
+                   help="target: timm (ViT classifier), vitdet (Detectron2 ViTDet backbone, pos_embed kept whole: set "
+                        "model.backbone.net.pretrain_img_size as printed), upernet, hf-mae / hf-vit (transformers "
+                        "ViTMAEForPreTraining / ViTModel) or release ({'model': state_dict})")
     p.add_argument("-o", "--output", required=True,
-                   help="output file (.safetensors for timm, .pth for vitdet) or folder (upernet)")
+                   help="output file (.safetensors for timm, .pth for vitdet and release) or folder (upernet, hf-mae, "
+                        "hf-vit)")
     p.add_argument("--img-size", type=int, default=None,
                    help="timm: fine-tuning resolution (default 224); upernet: crop size (default 512); pos_embed is "
                         "resampled to its grid")

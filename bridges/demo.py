@@ -1,6 +1,7 @@
 """``lsmae demo``: the whole chain, offline, on the embedded ``demo`` checkpoint, in a few minutes on a CPU.
 
-fetch -> verify -> visualize reconstructions of held-out photographs -> convert to timm ->
+fetch -> verify -> visualize reconstructions of held-out photographs -> export to transformers (the
+same loss from ViTMAEForPreTraining, when transformers is installed) -> convert to timm ->
 fine-tune on scikit-learn's digits next to the same model trained from scratch -> convert to
 ViTDet -> ``lsmae detect`` on a generated COCO-format set when detectron2 is installed.
 
@@ -155,6 +156,10 @@ def detectron2_available() -> bool:
     return importlib.util.find_spec("detectron2") is not None
 
 
+def transformers_available() -> bool:
+    return importlib.util.find_spec("transformers") is not None
+
+
 # --------------------------------------------------------------------------- steps
 def run(args: argparse.Namespace) -> None:
     """Run every step; raises :class:`DemoError` (or the failing step's own error) at the first failure."""
@@ -182,8 +187,14 @@ def run(args: argparse.Namespace) -> None:
     if args.data_only:
         return
     heldout = sorted((data / "photos" / "heldout").glob("*.png"))
-    n = "7" if detectron2_available() else "6"
-    out = {"reconstructions": workdir / "reconstructions.png",
+    with_hf = transformers_available()
+    total = 6 + with_hf + detectron2_available()
+    numbers = iter(range(1, total + 1))
+
+    def number() -> str:
+        return f"{next(numbers)}/{total}"
+
+    out = {"reconstructions": workdir / "reconstructions.png", "hf": workdir / "hf" / "demo_vitmae",
            "timm": workdir / "timm" / f"demo_vit_micro_{FINETUNE_SIZE}.safetensors",
            "vitdet": workdir / "vitdet" / "demo_vitdet.pth"}
 
@@ -195,19 +206,39 @@ def run(args: argparse.Namespace) -> None:
         with demo.logged("verify", ["verify", "demo"]):
             return verify("demo")
 
-    demo.step(f"1/{n}", "fetch the demo checkpoint (package file, same download and verification as a release file)",
+    demo.step(number(), "fetch the demo checkpoint (package file, same download and verification as a release file)",
               fetch_step)
-    demo.step(f"2/{n}", "verify it (SHA-256 read again against the pin + keys and shapes of its architecture)",
+    demo.step(number(), "verify it (SHA-256 read again against the pin + keys and shapes of its architecture)",
               verify_step)
+
+    losses = {}
 
     def visualize_step() -> str:
         with demo.logged("visualize", ["visualize", "demo", *map(str, heldout), "-o", str(out["reconstructions"])]):
             result = visualize("demo", heldout, out["reconstructions"])
         demo.artefacts["reconstructions of held-out photographs"] = result.path
+        losses["lsmae"] = result.loss
         return result.summary
 
-    demo.step(f"3/{n}", f"reconstruct held-out photographs ({', '.join(p.stem for p in heldout)}) "
+    demo.step(number(), f"reconstruct held-out photographs ({', '.join(p.stem for p in heldout)}) "
                         "with 75% of their patches masked", visualize_step)
+
+    def to_hf() -> str:
+        from .hf_export import hf_mae_loss
+
+        with demo.logged("convert-hf", ["convert", "demo", "--to", "hf-mae", "-o", str(out["hf"])]):
+            result = convert("demo", "hf-mae", out["hf"])
+            loss = hf_mae_loss(result.path, heldout)  # visualize's images, block masks and seed
+        demo.artefacts["transformers ViTMAE folder"] = result.path
+        return (f"transformers' ViTMAEForPreTraining, same images and masks: loss {loss:.6f} "
+                f"(lsmae: {losses['lsmae']:.6f})")
+
+    if with_hf:
+        demo.step(number(), "export to transformers (ViTMAEForPreTraining) and compute its loss there", to_hf)
+    else:
+        from .hf_support import TRANSFORMERS_INSTALL
+
+        print(f"[skip] transformers export: transformers is not installed; to add this step, {TRANSFORMERS_INSTALL}")
 
     def to_timm() -> str:
         argv = ["convert", "demo", "--to", "timm", "--img-size", str(FINETUNE_SIZE), "-o", str(out["timm"])]
@@ -216,7 +247,7 @@ def run(args: argparse.Namespace) -> None:
         demo.artefacts["timm weights"] = result.path
         return result.report.splitlines()[0]
 
-    demo.step(f"4/{n}", "convert to a timm ViT classifier", to_timm)
+    demo.step(number(), "convert to a timm ViT classifier", to_timm)
 
     def finetune_step() -> str:
         common = ["--data-path", str(data / "digits"), "--epochs", str(args.epochs), *FINETUNE_RECIPE,
@@ -233,7 +264,7 @@ def run(args: argparse.Namespace) -> None:
         return (f"digits val top-1 after {args.epochs} epochs: pretrained {top1['pretrained']:.1f}% vs from scratch "
                 f"{top1['scratch']:.1f}% ({gain:+.1f} points, {DIGITS_VAL * 10} images)")
 
-    demo.step(f"5/{n}", f"fine-tune on scikit-learn's digits ({DIGITS_TRAIN * 10} train images, "
+    demo.step(number(), f"fine-tune on scikit-learn's digits ({DIGITS_TRAIN * 10} train images, "
                         f"{FINETUNE_SIZE} px), and the same model from scratch", finetune_step)
 
     def to_vitdet() -> str:
@@ -242,7 +273,7 @@ def run(args: argparse.Namespace) -> None:
         demo.artefacts["ViTDet backbone weights"] = result.path
         return "; ".join(result.report.splitlines())
 
-    demo.step(f"6/{n}", "convert to a Detectron2 ViTDet backbone", to_vitdet)
+    demo.step(number(), "convert to a Detectron2 ViTDet backbone", to_vitdet)
 
     if detectron2_available():
         def detect() -> str:
@@ -257,7 +288,7 @@ def run(args: argparse.Namespace) -> None:
             return (f"box AP {_ap(results, 'bbox')}, mask AP {_ap(results, 'segm')} on the generated val set "
                     f"(a few iterations: this checks the chain, not the accuracy)")
 
-        demo.step(f"7/{n}", f"train and evaluate ViTDet Mask R-CNN ({DETECT_CONFIG}) through `lsmae detect`", detect)
+        demo.step(number(), f"train and evaluate ViTDet Mask R-CNN ({DETECT_CONFIG}) through `lsmae detect`", detect)
     else:
         from .detect_args import DETECTRON2_INSTALL
 

@@ -9,7 +9,7 @@ import torch
 
 from pretrain.errors import LsmaeError
 from zoo.cache import expected_digest, fetch, sha256_file
-from zoo.checkpoint import load_checkpoint, model_state_dict
+from zoo.checkpoint import load_checkpoint, local_source, model_state_dict, read_checkpoint, weights_file
 from zoo.registry import UnknownEntryError, get_entry
 
 
@@ -69,17 +69,18 @@ def split_qkv_bias(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def load_mae_weights(source: str | Path | dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Provenance]:
-    """Weights and provenance of a zoo id, a checkpoint file or an in-memory state dict.
+    """Weights and provenance of a zoo id, a local source (checkpoint file, transformers ViTMAE/ViT folder)
+    or an in-memory state dict.
 
-    Files are memory-mapped privately (copy-on-write), so converters can write their tensors
+    Torch files are memory-mapped privately (copy-on-write), so converters can write their tensors
     without copying them; an in-memory dict is copied so results never alias the caller's.
     """
     if isinstance(source, dict):  # copies: the converted dict must not alias the caller's tensors
         return {k: v.clone() for k, v in model_state_dict(source).items()}, Provenance("in-memory state dict")
-    path = Path(source)
-    if path.is_file():
-        sha = sha256_file(path)  # streamed: a ViT-L file is 1.2 GB
-        return model_state_dict(load_checkpoint(path)), Provenance(str(path.resolve()), source_sha256=sha)
+    path = local_source(source)
+    if path is not None:
+        sha = sha256_file(weights_file(path))  # streamed: a ViT-L file is 1.2 GB
+        return model_state_dict(read_checkpoint(path)), Provenance(str(path.resolve()), source_sha256=sha)
     try:
         entry = get_entry(str(source))
     except UnknownEntryError as e:

@@ -82,8 +82,16 @@ def visualize(checkpoint: str, images: list[str | Path], output: str | Path, mas
 
 def convert(source: str | Path, to: str, output: str | Path, img_size: int | None = None,
             global_pool: str = "avg", num_labels: int = 150) -> Conversion:
-    """Convert a zoo id or MAE checkpoint file for timm (``to='timm'``), ViTDet (``'vitdet'``) or
-    UperNet segmentation (``'upernet'``, a transformers folder)."""
+    """Convert a zoo id or local MAE source (checkpoint file, transformers ViTMAE/ViT folder) for timm
+    (``to='timm'``), ViTDet (``'vitdet'``), UperNet segmentation (``'upernet'``, a transformers folder),
+    transformers (``'hf-mae'``, ``'hf-vit'``: a folder), or into the release format (``'release'``)."""
+    if to in ("hf-mae", "hf-vit"):
+        from .hf_export import export_hf
+
+        exported = export_hf(source, to, output)
+        return Conversion(exported.path, to, exported.report(), exported.load_hint)
+    if to == "release":
+        return _to_release(source, Path(output))
     if to == "upernet":
         from .upernet import convert_to_upernet, save_upernet
 
@@ -106,3 +114,18 @@ def convert(source: str | Path, to: str, output: str | Path, img_size: int | Non
             f"global_pool='{global_pool}', num_classes=N{extra}, "
             f"pretrained_cfg_overlay=dict(file='{out}', num_classes=0))")
     return Conversion(out, to, converted.report(), hint)
+
+
+def _to_release(source: str | Path, output: Path) -> Conversion:
+    """The weights of any source (e.g. a transformers folder) as a release-format file ``{'model': ...}``."""
+    from pretrain.serialization import atomic_save
+    from zoo.checkpoint import check_structure
+
+    from .mae_weights import load_mae_weights
+
+    sd, provenance = load_mae_weights(source)
+    info = check_structure(sd)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save({"model": sd}, output)
+    return Conversion(output, "release", f"wrote {len(sd)} tensors of {provenance.source} as {info.model} weights "
+                                         f"in the release format (attention: {info.k_bias})")

@@ -46,3 +46,22 @@ def block_mask_indices(
     ids_restore = torch.argsort(ids_shuffle, dim=1)
     n_visible = int(num_patches * (1 - mask_ratio))
     return ids_shuffle[:, :n_visible].contiguous(), ids_restore
+
+
+def block_mask_noise(
+    batch_size: int,
+    grid_size: int,
+    mask_ratio: float,
+    downsampling: int = 1,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The ``noise`` [B, L] with which transformers' ViTMAE masks as :func:`block_mask_indices` does.
+
+    ViTMAE orders the patches by ascending noise and keeps the first ``int(L * (1 - mask_ratio))``;
+    giving each patch its rank in our shuffle order (scaled to [0, 1)) makes it keep exactly the
+    patches ``block_mask_indices`` keeps for the same generator state, in the same order. Pass the
+    same ``mask_ratio`` as the model's ``config.mask_ratio``.
+    """
+    _, ids_restore = block_mask_indices(batch_size, grid_size, mask_ratio, downsampling, generator, device)
+    return ids_restore.to(torch.float32) / ids_restore.shape[1]

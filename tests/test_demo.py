@@ -36,8 +36,8 @@ def quickstart(tmp_path_factory) -> tuple[Path, list[str]]:
 def test_quickstart_runs_every_step_and_reports_artefacts(quickstart):
     workdir, lines = quickstart
     steps = [line for line in lines if re.match(r"\[\d/\d\] ", line)]
-    with_detection = demo.detectron2_available()
-    assert len(steps) == (7 if with_detection else 6)
+    with_detection, with_hf = demo.detectron2_available(), demo.transformers_available()
+    assert len(steps) == 6 + with_detection + with_hf
     assert any(line.startswith("[skip] detection: detectron2 is not installed; to add this step, install it")
                for line in lines) != with_detection
     commands = [line.strip() for line in lines if line.strip().startswith("$ lsmae ")]
@@ -70,7 +70,8 @@ def test_a_failing_step_stops_with_its_log_and_exit_status(tmp_path, lsmae_home,
     monkeypatch.setattr(demo, "FINETUNE_RECIPE", (*demo.FINETUNE_RECIPE, "--lr", "fast"))
     assert main(["demo", "--workdir", str(tmp_path / "w"), "--epochs", "1"]) == 1
     out, err = capsys.readouterr()
-    assert "[5/" in out and "[6/" not in out
+    finetune_step = 5 + demo.transformers_available()
+    assert f"[{finetune_step}/" in out and f"[{finetune_step + 1}/" not in out
     log = tmp_path / "w" / "logs" / "finetune-pretrained.log"
     assert err.strip().splitlines() == [err.strip()]  # one line, no traceback
     assert "failed (exit 2)" in err and str(log) in err

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from pretrain import block_mask_indices
+from pretrain.masking import block_mask_noise
 
 
 def _shuffle_from_restore(ids_restore: torch.Tensor) -> torch.Tensor:
@@ -168,3 +169,21 @@ def test_invalid_mask_ratio(ratio):
 def test_invalid_downsampling(ds):
     with pytest.raises(ValueError, match="downsampling"):
         block_mask_indices(2, 8, 0.75, ds)
+
+
+@pytest.mark.parametrize("grid, ds, ratio", [(28, 2, 0.75), (8, 2, 0.75), (7, 2, 0.6), (12, 3, 0.5)])
+def test_vitmae_keeps_the_block_mask_with_block_mask_noise(grid, ds, ratio):
+    """transformers' ViTMAE masking, given ``block_mask_noise``, keeps exactly ``block_mask_indices``'s
+    patches in the same order and restores them with the same ``ids_restore`` (same generator state)."""
+    modeling = pytest.importorskip("transformers.models.vit_mae.modeling_vit_mae")
+    config = modeling.ViTMAEConfig(hidden_size=8, num_attention_heads=2, image_size=grid * 4, patch_size=4,
+                                   mask_ratio=ratio)
+    ids_keep, ids_restore = block_mask_indices(5, grid, ratio, ds, generator=torch.Generator().manual_seed(12))
+    noise = block_mask_noise(5, grid, ratio, ds, generator=torch.Generator().manual_seed(12))
+    assert noise.shape == (5, grid * grid) and noise.dtype == torch.float32 and 0 <= noise.min() <= noise.max() < 1
+    tokens = torch.arange(grid * grid, dtype=torch.float32).expand(5, -1).unsqueeze(-1)  # token value = its patch
+    kept, mask, hf_restore = modeling.ViTMAEEmbeddings(config).random_masking(tokens, noise)
+    assert torch.equal(kept.squeeze(-1).long(), ids_keep)
+    assert torch.equal(hf_restore, ids_restore)
+    expected_mask = torch.ones(5, grid * grid).scatter_(1, ids_keep, 0.0)
+    assert torch.equal(mask, expected_mask)

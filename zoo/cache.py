@@ -268,12 +268,12 @@ def _verify_download(entry: Entry, url: str, part: Path, digest: str, sha256: st
 
 
 def load_state_dict(id_or_path: str | Path, **fetch_kwargs: Any) -> dict[str, Any]:
-    """Verified MAE weights of a zoo entry id or of a checkpoint file."""
-    from .checkpoint import check_structure, load_checkpoint, model_state_dict
+    """Verified MAE weights of a zoo entry id or of a local source (checkpoint file, transformers folder)."""
+    from .checkpoint import check_structure, load_checkpoint, local_source, model_state_dict, read_checkpoint
 
-    path = Path(id_or_path)
-    if path.is_file():
-        sd = model_state_dict(load_checkpoint(path))
+    path = local_source(id_or_path)
+    if path is not None:
+        sd = model_state_dict(read_checkpoint(path))
         check_structure(sd)
         return sd
     # fetch only returns files whose digest matches one pinned after a structural check

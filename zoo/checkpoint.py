@@ -17,10 +17,29 @@ from pretrain.models_mae import create_model
 from pretrain.pos_embed import grid_size_of
 from pretrain.serialization import load_checkpoint
 
+from .hf_folder import read_safetensors_source, weights_file
+
 # the keys of an encoder-only MAE checkpoint (the decoder and mask token dropped)
 ENCODER_ONLY_PREFIXES = ("cls_token", "pos_embed", "patch_embed.", "blocks.", "norm.")
 __all__ = ["CheckpointError", "CheckpointInfo", "VerificationError", "check_structure", "describe",
-           "expected_shapes", "load_checkpoint", "model_state_dict"]
+           "expected_shapes", "load_checkpoint", "local_source", "model_state_dict", "read_checkpoint",
+           "weights_file"]
+
+
+def local_source(source: str | Path) -> Path | None:
+    """``source`` as a local path when one exists (a file or a transformers folder), else None (a zoo id):
+    a path wins over a zoo id spelled the same."""
+    path = Path(source).expanduser()
+    return path if path.exists() else None
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A local source as a checkpoint dict: a torch file as saved; a safetensors file or a transformers
+    ViTMAE/ViT folder as ``{'model': weights}`` under the release's keys."""
+    path = Path(path)
+    if path.is_dir() or path.suffix == ".safetensors":
+        return {"model": read_safetensors_source(path)}
+    return load_checkpoint(path)
 
 
 def model_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -87,30 +87,31 @@ def _with_path(path: Path, error: CheckpointError) -> CheckpointError:
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
-    from .checkpoint import describe, load_checkpoint, model_state_dict
+    from .checkpoint import describe, model_state_dict, read_checkpoint, weights_file
 
     path = Path(args.path)
-    checkpoint = load_checkpoint(path)
+    checkpoint = read_checkpoint(path)
     try:
         info = describe(model_state_dict(checkpoint))
     except CheckpointError as e:
         raise _with_path(path, e) from None
-    _print_info(path, checkpoint, info)
+    _print_info(weights_file(path), checkpoint, info)
 
 
 def verify(target: str) -> str:
-    """Check a cached entry (hashed again, then its structure) or a checkpoint file (structure);
-    returns the one-line verdict, raises on a problem."""
-    from .checkpoint import check_structure, load_checkpoint, model_state_dict
+    """Check a cached entry (hashed again, then its structure) or a local source: a checkpoint file or
+    transformers folder (structure); returns the one-line verdict, raises on a problem."""
+    from .checkpoint import (check_structure, load_checkpoint, local_source, model_state_dict, read_checkpoint,
+                             weights_file)
 
-    path = Path(target)
-    if path.is_file():
+    path = local_source(target)
+    if path is not None:
         try:
-            info = check_structure(model_state_dict(load_checkpoint(path)))
+            info = check_structure(model_state_dict(read_checkpoint(path)))
         except CheckpointError as e:
             raise _with_path(path, e) from None
         return (f"OK: {path} is a valid {info.model} checkpoint ({info.grid_size}x{info.grid_size} grid, decoder "
-                f"{'present' if info.has_decoder else 'absent'}); SHA-256 {cache.sha256_file(path)}")
+                f"{'present' if info.has_decoder else 'absent'}); SHA-256 {cache.sha256_file(weights_file(path))}")
     entry = get_entry(target)
     cached = cache.fetch(entry.id, offline=True, quiet=True, verify=True)  # hashes the file again
     check_structure(model_state_dict(load_checkpoint(cached)), entry.model, entry.img_size)
@@ -167,12 +168,13 @@ def add_fetch_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_verify_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Verify a cached entry (its SHA-256 read again and compared with the pin, then its structure) "
-                     "or any checkpoint file (structure).")
-    p.add_argument("target", help="an entry id or a checkpoint path")
+                     "or any checkpoint file or transformers ViTMAE/ViT folder (structure).")
+    p.add_argument("target", help="an entry id, a checkpoint path or a transformers folder")
 
 
 def add_inspect_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = "Describe a checkpoint (loaded with weights_only: no code runs)."
+    p.description = ("Describe a checkpoint (loaded with weights_only: no code runs) or a transformers ViTMAE/ViT "
+                     "folder (safetensors).")
     p.add_argument("path")
 
 
