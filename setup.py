@@ -29,7 +29,7 @@ setup(
     extras_require={
         "tpu": ["torch_xla>=2.5"],  # torch_xla.launch, torch_xla.sync
         # `lsmae detect`: detectron2 itself is installed from source (not on PyPI, see the README)
-        "detect": ["omegaconf>=2.1", "pycocotools>=2.0.6", "shapely>=2.0", "setuptools<81"],
+        "detect": ["omegaconf>=2.1", "pycocotools>=2.0.6", "shapely>=2.0", "setuptools<81", "fairscale"],
         # TensorBoard event files beside log.jsonl (training runs log JSON lines without it)
         "tensorboard": ["tensorboard>=2.12"],
         # the Hugging Face bridges (segmentation, transformers export)

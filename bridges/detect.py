@@ -11,12 +11,16 @@ Before anything is launched, the model's state-dict shapes are compared with the
 (:func:`bridges.vitdet_convert.check_load_contract`): Detectron2 itself would only warn about a
 ``pos_embed`` that does not fit and train with a random one.
 
+``--batch-size N`` rescales the recipe (64 images per step) to N, as detectron2's ``auto_scale_workers``
+does for yacs configs; ``--dry-run [--json]`` prints the resolved plan and stops before any fetch.
+
 Detectron2 is imported only when the command runs (it is not on PyPI).
 """
 from __future__ import annotations
 
 import argparse
 import difflib
+import importlib.util
 import inspect
 import json
 import logging
@@ -30,7 +34,7 @@ import torch
 
 from pretrain.errors import CheckpointError, LsmaeError
 from pretrain.pos_embed import grid_size_of
-from zoo.checkpoint import check_structure, load_checkpoint, model_state_dict
+from zoo.checkpoint import check_structure, load_checkpoint, local_source, model_state_dict, read_checkpoint
 from zoo.registry import UnknownEntryError, get_entry
 
 from .detect_args import DETECTRON2_INSTALL, DetectError, resolve_config
@@ -38,6 +42,14 @@ from .vitdet_convert import BACKBONE_PREFIX, check_load_contract, convert_to_vit
 
 INIT_KEY = "train.init_checkpoint"
 PRETRAIN_IMG_SIZE_KEY = "model.backbone.net.pretrain_img_size"
+ACT_CHECKPOINT_KEY = "model.backbone.net.use_act_checkpoint"  # --grad-checkpointing
+BATCH_KEY = "dataloader.train.total_batch_size"
+# --batch-size N trains the recipe at N images per step, as detectron2's auto_scale_workers does for yacs configs
+# (LazyConfigs have none): the lr times N / recipe batch (linear scaling), every length in iterations divided by it.
+# The warmup is a fraction of max_iter (lr_multiplier.warmup_length): it follows max_iter unchanged.
+LR_KEYS = ("optimizer.lr",)
+ITERATION_KEYS = ("train.max_iter", "lr_multiplier.scheduler.num_updates", "lr_multiplier.scheduler.milestones",
+                  "train.eval_period", "train.checkpointer.period")
 CONVERTED_NAME = "lsmae_init_vitdet.pth"  # conversion of a SOURCE file, written into train.output_dir
 
 
@@ -69,9 +81,9 @@ def _backbone_only(sd: dict[str, Any]) -> bool:
 
 def prepare_source(source: str, output_dir: str, convert: bool) -> Init:
     """Fetch/verify/convert SOURCE (``convert``) or only read its grid (an override names the init)."""
-    path = Path(source).expanduser()
-    if path.is_file():
-        sd = model_state_dict(load_checkpoint(path))
+    path = local_source(source)
+    if path is not None:
+        sd = model_state_dict(read_checkpoint(path))
         if any(k.startswith(BACKBONE_PREFIX) for k in sd):
             if not _backbone_only(sd):
                 raise DetectError(
@@ -90,7 +102,7 @@ def prepare_source(source: str, output_dir: str, convert: bool) -> Init:
     try:
         entry = get_entry(source)
     except UnknownEntryError as e:
-        raise DetectError(f"SOURCE {source!r} is neither a checkpoint file nor a zoo id ({e})") from None
+        raise DetectError(f"SOURCE {source!r} is neither a checkpoint file or folder nor a zoo id ({e})") from None
     if not convert:
         return Init(entry.img_size, entry.img_size // entry.patch_size, entry.id)
     from .vitdet_paths import vitdet_checkpoint
@@ -209,7 +221,142 @@ def is_cpu(cfg: Any) -> bool:
     return str(OmegaConf.select(cfg, "train.device", default="cuda")).startswith("cpu")
 
 
+def _required(cfg: Any, key: str, why: str) -> Any:
+    from omegaconf import OmegaConf
+
+    value = OmegaConf.select(cfg, key, default=None)
+    if value is None:
+        raise DetectError(f"the config has no {key} ({why})")
+    return value
+
+
+# --------------------------------------------------------------------------- the recipe at another batch size
+def _scale_iterations(iterations: int, ratio: float) -> int:
+    """An iteration count when each step sees ``ratio`` times the recipe's images (0, never, stays 0)."""
+    return max(1, round(iterations / ratio)) if iterations else 0
+
+
+def batch_settings(recipe: Any, batch_size: int) -> dict[str, Any]:
+    """The settings that train the config ``recipe`` at ``batch_size`` images per step (LR_KEYS, ITERATION_KEYS)."""
+    from omegaconf import OmegaConf
+
+    if batch_size < 1:
+        raise DetectError(f"--batch-size {batch_size}: need at least one image per step")
+    ratio = batch_size / _required(recipe, BATCH_KEY, "the recipe batch --batch-size scales from")
+    settings: dict[str, Any] = {BATCH_KEY: batch_size}
+    for key in LR_KEYS:
+        settings[key] = _required(recipe, key, "the lr --batch-size scales") * ratio
+    for key in ITERATION_KEYS:
+        value = OmegaConf.select(recipe, key, default=None)
+        if isinstance(value, int):
+            settings[key] = _scale_iterations(value, ratio)
+        elif value is not None:  # the milestones
+            settings[key] = [_scale_iterations(v, ratio) for v in value]
+    return settings
+
+
+# --------------------------------------------------------------------------- the plan
+def resolve_plan(args: argparse.Namespace, config: Path, convert: bool) -> tuple[Plan, Any, Init]:
+    """The plan every process rebuilds the config from: the recipe at --batch-size, --grad-checkpointing and what
+    SOURCE dictates (fetched and converted only when ``convert``), then the overrides; and the config it builds."""
+    from omegaconf import OmegaConf
+
+    plan = Plan(str(config), {}, list(args.overrides), args.eval_only, args.resume, argv=list(sys.argv))
+    if args.batch_size is not None:
+        plan.settings.update(batch_settings(build_config(Plan(plan.config, {}, [])), args.batch_size))
+    if args.grad_checkpointing:
+        plan.settings[ACT_CHECKPOINT_KEY] = True
+    # the output folder (where a SOURCE file's conversion goes) as the overrides will set it
+    output_dir = str(OmegaConf.select(build_config(plan), "train.output_dir", default="./output"))
+    init = prepare_source(args.source, output_dir, convert)
+    plan.settings[PRETRAIN_IMG_SIZE_KEY] = init.pretrain_img_size
+    if convert:
+        plan.settings[INIT_KEY] = init.checkpoint
+    return plan, build_config(plan), init
+
+
+def plan_report(plan: Plan, cfg: Any, source: str, devices: int) -> dict[str, Any]:
+    """What the run will do, read from its final config (after the scaling and the overrides)."""
+    from omegaconf import OmegaConf
+
+    def get(key: str, default: Any = None) -> Any:
+        return OmegaConf.select(cfg, key, default=default)
+
+    max_iter = int(_required(cfg, "train.max_iter", "the length of the run"))
+    milestones = list(get("lr_multiplier.scheduler.milestones") or [])
+    num_updates = get("lr_multiplier.scheduler.num_updates")
+    if num_updates is None and milestones:  # fvcore's MultiStepParamScheduler: the last milestone is the end
+        num_updates, milestones = milestones[-1], milestones[:-1]
+    # the scheduler sees iteration / max_iter, so milestone m of num_updates falls at m * max_iter / num_updates
+    lr_steps = [-(-m * max_iter // num_updates) for m in milestones]
+    return {
+        "config": plan.config,
+        "source": source,
+        "pretrain_img_size": get(PRETRAIN_IMG_SIZE_KEY),
+        "devices": devices,
+        "batch_size": int(_required(cfg, BATCH_KEY, "the images per step")),
+        "lr": float(_required(cfg, "optimizer.lr", "the base learning rate")),
+        "max_iter": max_iter,
+        "lr_steps": lr_steps,
+        "warmup_iters": round(float(get("lr_multiplier.warmup_length", 0.0)) * max_iter),
+        "eval_period": int(get("train.eval_period", 0)),
+        "checkpoint_period": int(get("train.checkpointer.period", 0)),
+        "grad_checkpointing": bool(get(ACT_CHECKPOINT_KEY, False)),
+        "output_dir": str(get("train.output_dir", "./output")),
+    }
+
+
+def plan_lines(report: dict[str, Any]) -> list[str]:
+    """The plan in a few lines, to read before committing GPU time."""
+    steps = ", ".join(map(str, report["lr_steps"])) or "none"
+    return [
+        f"plan: {Path(report['config']).stem} from {report['source']} (pretrain_img_size "
+        f"{report['pretrain_img_size']}) -> {report['output_dir']}",
+        f"  batch {report['batch_size']} images per step on {report['devices']} device(s), lr {report['lr']:g}, "
+        f"activation checkpointing {'on' if report['grad_checkpointing'] else 'off'}",
+        f"  max_iter {report['max_iter']}, lr steps at {steps}, warmup {report['warmup_iters']} iterations",
+        f"  eval every {report['eval_period']}, checkpoint every {report['checkpoint_period']} iterations",
+    ]
+
+
 # --------------------------------------------------------------------------- checks before launching
+def gpus_per_machine(args: argparse.Namespace, cpu: bool) -> int:
+    """--num-gpus, else the visible GPUs (one on CPU, and in a plan made where none is visible)."""
+    num_gpus = args.num_gpus if args.num_gpus is not None else (1 if cpu else torch.cuda.device_count() or 1)
+    if num_gpus < 1 or args.num_machines < 1 or not 0 <= args.machine_rank < args.num_machines:
+        raise DetectError(f"--num-gpus {num_gpus}, --num-machines {args.num_machines}, --machine-rank "
+                          f"{args.machine_rank}: need num-gpus >= 1 and 0 <= machine-rank < num-machines")
+    return num_gpus
+
+
+def check_batch(report: dict[str, Any]) -> None:
+    """Detectron2's train loader splits the batch evenly over the processes (and asserts it)."""
+    if report["batch_size"] % report["devices"]:
+        raise DetectError(f"a batch of {report['batch_size']} images does not split over {report['devices']} "
+                          f"devices: use a --batch-size that is a multiple of {report['devices']}")
+
+
+def check_schedule(cfg: Any) -> None:
+    """The lr schedule builds: a rescaled or overridden one can put an lr step at or past its end."""
+    from detectron2.config import instantiate
+
+    try:
+        instantiate(_required(cfg, "lr_multiplier", "the lr schedule"))
+    except DetectError:
+        raise
+    except Exception as e:  # noqa: BLE001 - fvcore's ValueError: one line
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise DetectError(f"the lr schedule (lr_multiplier) does not build: {type(e).__name__}: {msg}") from None
+
+
+def check_act_checkpoint(cfg: Any) -> None:
+    """Detectron2's ViT wraps its blocks with fairscale's checkpoint_wrapper, which detectron2 does not install."""
+    from omegaconf import OmegaConf
+
+    if OmegaConf.select(cfg, ACT_CHECKPOINT_KEY, default=False) and importlib.util.find_spec("fairscale") is None:
+        raise DetectError(f"--grad-checkpointing ({ACT_CHECKPOINT_KEY}) needs fairscale: pip install fairscale")
+
+
 def check_datasets(cfg: Any, eval_only: bool) -> None:
     """Every dataset the run reads is registered and its image folder and annotation file exist."""
     from omegaconf import OmegaConf
@@ -308,6 +455,11 @@ def _summarise_missing(missing: list[str]) -> str:
 def run(args: argparse.Namespace) -> None:
     config = resolve_config(args.config)
     keys = [_override_key(o) for o in args.overrides]
+    if args.json and not args.dry_run:
+        raise DetectError("--json prints the plan of --dry-run: add --dry-run")
+    if args.batch_size is not None and BATCH_KEY in keys:
+        raise DetectError(f"--batch-size and {BATCH_KEY}: give the batch once (--batch-size also scales the lr and "
+                          "the schedule)")
     try:
         import detectron2  # noqa: F401
         from detectron2.engine import launch
@@ -318,34 +470,31 @@ def run(args: argparse.Namespace) -> None:
 
     from . import vitdet_paths  # noqa: F401  (lsmae:// in train.init_checkpoint, whatever the config imports)
 
-    plan = Plan(str(config), {}, list(args.overrides), args.eval_only, args.resume, argv=list(sys.argv))
+    plan, cfg, init = resolve_plan(args, config, convert=not args.dry_run and INIT_KEY not in keys)
+    cpu = is_cpu(cfg)
+    num_gpus = gpus_per_machine(args, cpu)
+    report = plan_report(plan, cfg, init.description, num_gpus * args.num_machines)
+    if not args.eval_only:
+        check_batch(report)
+        check_schedule(cfg)
+    if args.dry_run:
+        print(json.dumps(report) if args.json else "\n".join(plan_lines(report)))
+        return
 
-    # the output folder (where a SOURCE file's conversion goes) as the overrides will set it
-    probe = build_config(plan)
-    output_dir = str(OmegaConf.select(probe, "train.output_dir", default="./output"))
-    convert = INIT_KEY not in keys
-    init = prepare_source(args.source, output_dir, convert)
     if init.report:
         print(init.report)
-    plan.settings[PRETRAIN_IMG_SIZE_KEY] = init.pretrain_img_size
-    if convert:
-        plan.settings[INIT_KEY] = init.checkpoint
-    cfg = build_config(plan)
     net_size = OmegaConf.select(cfg, PRETRAIN_IMG_SIZE_KEY)
     print(f"source {init.description}: {init.grid_size}x{init.grid_size} pos_embed grid -> "
           f"{PRETRAIN_IMG_SIZE_KEY}={init.pretrain_img_size}"
           + ("" if net_size == init.pretrain_img_size else f" (overridden to {net_size})"))
+    if not args.eval_only:
+        print("\n".join(plan_lines(report)))
 
-    cpu = is_cpu(cfg)
     if cpu:
         print("note: train.device=cpu (AMP off): CPU runs are for testing only")
     elif not torch.cuda.is_available():
         raise DetectError(f"train.device={cfg.train.device} but no GPU is visible; add train.device=cpu for a CPU "
                           "smoke run (testing only)")
-    num_gpus = args.num_gpus if args.num_gpus is not None else (1 if cpu else torch.cuda.device_count())
-    if num_gpus < 1 or args.num_machines < 1 or not 0 <= args.machine_rank < args.num_machines:
-        raise DetectError(f"--num-gpus {num_gpus}, --num-machines {args.num_machines}, --machine-rank "
-                          f"{args.machine_rank}: need num-gpus >= 1 and 0 <= machine-rank < num-machines")
     if not cpu and num_gpus > torch.cuda.device_count():
         raise DetectError(f"--num-gpus {num_gpus} but only {torch.cuda.device_count()} GPUs are visible")
     if cpu and num_gpus * args.num_machines > 1:  # detectron2's DDP wrapper pins each process to a GPU
@@ -356,8 +505,10 @@ def run(args: argparse.Namespace) -> None:
             raise DetectError("--dist-url tcp://HOST:PORT (of machine 0) is needed with --num-machines > 1")
         dist_url = "auto"
 
+    check_act_checkpoint(cfg)
     check_datasets(cfg, args.eval_only)
 
+    output_dir = report["output_dir"]
     init_checkpoint = str(OmegaConf.select(cfg, INIT_KEY, default="") or "")
     resuming = args.resume and not args.eval_only and (Path(output_dir) / "last_checkpoint").is_file()
     if resuming:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 from pathlib import Path
 
 from pretrain.errors import LsmaeError
@@ -22,7 +23,9 @@ DESCRIPTION = ("Fine-tune a long-seq MAE encoder as a ViTDet (Cascade) Mask R-CN
                "anything is launched.")
 EXAMPLES = """examples:
   lsmae detect vit_large/coco/4000 --config mask_rcnn_vitdet_l_100ep --num-gpus 8 \\
-      train.output_dir=out/vitl dataloader.train.total_batch_size=64
+      train.output_dir=out/vitl
+  lsmae detect vit_large/coco/4000 --config mask_rcnn_vitdet_l_100ep --num-gpus 4 --batch-size 16 \\
+      --grad-checkpointing train.output_dir=out/vitl-b16 --dry-run      (the plan: lr, schedule, devices)
   lsmae detect vit_large/coco/4000 --config mask_rcnn_vitdet_l_100ep --eval-only \\
       train.init_checkpoint=out/vitl/model_final.pth
   lsmae detect vit_base/coco/4000 --config mask_rcnn_vitdet_b_100ep train.device=cpu train.max_iter=2 \\
@@ -30,8 +33,8 @@ EXAMPLES = """examples:
 
 COCO is read from $DETECTRON2_DATASETS/coco/{train2017,val2017,annotations} (Detectron2's builtin
 coco_2017_train / coco_2017_val). Overrides are KEY=VALUE on the LazyConfig (prefix + to add a key
-the config does not have). In a LazyConfig of your own, train.init_checkpoint = "lsmae://ID" loads
-a zoo entry converted for ViTDet.
+the config does not have), applied after the --batch-size scaling. In a LazyConfig of your own,
+train.init_checkpoint = "lsmae://ID" loads a zoo entry converted for ViTDet.
 """
 
 
@@ -106,9 +109,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dist-url", default=None,
                    help="rendezvous URL, e.g. tcp://HOST:PORT (needed with several machines; default: a free "
                         "local port)")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="total images per step over all GPUs and machines (the shipped recipes: 64): lr x N/recipe; "
+                        "max_iter, lr steps, eval and checkpoint periods x recipe/N (the warmup, a fraction of "
+                        "max_iter, follows)")
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="activation checkpointing in the ViT blocks (model.backbone.net.use_act_checkpoint=True): "
+                        "recomputed in the backward pass, less GPU memory, slower steps; needs fairscale")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved plan (batch, lr, schedule, devices) and exit: nothing is fetched or "
+                        "converted, no dataset is read")
+    p.add_argument("--json", action="store_true", help="with --dry-run: the plan as one JSON object")
     p.add_argument("--eval-only", action="store_true",
                    help="evaluate train.init_checkpoint (e.g. OUTPUT/model_final.pth) on the test set")
     p.add_argument("--resume", action="store_true",
                    help="continue from the last checkpoint in train.output_dir when there is one")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="LazyConfig overrides, e.g. train.output_dir=out/vitl dataloader.train.total_batch_size=16")
+                   help="LazyConfig overrides, applied last, e.g. train.output_dir=out/vitl train.eval_period=10000")

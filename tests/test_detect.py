@@ -119,7 +119,7 @@ def test_detect_arguments_intermix():
 
 
 def test_shipped_configs_are_found_and_self_contained():
-    from bridges.detect import config_dir, config_names, resolve_config
+    from bridges.detect_args import config_dir, config_names, resolve_config
 
     assert config_dir() == CONFIG_DIR
     assert set(config_names()) == {c for c, _ in GOLDEN.values()} | {DEMO_CONFIG}
@@ -274,6 +274,7 @@ def test_train_two_iterations_and_evaluate_tiny_vitdet(d2, lsmae_home, tmp_path)
     assert any("pretrain_img_size=64" in line for line in lines)
     assert any("load contract holds" in line for line in lines)
     assert any("CPU runs are for testing only" in line for line in lines)
+    assert "  max_iter 2, lr steps at 2, warmup 0 iterations" in lines  # the plan, announced before the run
     metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
     assert [m["iteration"] for m in metrics if "total_loss" in m] == [0, 1]
     assert any("bbox/AP" in m for m in metrics)
@@ -286,3 +287,100 @@ def test_train_two_iterations_and_evaluate_tiny_vitdet(d2, lsmae_home, tmp_path)
     assert Path(lines[-1]) == tmp_path / "eval" / "eval_results.json"
     assert not any("load contract" in line for line in lines)
     assert results["bbox"]["AP"] == results["bbox"]["AP"] and "AP" in results["segm"]  # predictions: not NaN
+
+
+# --------------------------------------------------------------------------- --batch-size, --dry-run
+RECIPE_STEPS = [163889, 177546]
+FULL_SIZE = {"mask_rcnn_vitdet_b_100ep": "vit_base/coco/4000", "mask_rcnn_vitdet_l_100ep": "vit_large/coco/4000"}
+
+
+def dry_run(capsys, *argv: str) -> dict:
+    """``lsmae detect ARGV --dry-run --json``: stdout is one JSON object."""
+    assert main(["detect", *argv, "--dry-run", "--json"]) == 0, capsys.readouterr().err
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("config", sorted(FULL_SIZE))
+def test_dry_run_plans_the_recipe_and_scales_it(d2, lsmae_home, capsys, config):
+    args = (FULL_SIZE[config], "--config", config, "--num-gpus", "8")
+    recipe = dry_run(capsys, *args)
+    assert recipe == dry_run(capsys, *args, "--batch-size", "64")
+    assert recipe["config"] == str(CONFIG_DIR / f"{config}.py") and recipe["source"] == FULL_SIZE[config]
+    assert recipe["pretrain_img_size"] == 448 and recipe["devices"] == 8 and recipe["grad_checkpointing"] is False
+    assert {k: recipe[k] for k in ("batch_size", "lr", "max_iter", "lr_steps", "warmup_iters", "eval_period",
+                                   "checkpoint_period")} == {
+        "batch_size": 64, "lr": 1e-4, "max_iter": 184375, "lr_steps": RECIPE_STEPS, "warmup_iters": 250,
+        "eval_period": 5000, "checkpoint_period": 5000}
+
+    small = dry_run(capsys, *args, "--batch-size", "8")
+    assert small["batch_size"] == 8 and small["lr"] == pytest.approx(1.25e-5) and small["max_iter"] == 1475000
+    assert small["lr_steps"] == [8 * s for s in RECIPE_STEPS] and small["warmup_iters"] == 2000
+    assert small["eval_period"] == small["checkpoint_period"] == 40000
+
+    assert main(["detect", *args, "--batch-size", "8", "--dry-run"]) == 0  # the same plan, in lines
+    text = capsys.readouterr().out
+    assert "batch 8 images per step on 8 device(s), lr 1.25e-05" in text
+    assert "max_iter 1475000, lr steps at 1311112, 1420368, warmup 2000 iterations" in text
+
+
+def test_overrides_apply_after_the_scaling(d2, lsmae_home, capsys):
+    args = ("vit_base/coco/4000", "--config", "mask_rcnn_vitdet_b_100ep", "--batch-size", "8")
+    plan = dry_run(capsys, *args, "train.max_iter=100", "optimizer.lr=3e-4", "train.eval_period=7")
+    assert plan["max_iter"] == 100 and plan["lr"] == 3e-4 and plan["eval_period"] == 7
+    assert plan["checkpoint_period"] == 40000 and plan["batch_size"] == 8
+    # the milestones stay where the scaling put them, relative to the scheduler's num_updates (1475000)
+    assert plan["lr_steps"] == [89, 97] and plan["warmup_iters"] == 0
+
+
+def test_grad_checkpointing_reaches_the_vit(d2, lsmae_home, capsys, monkeypatch):
+    from bridges.detect import ACT_CHECKPOINT_KEY, DetectError, check_act_checkpoint, resolve_plan
+    from bridges.detect_args import resolve_config
+
+    args = build_parser().parse_args(["detect", "vit_large/coco/4000", "--config", "mask_rcnn_vitdet_l_100ep",
+                                      "--grad-checkpointing"])
+    plan, cfg, _ = resolve_plan(args, resolve_config(args.config), convert=False)
+    assert cfg.model.backbone.net.use_act_checkpoint is True
+    assert plan.settings[ACT_CHECKPOINT_KEY] is True  # what each worker rebuilds its config from
+    assert dry_run(capsys, "vit_large/coco/4000", "--config", "mask_rcnn_vitdet_l_100ep",
+                   "--grad-checkpointing")["grad_checkpointing"] is True
+
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *rest: None if name == "fairscale" else find_spec(name, *rest))
+    with pytest.raises(DetectError, match="needs fairscale: pip install fairscale"):
+        check_act_checkpoint(cfg)
+
+
+def test_dry_run_fetches_and_reads_nothing(d2, lsmae_home, capsys, monkeypatch, tmp_path):
+    import bridges.vitdet_paths
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("a dry run fetched or converted")
+
+    monkeypatch.setenv("LSMAE_MIRROR", "http://127.0.0.1:9/unreachable")
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "no_datasets"))
+    monkeypatch.setattr(bridges.vitdet_paths, "vitdet_checkpoint", refuse)
+    plan = dry_run(capsys, "vit_large/coco/4000", "--config", "mask_rcnn_vitdet_l_100ep", "--batch-size", "16")
+    assert plan["pretrain_img_size"] == 448 and plan["max_iter"] == 737500 and plan["devices"] >= 1
+    assert not lsmae_home.exists() or not any(lsmae_home.rglob("*"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch-size", "12", "--num-gpus", "8", "--dry-run"], "12 images does not split over 8 devices"),
+    (["--batch-size", "0", "--dry-run"], "need at least one image per step"),
+    (["--batch-size", "8", "dataloader.train.total_batch_size=8", "--dry-run"], "give the batch once"),
+    (["--json"], "add --dry-run"),
+])
+def test_batch_mistakes_are_one_line(d2, lsmae_home, capsys, argv, message):
+    assert main(["detect", "vit_base/coco/4000", "--config", "mask_rcnn_vitdet_b_100ep", *argv]) == 1
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_rescaled_schedule_that_cannot_build_is_one_line(d2, lsmae_home, capsys):
+    # the demo's 4 iterations at twice its batch: 2 iterations, the lr step (3 -> 2) no longer before the end
+    assert main(["detect", "demo", "--config", DEMO_CONFIG, "--batch-size", "4", "--dry-run"]) == 1
+    err = capsys.readouterr().err
+    assert "lr schedule (lr_multiplier) does not build" in err and len(err.strip().splitlines()) == 1
