@@ -35,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="total images per step (default: the recipe's 16); lr and iteration counts are scaled")
     p.add_argument("--max-iter", type=int, default=None, help="override the (scaled) number of iterations")
     p.add_argument("--eval-period", type=int, default=None, help="override the (scaled) evaluation period")
+    p.add_argument("--checkpoint-period", type=int, default=None, help="override the (scaled) checkpoint period")
     p.add_argument("--grad-checkpointing", action="store_true", help="recompute block activations to save memory")
     p.add_argument("--from-scratch", action="store_true",
                    help="the untrained MAE initialisation of SOURCE's architecture: the baseline for the same budget")

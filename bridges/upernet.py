@@ -4,9 +4,9 @@ The model is transformers' ``BeitForSemanticSegmentation`` (absolute position em
 the checkpoint, per-layer relative position bias initialised to zero, layer scale initialised
 to 1, four-scale pyramid, UperNet head, FCN auxiliary head) under a forward of ours: the stock
 forward reads ``hidden_states[i - 1]`` per ``out_indices`` entry, which taps zero-based blocks
-1, 3, 5, 9 for ``[3, 5, 7, 11]`` and cannot reach the last block. :class:`MaeUperNet` taps the
+1, 3, 5, 9 for ``[3, 5, 7, 11]`` and cannot reach the last block. :class:`MaeUperNetForSemanticSegmentation` taps the
 blocks in ``config.lsmae_block_taps`` (zero-based, the recipe's), round-trips with
-``save_pretrained``/``from_pretrained``, and loads with ``MaeUperNet.from_pretrained(DIR)``.
+``save_pretrained``/``from_pretrained``, and loads with ``MaeUperNetForSemanticSegmentation.from_pretrained(DIR)``.
 
 The conversion is exact: with the pretraining grid (no resampling) every block's output equals
 the MAE encoder's. The MAE key bias is dropped: it adds the same ``q . b_k`` to every logit of a
@@ -26,29 +26,23 @@ from pretrain.errors import LsmaeError
 from zoo.checkpoint import CheckpointInfo, check_structure
 from zoo.registry import get_entry, license_url
 
+from .hf_support import package_version, require_transformers
 from .mae_weights import ConversionError, Provenance, key_groups, load_mae_weights, split_qkv_bias
 
-TRANSFORMERS_INSTALL = "pip install 'long-seq-mae[hf]'"
 # what the backbone takes from an MAE checkpoint (its final norm is not used by the heads)
 ENCODER_KEYS = ("cls_token", "pos_embed", "patch_embed.", "blocks.")
 ADE20K_CLASSES = 150
 IGNORE_INDEX = 255
 
 
-def import_transformers() -> Any:
-    """transformers' BEiT module, or a one-line error that says how to install it."""
-    try:
-        from transformers.models.beit import modeling_beit
-    except ImportError as e:
-        raise LsmaeError(f"the segmentation bridge needs transformers ({e}); {TRANSFORMERS_INSTALL}") from None
-    return modeling_beit
-
-
 def model_class() -> type:
-    """:class:`MaeUperNet`, defined on first use so that importing this module costs no transformers import."""
+    """:class:`MaeUperNetForSemanticSegmentation`, defined on first use so that importing this module costs no transformers import."""
     global _MODEL_CLASS
     if _MODEL_CLASS is None:
-        _MODEL_CLASS = _define_model_class(import_transformers())
+        require_transformers()
+        from transformers.models.beit import modeling_beit
+
+        _MODEL_CLASS = _define_model_class(modeling_beit)
     return _MODEL_CLASS
 
 
@@ -56,8 +50,9 @@ _MODEL_CLASS: type | None = None
 
 
 def _define_model_class(beit: Any) -> type:
-    class MaeUperNet(beit.BeitForSemanticSegmentation):
-        """BEiT UperNet that taps the blocks in ``config.lsmae_block_taps`` (zero-based)."""
+    class MaeUperNetForSemanticSegmentation(beit.BeitForSemanticSegmentation):
+        """BEiT UperNet that taps the blocks in ``config.lsmae_block_taps`` (zero-based). The class name
+        ends like transformers' own: it picks the semantic-segmentation loss by that suffix."""
 
         def block_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
             """The tapped blocks' outputs as [B, C, H/p, W/p] maps (cls token dropped)."""
@@ -81,7 +76,7 @@ def _define_model_class(beit: Any) -> type:
                                           auxiliary_loss_weight=self.config.auxiliary_loss_weight)
             return SemanticSegmenterOutput(loss=loss, logits=logits)
 
-    return MaeUperNet
+    return MaeUperNetForSemanticSegmentation
 
 
 def upernet_config(info: CheckpointInfo, img_size: int, num_labels: int, block_taps: list[int],
@@ -102,7 +97,7 @@ def upernet_config(info: CheckpointInfo, img_size: int, num_labels: int, block_t
         drop_path_rate=drop_path, out_indices=list(block_taps), pool_scales=[1, 2, 3, 6], use_auxiliary_head=True,
         auxiliary_loss_weight=0.4, auxiliary_channels=256, auxiliary_num_convs=1, auxiliary_concat_input=False,
         semantic_loss_ignore_index=IGNORE_INDEX, num_labels=num_labels, lsmae_block_taps=list(block_taps),
-        architectures=["MaeUperNet"], lsmae=provenance or {},
+        architectures=["MaeUperNetForSemanticSegmentation"], lsmae=provenance or {},
     )
 
 
@@ -189,15 +184,6 @@ def convert_to_upernet(source: str | Path | dict[str, torch.Tensor], img_size: i
         raise ConversionError(f"the segmentation model does not take {unexpected[:3]}")
     return UperNetConversion(model, info, provenance, kept=kept, dropped=sorted(set(sd) - set(kept)),
                              new=sorted(missing), resampled=resampled)
-
-
-def package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("long-seq-mae")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def revert_sync_batchnorm(module: nn.Module) -> nn.Module:

@@ -82,8 +82,8 @@ def test_save_and_load_round_trip_keeps_taps_and_outputs(tmp_path):
     conversion = convert_to_upernet(perturbed_mae(TINY_MODEL, 64).state_dict(), img_size=64, num_labels=4)
     folder = save_upernet(conversion.model, tmp_path / "seg", "initialised (not trained)")
     config = json.loads((folder / "config.json").read_text())
-    assert config["lsmae_block_taps"] == [0, 1, 2, 3] and config["architectures"] == ["MaeUperNet"]
-    assert (folder / "model.safetensors").is_file() and "MaeUperNet" not in (folder / "README.md").read_text()[:0]
+    assert config["lsmae_block_taps"] == [0, 1, 2, 3] and config["architectures"] == ["MaeUperNetForSemanticSegmentation"]
+    assert (folder / "model.safetensors").is_file()
     assert "model_class().from_pretrained" in (folder / "README.md").read_text()
     loaded = model_class().from_pretrained(str(folder)).eval()
     x = torch.randn(1, 3, 64, 64)
@@ -217,3 +217,57 @@ def test_scaling_rule_and_bad_batch():
     assert (r.lr, r.max_iter, r.warmup_iters, r.checkpoint_period) == (1.6e-4, 80000, 750, 8000)
     with pytest.raises(pretrain.LsmaeError):
         scale_to_batch(r, 0)
+
+
+# --------------------------------------------------------------------------- training
+@pytest.fixture(scope="module")
+def texture_set(tmp_path_factory):
+    pytest.importorskip("skimage")
+    from bridges.sample_data import write_textures_ade20k
+
+    return write_textures_ade20k(tmp_path_factory.mktemp("ade"), train_images=16, val_images=4)
+
+
+def _segment(data, out, *extra):
+    return main(["segment", "demo", "--data-path", str(data), "--output-dir", str(out), "--device", "cpu",
+                 "--num-workers", "0", "--precision", "fp32", "--max-iter", "6", "--eval-period", "3",
+                 "--checkpoint-period", "3", "--print-freq", "100", *extra])
+
+
+def test_training_resumes_bit_identically_and_saves_transformers_folders(texture_set, tmp_path, lsmae_home,
+                                                                         monkeypatch, capsys):
+    from pretrain import trainer
+
+    assert _segment(texture_set, tmp_path / "whole") == 0
+    original = trainer.Trainer._after_update
+
+    def stop_after_the_first_checkpoint(self, task):
+        original(self, task)
+        if self.step == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer.Trainer, "_after_update", stop_after_the_first_checkpoint)
+    assert _segment(texture_set, tmp_path / "resumed") == 130  # interrupted: the one-line hint, exit 130
+    monkeypatch.setattr(trainer.Trainer, "_after_update", original)
+    assert torch.load(tmp_path / "resumed" / "last.pth", weights_only=True)["progress"]["step"] == 3
+    assert _segment(texture_set, tmp_path / "resumed") == 0
+    whole = torch.load(tmp_path / "whole" / "last.pth", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "last.pth", weights_only=True)
+    for key, value in whole["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    assert whole["best"] == resumed["best"]
+    records = [json.loads(line) for line in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [3, 6] and all(0 <= r["mIoU"] <= 1 for r in evals)
+    final = model_class().from_pretrained(str(tmp_path / "whole" / "model_final"))
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in final.modules())
+    assert final.config.lsmae["recipe"]["max_iter"] == 6
+    capsys.readouterr()
+    assert main(["segment", "--eval-only", str(tmp_path / "whole" / "model_final"), "--data-path", str(texture_set),
+                 "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.startswith("mIoU ")
+
+
+def test_eval_only_refuses_a_folder_that_is_not_a_segmentation_model(tmp_path, capsys):
+    assert main(["segment", "--eval-only", str(tmp_path), "--data-path", str(tmp_path)]) == 1
+    assert "not a segmentation model folder" in capsys.readouterr().err
