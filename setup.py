@@ -34,8 +34,9 @@ setup(
         "tensorboard": ["tensorboard>=2.12"],
         # the Hugging Face bridges (segmentation, transformers export)
         "hf": ["transformers>=5.0,<6"],
-        # `lsmae demo`: photographs bundled in scikit-image, handwritten digits bundled in scikit-learn
-        "demo": ["scikit-image>=0.21", "scikit-learn>=1.2"],
+        # `lsmae demo`: photographs bundled in scikit-image, digits in scikit-learn; transformers for its HF and
+        # segmentation steps
+        "demo": ["scikit-image>=0.21", "scikit-learn>=1.2", "transformers>=5.0,<6"],
         "test": ["pytest>=7", "scikit-image>=0.21", "scikit-learn>=1.2", "tensorboard>=2.12",
                  "transformers>=5.0,<6"],
     },

@@ -40,6 +40,7 @@ FINETUNE_RECIPE = ("--input-size", str(FINETUNE_SIZE), "--warmup-epochs", "1", "
                    "--hflip", "0", "--min-crop-scale", "0.7", "--drop-path", "0", "--print-freq", "1000")
 DETECT_CONFIG = "mask_rcnn_vitdet_demo"
 EPOCH_DONE = re.compile(r"epoch \d+/\d+ done")
+EVALUATED = re.compile(r"iteration \d+/\d+: ")
 
 
 class DemoError(LsmaeError):
@@ -76,14 +77,15 @@ class Demo:
         print(f"      {result} ({time.perf_counter() - start:.1f} s)", flush=True)
 
     @contextlib.contextmanager
-    def logged(self, name: str, argv: list[str], logger: logging.Logger | None = None):
+    def logged(self, name: str, argv: list[str], logger: logging.Logger | None = None,
+               echo: re.Pattern[str] = EPOCH_DONE):
         """Print the command line a step stands for; send what the step prints (and ``logger``'s
-        records, echoing the end-of-epoch lines) to the step's log. Yields the log's path."""
+        records, echoing those matching ``echo``) to the step's log. Yields the log's path."""
         print(f"      $ lsmae {shlex.join(argv)}", flush=True)
         log = self.log_path(name)
         console = sys.stdout
         with open(log, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-            handler = _EchoingHandler(f, console, EPOCH_DONE)
+            handler = _EchoingHandler(f, console, echo)
             if logger is not None:
                 logger.addHandler(handler)
             try:
@@ -149,6 +151,7 @@ def write_data(data: Path) -> dict[str, Path]:
     if detectron2_available():
         sample_data.write_shapes_coco(data)
         folders["COCO-format set"] = data / "coco"
+    folders["ADE20K-layout textures"] = sample_data.write_textures_ade20k(data)
     return folders
 
 
@@ -188,7 +191,7 @@ def run(args: argparse.Namespace) -> None:
         return
     heldout = sorted((data / "photos" / "heldout").glob("*.png"))
     with_hf = transformers_available()
-    total = 6 + with_hf + detectron2_available()
+    total = 6 + 2 * with_hf + detectron2_available()
     numbers = iter(range(1, total + 1))
 
     def number() -> str:
@@ -274,6 +277,36 @@ def run(args: argparse.Namespace) -> None:
         return "; ".join(result.report.splitlines())
 
     demo.step(number(), "convert to a Detectron2 ViTDet backbone", to_vitdet)
+
+    def segment_step() -> str:
+        from .segment import resolve_recipe
+        from .segment_args import build_parser as segment_parser
+        from .segment_engine import train as train_segmentation
+        from .segment_recipes import plan
+
+        upernet = workdir / "upernet" / "demo_upernet"
+        with demo.logged("convert-upernet", ["convert", "demo", "--to", "upernet", "--img-size", "64", "--num-labels",
+                                             "4", "-o", str(upernet)]):
+            convert("demo", "upernet", upernet, img_size=64, num_labels=4)
+        demo.artefacts["UperNet folder (initialised)"] = upernet
+        miou = {}
+        for init, extra in (("pretrained", []), ("scratch", ["--from-scratch"])):
+            run_dir = workdir / "segment" / init
+            argv = ["demo", "--data-path", str(data / "ade"), "--output-dir", str(run_dir), "--num-workers", "0",
+                    "--resume", "", *extra] + (["--device", args.device] if args.device else [])
+            with demo.logged(f"segment-{init}", ["segment", *argv], logger=logging.getLogger("bridges.segment"),
+                             echo=EVALUATED):
+                seg_args = segment_parser().parse_args(argv)
+                recipe = resolve_recipe(seg_args)
+                result = train_segmentation(seg_args, recipe, plan(recipe, 1, seg_args.source))
+            miou[init] = 100 * result["best_mIoU"]
+            demo.artefacts[f"segmentation model ({init})"] = result["final"]
+        return (f"texture val mIoU after {recipe.max_iter} iterations: pretrained {miou['pretrained']:.1f} vs from "
+                f"scratch {miou['scratch']:.1f} ({miou['pretrained'] - miou['scratch']:+.1f} points)")
+
+    if with_hf:
+        demo.step(number(), "segment textures: convert --to upernet, then lsmae segment (UperNet) from the demo "
+                            "checkpoint and from scratch", segment_step)
 
     if detectron2_available():
         def detect() -> str:

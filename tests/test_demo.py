@@ -37,7 +37,7 @@ def test_quickstart_runs_every_step_and_reports_artefacts(quickstart):
     workdir, lines = quickstart
     steps = [line for line in lines if re.match(r"\[\d/\d\] ", line)]
     with_detection, with_hf = demo.detectron2_available(), demo.transformers_available()
-    assert len(steps) == 6 + with_detection + with_hf
+    assert len(steps) == 6 + with_detection + 2 * with_hf  # transformers: the HF export and segmentation
     assert any(line.startswith("[skip] detection: detectron2 is not installed; to add this step, install it")
                for line in lines) != with_detection
     commands = [line.strip() for line in lines if line.strip().startswith("$ lsmae ")]
@@ -64,6 +64,9 @@ def test_pretraining_shows_in_reconstructions_and_fine_tuning(quickstart):
     m = re.search(r"pretrained ([\d.]+)% vs from scratch ([\d.]+)%", "\n".join(lines))
     pretrained, scratch = float(m.group(1)), float(m.group(2))
     assert pretrained > scratch + 10
+    if demo.transformers_available():
+        m = re.search(r"mIoU after \d+ iterations: pretrained ([\d.]+) vs from scratch ([\d.]+)", "\n".join(lines))
+        assert float(m.group(1)) > float(m.group(2)) + 5
 
 
 def test_a_failing_step_stops_with_its_log_and_exit_status(tmp_path, lsmae_home, monkeypatch, capsys):
