@@ -6,13 +6,10 @@ Names are handed on lazily: ``import pretrain`` (or ``pretrain.errors``) costs n
 from .lazy_exports import lazy_getattr
 
 _EXPORTS = {
-    "LsmaeError": "errors",
-    "list_models": "archs",
-    "model_config": "archs",
-    "resolve_model_name": "archs",
-    "MaskedAutoencoderViT": "models_mae",
-    "create_model": "models_mae",
-    "block_mask_indices": "masking",
+    "errors": ("LsmaeError",),
+    "archs": ("list_models", "model_config", "resolve_model_name"),
+    "models_mae": ("MaskedAutoencoderViT", "create_model"),
+    "masking": ("block_mask_indices",),
 }
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

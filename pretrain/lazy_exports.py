@@ -8,13 +8,14 @@ from collections.abc import Callable
 from typing import Any
 
 
-def lazy_getattr(package: str, exports: dict[str, str]) -> Callable[[str], Any]:
-    """A module ``__getattr__`` for ``package``: ``exports`` maps each public name to its submodule;
-    any other submodule is reachable as an attribute too (``pretrain.engine``)."""
+def lazy_getattr(package: str, exports: dict[str, tuple[str, ...]]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` for ``package``: ``exports`` maps each submodule to the public names
+    it provides; any other submodule is reachable as an attribute too (``pretrain.engine``)."""
+    home = {name: module for module, names in exports.items() for name in names}
 
     def __getattr__(name: str) -> Any:
-        if name in exports:
-            return getattr(importlib.import_module(f".{exports[name]}", package), name)
+        if name in home:
+            return getattr(importlib.import_module(f".{home[name]}", package), name)
         try:
             return importlib.import_module(f".{name}", package)
         except ModuleNotFoundError:

@@ -6,18 +6,11 @@ checking weights imports it when it happens.
 from pretrain.lazy_exports import lazy_getattr
 
 _EXPORTS = {
-    "CheckpointError": "checkpoint",
-    "VerificationError": "checkpoint",
-    "check_structure": "checkpoint",
-    "describe": "checkpoint",
-    "load_checkpoint": "checkpoint",
-    "cache_root": "settings",
-    "fetch": "cache",
-    "load_state_dict": "cache",
-    "load_model": "models",
-    "Entry": "registry",
-    "entries": "registry",
-    "get_entry": "registry",
+    "checkpoint": ("CheckpointError", "VerificationError", "check_structure", "describe", "load_checkpoint"),
+    "settings": ("cache_root",),
+    "cache": ("fetch", "load_state_dict"),
+    "models": ("load_model",),
+    "registry": ("Entry", "entries", "get_entry"),
 }
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
