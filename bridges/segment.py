@@ -15,7 +15,7 @@ from typing import Any
 from pretrain.errors import LsmaeError, report_errors
 
 from .segment_args import build_parser
-from .segment_recipes import SegRecipe, get_recipe, plan, scale_to_batch
+from .segment_recipes import SegRecipe, get_recipe, plan, recipe_for_depth, scale_to_batch
 
 
 # --------------------------------------------------------------------------- the plan
@@ -41,7 +41,7 @@ def resolve_recipe(args: argparse.Namespace) -> SegRecipe:
         if args.source is None:
             raise LsmaeError("name SOURCE (a zoo id or an MAE checkpoint) or --eval-only MODEL_DIR")
         depth = _source_depth(args.source)
-        args.config = {12: "upernet_vit_b_ade20k_160k", 24: "upernet_vit_l_ade20k_160k", 4: "demo"}.get(depth)
+        args.config = recipe_for_depth(depth)
         if args.config is None:
             raise LsmaeError(f"no recipe for a {depth}-block encoder: name one with --config")
     recipe = scale_to_batch(get_recipe(args.config), args.batch_size)

@@ -23,7 +23,7 @@ from pretrain.trainer import LoopConfig, Progress, Trainer, precision_name, reso
 
 from .segment_data import ADE20K, train_transform
 from .segment_eval import SegMetrics, normalize, predict
-from .segment_recipes import SegRecipe, get_recipe
+from .segment_recipes import SegRecipe, get_recipe, recipe_for_depth
 from .upernet import convert_to_upernet, model_class, save_upernet
 
 CKPT_FORMAT = "lsmae segmentation"
@@ -111,21 +111,19 @@ def load_segmentation_model(folder: str | Path) -> Any:
 
 
 def recipe_of(model: Any) -> SegRecipe:
-    """The evaluation settings stored with a model folder (crop, stride, scale, classes)."""
-
+    """The evaluation settings stored with a model folder (crop, stride, scale, classes); a folder
+    straight from ``convert --to upernet`` gets its depth's recipe at its own crop and classes."""
     stored = dict(model.config.lsmae.get("recipe") or {})
     if stored:
         for key in ("out_indices", "betas", "scale", "ratio_range", "aug_test_scales"):
             stored[key] = tuple(stored[key])
         return SegRecipe(**stored)
-    base = get_recipe("upernet_vit_l_ade20k_160k" if model.config.num_hidden_layers == 24
-                      else "upernet_vit_b_ade20k_160k")
+    base = get_recipe(recipe_for_depth(model.config.num_hidden_layers) or "upernet_vit_b_ade20k_160k")
     return dataclasses.replace(base, crop_size=model.config.image_size, num_labels=model.config.num_labels,
-                   out_indices=tuple(model.config.lsmae_block_taps))
+                               out_indices=tuple(model.config.lsmae_block_taps))
 
 
 def run_eval(args: argparse.Namespace) -> dict[str, Any]:
-
     if args.data_path is None:
         raise LsmaeError("--eval-only needs --data-path")
     model = load_segmentation_model(args.eval_only)

@@ -62,6 +62,11 @@ def default_taps(depth: int) -> list[int]:
     return [round(depth * f) - 1 for f in (1 / 3, 1 / 2, 2 / 3, 1)]
 
 
+def recipe_for_depth(depth: int) -> str | None:
+    """The recipe of an encoder depth: ViT-B (12 blocks), ViT-L (24), the demo model (4)."""
+    return {12: "upernet_vit_b_ade20k_160k", 24: "upernet_vit_l_ade20k_160k", 4: "demo"}.get(depth)
+
+
 def get_recipe(name: str) -> SegRecipe:
     if name not in RECIPES:
         raise LsmaeError(f"unknown segmentation config {name!r}; known: {', '.join(RECIPES)}")

@@ -271,3 +271,16 @@ def test_training_resumes_bit_identically_and_saves_transformers_folders(texture
 def test_eval_only_refuses_a_folder_that_is_not_a_segmentation_model(tmp_path, capsys):
     assert main(["segment", "--eval-only", str(tmp_path), "--data-path", str(tmp_path)]) == 1
     assert "not a segmentation model folder" in capsys.readouterr().err
+
+
+def test_eval_only_of_a_converted_folder_uses_its_depth_recipe_at_its_crop(texture_set, tmp_path, lsmae_home, capsys):
+    folder = tmp_path / "upernet"
+    assert main(["convert", "demo", "--to", "upernet", "--img-size", "64", "--num-labels", "4", "-o",
+                 str(folder)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(folder)
+    from bridges.segment_engine import load_segmentation_model, recipe_of
+
+    recipe = recipe_of(load_segmentation_model(folder))
+    assert (recipe.name, recipe.crop_size, recipe.eval_stride, recipe.num_labels) == ("demo", 64, 43, 4)
+    assert main(["segment", "--eval-only", str(folder), "--data-path", str(texture_set), "--device", "cpu"]) == 0
+    assert "on 4 images" in capsys.readouterr().out
