@@ -1,7 +1,9 @@
-"""Reading checkpoints without trusting them: safe unpickling and structural verification.
+"""Reading checkpoints without trusting them, and structural verification.
 
-A checkpoint is checked against the architecture table of :mod:`pretrain` (the source of
-truth for keys and shapes), built on the meta device so no weights are allocated.
+A local source is a ``.pth`` file (read with :func:`pretrain.serialization.load_checkpoint`: no
+code runs while unpickling) or a transformers folder / ``.safetensors`` file (:mod:`zoo.hf_folder`).
+Its weights are checked against the architecture table of :mod:`pretrain` (the source of truth
+for keys and shapes), built on the meta device so no weights are allocated.
 """
 from __future__ import annotations
 
