@@ -273,7 +273,6 @@ class Trainer:
             with self.backend.no_sync(task.model, not update_now):
                 loss = task.forward_loss(data, self._generator)
             self.backend.backward_and_step(loss, self.optimizer, self.scaler, self.accum, update_now)
-            self.backend.mark_step()
             loss = loss.detach()
             self._watch.update(loss)
             self._loss_sum += loss
@@ -284,6 +283,7 @@ class Trainer:
             if pos % self.config.print_freq == 0 or self.batch == self.steps_per_epoch:
                 self.backend.on_step_end(self._report, loss, *self._watch.state(), self.step, self.epoch, pos,
                                          self._lr(), self._images, self._done)
+            self.backend.mark_step()  # XLA: runs this step's graph, then the closure registered above
             if update_now:
                 self.step += 1
                 if self.batch == self.steps_per_epoch:
