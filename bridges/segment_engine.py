@@ -16,13 +16,14 @@ import torch
 from torch import nn
 
 from pretrain.backends import TorchBackend, make_backend
+from pretrain.data import normalize
 from pretrain.errors import LsmaeError
 from pretrain.run_logging import setup_logging
 from pretrain.serialization import load_checkpoint
 from pretrain.trainer import LoopConfig, Progress, Trainer, precision_name, resolve_precision
 
 from .segment_data import ADE20K, train_transform
-from .segment_eval import SegMetrics, normalize, predict
+from .segment_eval import SegMetrics, predict
 from .segment_recipes import SegRecipe, get_recipe, recipe_for_depth
 from .upernet import convert_to_upernet, model_class, save_upernet
 
@@ -153,7 +154,7 @@ class SegmentationTask:
     def forward_loss(self, batch: Any, generator: torch.Generator) -> torch.Tensor:
         images, labels = batch
         with self.backend.autocast(self.dtype):
-            return self.model(normalize(images, torch.float32), labels=labels).loss
+            return self.model(normalize(images), labels=labels).loss
 
     def evaluate(self, at: Progress, train_loss: float) -> dict[str, Any]:
         result = evaluate(self.plain, self.args.data_path, self.recipe, self.backend, self.dtype)

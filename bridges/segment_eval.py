@@ -14,20 +14,14 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from pretrain.data import normalize
 
 from .segment_data import test_size
 from .segment_recipes import SegRecipe
 from .upernet import IGNORE_INDEX
 
 Logits = Callable[[torch.Tensor], torch.Tensor]  # normalised [B, 3, h, w] -> [B, C, h', w']
-
-
-def normalize(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 [B, 3, H, W] -> ImageNet-normalised ``dtype`` on the images' device."""
-    mean = torch.tensor(IMAGENET_DEFAULT_MEAN, device=images.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_DEFAULT_STD, device=images.device).view(1, 3, 1, 1) * 255
-    return ((images.float() - mean) / std).to(dtype)
 
 
 def _window_starts(size: int, crop: int, stride: int) -> list[int]:
@@ -42,7 +36,7 @@ def slide_logits(logits_of: Logits, image: torch.Tensor, crop: int, stride: int,
     _, _, h, w = image.shape
     ph, pw = max(crop - h, 0), max(crop - w, 0)
     if ph or pw:
-        black = normalize(torch.zeros(1, 3, 1, 1, dtype=torch.uint8, device=image.device), image.dtype)
+        black = normalize(torch.zeros(1, 3, 1, 1, dtype=torch.uint8, device=image.device)).to(image.dtype)
         image = F.pad(image - black, (0, pw, 0, ph)) + black
     H, W = image.shape[-2:]
     total = image.new_zeros((1, num_classes, H, W), dtype=torch.float32)
@@ -58,7 +52,7 @@ def slide_logits(logits_of: Logits, image: torch.Tensor, crop: int, stride: int,
 
 
 def predict(logits_of: Logits, image: torch.Tensor, recipe: SegRecipe, out_size: Sequence[int],
-            aug_test: bool = False, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+            aug_test: bool = False) -> torch.Tensor:
     """Class per pixel [H, W] at ``out_size`` for a uint8 image [3, h, w] (already on its device)."""
     scales = recipe.aug_test_scales if aug_test else (1.0,)
     flips = (False, True) if aug_test else (False,)
@@ -66,7 +60,7 @@ def predict(logits_of: Logits, image: torch.Tensor, recipe: SegRecipe, out_size:
     for ratio in scales:
         size = test_size(*image.shape[-2:], recipe, ratio)
         resized = normalize(F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)
-                            .round().clamp(0, 255).to(torch.uint8), dtype)
+                            .round().clamp(0, 255).to(torch.uint8))
         for flip in flips:
             x = resized.flip(-1) if flip else resized
             logits = slide_logits(logits_of, x, recipe.crop_size, recipe.eval_stride, recipe.num_labels)

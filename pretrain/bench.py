@@ -1,169 +1,221 @@
-"""Pretraining step benchmark: this implementation vs a release-equivalent configuration.
+"""Pretraining benchmark: the training step, the input pipeline and both together.
 
-    python -m pretrain.bench            # ViT-B, 448px (L=784), mask 0.75, 2x2 blocks, batch 8
-    lsmae bench pretrain --device cuda --batch-size 64
+    lsmae bench pretrain                       # ViT-B, 448px (L=784), mask 0.75, 2x2 blocks, generated JPEGs
+    lsmae bench pretrain --data synthetic      # the step only
+    lsmae bench pretrain --device cuda --model mae_vit_large_patch16_dec512d16h8b --configs bf16 --compile \\
+        --data /data/coco/train2017 --workers 12
 
-Each configuration runs in its own process so that its peak memory is its own. The
-release-equivalent baseline uses naive (unfused) attention, fp32, embeds all 784 patches
-before dropping the masked ones, and a non-fused AdamW, as the release's code does.
+1. The step, on synthetic images: each configuration (``release``: naive attention, fp32, every
+   patch embedded, foreach AdamW, as the release's code; ``fp32``/``bf16``/``fp16``: this code;
+   ``+compile``: torch.compile'd) runs in its own process (its own peak memory); the processes
+   take turns, one timed round each, so that a machine shared with other work slows all alike.
+   TFLOP/s and MFU use the analytic FLOP count (:mod:`pretrain.flops`); torch's FLOP counter is
+   printed beside it where it differs, with the reason.
+2. The input pipeline alone: images per second of one data-loader worker (one thread), ours
+   (uint8) and the release's (PIL, float32), alternating on the same files.
+3. End to end: the fastest configuration fed by ``--workers`` loader processes, next to its
+   synthetic rate in the same process; and how many workers per device its step rate needs.
+
+Without ``--data`` the images are COCO-like JPEGs generated from scikit-image's photographs.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-import resource
+import statistics
 import subprocess
 import sys
-import time
-from typing import Any
+import tempfile
+from pathlib import Path
+from typing import IO, Any
 
-import torch
-from timm.optim import create_optimizer_v2
-from torch.utils.flop_counter import FlopCounterMode
+from .archs import model_config
+from .bench_args import build_parser
+from .errors import LsmaeError, report_errors
+from .flops import PretrainFlops, pretrain_flops
 
-from .backends import bf16_supported_on_cpu
-from .masking import block_mask_indices
-from .models_mae import MaskedAutoencoderViT, model_config
-
-CONFIGS = {
-    # name: (release-equivalent model, autocast dtype name or None, fused AdamW)
-    "release": (True, None, False),
-    "fp32": (False, None, True),
-    "bf16": (False, "bf16", True),
-    "fp16": (False, "fp16", True),
-}
+# dense (not sparse) bf16 tensor-core peaks, TFLOP/s, by device name (the first name contained wins)
+PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 
-class ReleaseEquivalentMAE(MaskedAutoencoderViT):
-    """Patch-embeds every patch, adds positions, then gathers the visible ones (the release's order)."""
+def _defaults(args: argparse.Namespace) -> None:
+    import torch
 
-    def _embed_visible(self, imgs: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(imgs) + self.pos_embed[:, 1:]
-        return torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    from .backends import bf16_supported_on_cpu
 
-
-def _build(args: argparse.Namespace, release: bool, device: torch.device) -> MaskedAutoencoderViT:
-    cls = ReleaseEquivalentMAE if release else MaskedAutoencoderViT
-    model = cls(**{**model_config(args.model), "img_size": args.input_size, "norm_pix_loss": True})
-    if release:
-        for blk in [*model.blocks, *model.decoder_blocks]:
-            blk.attn.fused_attn = False
-    return model.to(device)
-
-
-def _peak_memory_gb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    gpu = args.device == "cuda"
+    args.batch_size = args.batch_size or (64 if gpu else 4)
+    args.steps = args.steps or (10 if gpu else 1)
+    args.workers = args.workers if args.workers is not None else (12 if gpu else 1)
+    if args.configs is None:
+        args.configs = "release,fp16,bf16" if gpu else "release,fp32" + (",bf16" if bf16_supported_on_cpu() else "")
+    if args.peak_tflops is None and gpu:
+        name = torch.cuda.get_device_name()
+        args.peak_tflops = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+    threads = args.threads or torch.get_num_threads()
+    args.device_name = torch.cuda.get_device_name() if gpu else f"cpu, {threads} threads"
 
 
-def run_config(args: argparse.Namespace, name: str) -> dict[str, Any]:
-    """Time ``args.steps`` training steps of one configuration in this process."""
-    release, dtype_name, fused = CONFIGS[name]
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[dtype_name]
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-    model = _build(args, release, device)
-    opt = create_optimizer_v2(model, "adamw", lr=1e-4, weight_decay=0.05, betas=(0.9, 0.95),
-                              **({"fused": True} if fused else {"foreach": True}))
-    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-    grid = args.input_size // model.patch_size
-    gen = torch.Generator(device).manual_seed(0)
-    imgs = torch.randn(args.batch_size, 3, args.input_size, args.input_size, device=device)
-
-    def step() -> None:
-        ids_keep, ids_restore = block_mask_indices(args.batch_size, grid, 0.75, args.mask_downsampling,
-                                                   generator=gen, device=device)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = model(imgs, ids_keep, ids_restore)[0]
-        (scaler.scale(loss) if scaler else loss).backward()
-        if scaler:
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    for _ in range(args.warmup):
-        step()
-    sync()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    sync()
-    seconds = (time.perf_counter() - start) / args.steps
-    peak = _peak_memory_gb(device)
-    # model FLOPs of one image's forward + backward (counted, not estimated)
-    ids_keep, ids_restore = block_mask_indices(1, grid, 0.75, args.mask_downsampling, device=device)
-    counter = FlopCounterMode(display=False)
-    with counter, torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        model(imgs[:1], ids_keep, ids_restore)[0].backward()
-    flops = counter.get_total_flops()
-    return {"config": name, "s_per_step": seconds, "images_per_s": args.batch_size / seconds,
-            "peak_memory_gb": peak, "train_flops_per_image": flops,
-            "achieved_tflops": flops * args.batch_size / seconds / 1e12}
+class BenchWorkerError(LsmaeError):
+    """A configuration's process ended without its answer (its error output went to stderr)."""
 
 
-def _default_configs(device: str) -> list[str]:
-    if device == "cuda":
-        return ["release", "fp16", "bf16"]
-    return ["release", "fp32"] + (["bf16"] if bf16_supported_on_cpu() else [])
+class _Worker:
+    """One configuration's process (:mod:`pretrain.bench_step`)."""
+
+    def __init__(self, config: str, argv: list[str]) -> None:
+        self.config = config
+        self.stderr: IO[str] = tempfile.TemporaryFile("w+")
+        self.proc = subprocess.Popen([sys.executable, "-m", "pretrain.bench_step", *argv, config],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True,
+                                     env=os.environ.copy())
+
+    def ask(self, command: str | None = None) -> dict[str, Any]:
+        if command is not None:
+            self.proc.stdin.write(command + "\n")
+            self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            self.stderr.seek(0)
+            print(self.stderr.read()[-3000:], file=sys.stderr)
+            raise BenchWorkerError(f"{self.config} failed (exit {self.proc.returncode}; its last output is above)")
+        return json.loads(line)
+
+
+def run_steps(args: argparse.Namespace, argv: list[str]) -> list[dict[str, Any]]:
+    """Time the configurations in turns; per configuration the median over rounds."""
+    workers = [_Worker(c, argv) for c in args.configs]
+    ready, warmup = [], {}
+    for w in workers:
+        try:
+            warmup[w.config] = w.ask()["warmup_s"]
+            ready.append(w)
+        except BenchWorkerError as e:
+            print(f"lsmae bench pretrain: {e}", file=sys.stderr)
+    times: dict[str, list[float]] = {w.config: [] for w in ready}
+    for _ in range(args.rounds):
+        for w in ready:
+            times[w.config].append(w.ask("step")["s_per_step"])
+    results = []
+    for w in ready:
+        results.append({"config": w.config, "s_per_step": statistics.median(times[w.config]),
+                        "rounds": times[w.config], "warmup_s": warmup[w.config], **w.ask("finish")})
+        w.proc.wait()
+    return results
+
+
+def _speed_ups(results: list[dict[str, Any]]) -> None:
+    base = results[0]
+    for r in results:
+        r["vs"] = base["config"]
+        r["speed_up"] = statistics.median(b / t for b, t in zip(base["rounds"], r["rounds"]))
+        r["memory_ratio"] = r["peak_memory_gb"] / base["peak_memory_gb"]
+
+
+def _flops_lines(flops: PretrainFlops, results: list[dict[str, Any]]) -> list[str]:
+    g = 1e9
+    lines = [f"FLOPs per image, training = 3 x forward: {flops.train / g:.1f} GFLOP analytic "
+             f"(forward {flops.forward / g:.1f}: encoder on {flops.encoder_tokens} tokens {flops.encoder / g:.1f}, "
+             f"decoder on {flops.decoder_tokens} tokens {flops.decoder / g:.1f}, embeddings and prediction "
+             f"{flops.embed_predict / g:.1f}; attention products {flops.attention / g:.1f} of it); TFLOP/s and MFU "
+             "use it"]
+    counted = next((r for r in results if r["counted_flops"]), None)
+    if counted is not None:
+        c = counted["counted_flops"] / g
+        diff = c - flops.train / g
+        if abs(diff) > 0.005 * flops.train / g:
+            why = (f"it has no formula for {', '.join(counted['no_formula'])} (the attention products, "
+                   f"{3 * flops.attention / g:.1f} for training)" if counted["no_formula"] else
+                   "the backward of the patch embedding computes no input gradient")
+            lines.append(f"  torch.utils.flop_counter counts {c:.1f} ({diff:+.1f}) in {counted['config']}: {why}")
+    return lines
+
+
+def _step_line(args: argparse.Namespace, r: dict[str, Any], flops: PretrainFlops) -> str:
+    ips = args.batch_size / r["s_per_step"]
+    tflops = flops.train * ips / 1e12
+    line = (f"  {r['config']:13s} {r['s_per_step']:8.3f} s/step {ips:8.1f} img/s {r['peak_memory_gb']:6.1f} GB peak "
+            f"{tflops:7.2f} TFLOP/s  x{r['speed_up']:.2f} speed x{r['memory_ratio']:.2f} memory vs {r['vs']}, "
+            f"{r['warmup_s']:.0f} s warm-up")
+    r.update(images_per_s=ips, tflops=tflops)
+    if args.peak_tflops:
+        r["mfu"] = tflops / args.peak_tflops
+        line += f"  MFU {r['mfu']:.1%}"
+    return line
+
+
+def _emit(args: argparse.Namespace, text: str, record: dict[str, Any] | None = None) -> None:
+    if args.json and record is not None:
+        print(json.dumps(record), flush=True)
+    elif not args.json:
+        print(text, flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m pretrain.bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="mae_vit_base_patch16_dec384d12h8b")
-    p.add_argument("--input-size", type=int, default=448)
-    p.add_argument("--mask-downsampling", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    p.add_argument("--configs", default=None,
-                   help=f"comma-separated, from {', '.join(CONFIGS)} (default: release + this device's "
-                        "fast precisions; bf16 on CPUs only with AVX512-BF16/AMX)")
-    p.add_argument("--peak-tflops", type=float, default=None, help="device peak, to print MFU")
-    p.add_argument("--json", action="store_true", help="print results as JSON lines")
-    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.worker:
-        print(json.dumps(run_config(args, args.worker)))
-        return
-    configs = args.configs.split(",") if args.configs else _default_configs(args.device)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(__doc__).parse_args(argv)
+    _defaults(args)
+    configs = args.configs.split(",")
+    args.configs = configs + [f"{c}+compile" for c in configs if args.compile and c != "release"]
+    from .bench_step import parse_config
+
+    for config in args.configs:
+        parse_config(config)  # a misspelt name fails here, not in a worker
     grid = args.input_size // model_config(args.model)["patch_size"]
-    print(f"{args.model} at {args.input_size}px (L={grid * grid}), mask 0.75, "
-          f"blocks {args.mask_downsampling}x{args.mask_downsampling}, batch {args.batch_size}, device "
-          f"{args.device}, {args.steps} timed steps", flush=True)
-    worker_argv = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--json"]
-    results = []
-    for name in configs:
-        if name not in CONFIGS:
-            p.error(f"unknown config {name!r}")
-        out = subprocess.run([sys.executable, "-m", "pretrain.bench", *worker_argv, "--worker", name],
-                             capture_output=True, text=True, env=os.environ.copy())
-        if out.returncode:
-            print(f"{name}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
-            continue
-        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        r = results[-1]
-        base = results[0]
-        line = (f"{name:8s} {r['s_per_step']:7.2f} s/step {r['images_per_s']:7.2f} img/s "
-                f"{r['peak_memory_gb']:6.2f} GB peak  {r['train_flops_per_image'] / 1e9:6.1f} GFLOP/img (fwd+bwd) "
-                f"{r['achieved_tflops']:6.2f} TFLOP/s  x{r['images_per_s'] / base['images_per_s']:.2f} speed "
-                f"x{r['peak_memory_gb'] / base['peak_memory_gb']:.2f} memory vs {base['config']}")
-        if args.peak_tflops:
-            line += f"  MFU {r['achieved_tflops'] / args.peak_tflops:.1%}"
-        print(json.dumps(r) if args.json else line, flush=True)
+    flops = pretrain_flops(args.model, args.input_size)
+    # the workers get the resolved values, so that every process agrees
+    worker_argv = ["--model", args.model, "--input-size", str(args.input_size), "--mask-downsampling",
+                   str(args.mask_downsampling), "--batch-size", str(args.batch_size), "--steps", str(args.steps),
+                   "--rounds", str(args.rounds), "--warmup", str(args.warmup), "--device", args.device,
+                   *(["--threads", str(args.threads)] if args.threads else [])]
+    _emit(args, f"{args.model} at {args.input_size}px (L={grid * grid}), mask 0.75, blocks {args.mask_downsampling}x"
+                f"{args.mask_downsampling}, batch {args.batch_size}, {args.device_name}; {args.rounds} rounds of "
+                f"{args.steps} timed steps per configuration, in turns\nstep (synthetic images):")
+    results = run_steps(args, worker_argv)
+    if not results:
+        raise LsmaeError("every configuration failed (see above)")
+    _speed_ups(results)
+    for r in results:
+        _emit(args, _step_line(args, r, flops), {"part": "step", **r})
+    for line in _flops_lines(flops, results):
+        _emit(args, line)
+    _emit(args, "", {"part": "flops", "analytic_train": flops.train, "analytic_forward": flops.forward,
+                     "counted": {r["config"]: r["counted_flops"] for r in results if r["counted_flops"]}})
+    if args.data != "synthetic":
+        _data_parts(args, worker_argv, max((r for r in results if r["config"] != "release"),
+                                            key=lambda r: r["images_per_s"], default=results[0]))
+
+
+def _data_parts(args: argparse.Namespace, worker_argv: list[str], best: dict[str, Any]) -> None:
+    from .bench_data import pipeline_rates, write_coco_like_jpegs
+
+    with tempfile.TemporaryDirectory(prefix="lsmae-bench-") as tmp:
+        if args.data is None:
+            folder = Path(tmp) / "jpegs"
+            write_coco_like_jpegs(folder, args.images)
+            what = f"{args.images} generated COCO-like JPEGs (640x480 and 480x640)"
+        else:
+            folder = Path(args.data)
+            what = f"up to {args.images} images from {folder}"
+        rates = pipeline_rates([folder], args.input_size, args.batch_size, args.rounds, limit=args.images)
+        _emit(args, f"input pipeline, one worker (one thread), {what} -> {args.input_size}px crops:\n"
+                    f"  ours {rates['ours_images_per_s']:.0f} img/s, "
+                    f"release {rates['release_images_per_s']:.0f} img/s: "
+                    f"x{rates['ratio']:.2f}", {"part": "pipeline", **rates})
+        if best["config"] == "release":
+            return
+        e2e = _Worker(best["config"], [*worker_argv, "--e2e", str(folder), "--e2e-workers", str(args.workers)]).ask()
+    synthetic, data = e2e["synthetic_images_per_s"], e2e["data_images_per_s"]
+    need = {k: math.ceil(synthetic / rates[f"{k}_images_per_s"]) for k in ("ours", "release")}
+    _emit(args, f"end to end, {best['config']}, {args.workers} workers: {data:.1f} img/s, {data / synthetic:.0%} of "
+                f"{synthetic:.1f} img/s on synthetic images (same process, {e2e['steps']} steps)\n"
+                f"workers per device for {synthetic:.1f} img/s: {need['ours']} (ours), {need['release']} (release)",
+          {"part": "end_to_end", "config": best["config"], **e2e, "workers_needed": need})
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(report_errors("lsmae bench pretrain", main))

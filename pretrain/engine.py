@@ -13,7 +13,7 @@ from timm.optim import create_optimizer_v2
 
 from .backends import TorchBackend
 from .checkpoints import checkpoint_path, json_safe_args, load_training_checkpoint, newest_checkpoint
-from .data import PretrainImages, pretrain_transform
+from .data import collate, normalize, pretrain_dataset
 from .masking import block_mask_indices
 from .models_mae import MaskedAutoencoderViT, create_model
 from .run_logging import setup_logging
@@ -24,7 +24,8 @@ log = logging.getLogger("pretrain")
 
 class MaskedPretraining:
     """Reconstruction loss of block-masked images; each epoch reports its mean loss and the
-    unreadable images it skipped, and saves ``checkpoint-{epoch}.pth``."""
+    unreadable images it skipped, and saves ``checkpoint-{epoch}.pth``. Batches arrive as uint8
+    and are normalised on the device; nothing in a step waits for the device."""
 
     def __init__(self, model: MaskedAutoencoderViT, args: argparse.Namespace, backend: TorchBackend,
                  dtype: torch.dtype | None) -> None:
@@ -39,6 +40,7 @@ class MaskedPretraining:
                                                    self.args.mask_downsampling, generator=generator,
                                                    device=generator.device)
         self.skipped += n_bad.sum()
+        imgs = normalize(imgs)
         with self.backend.autocast(self.dtype):
             return self.model(imgs, ids_keep.to(self.backend.device), ids_restore.to(self.backend.device))[0]
 
@@ -63,17 +65,20 @@ def train(args: argparse.Namespace, backend: TorchBackend) -> Path:
     dtype = resolve_precision(args.precision, backend)
     batch, accum = resolve_batch(args.effective_batch_size, args.batch_size, args.accum_iter, backend.world_size)
     lr = args.blr * args.effective_batch_size / 256 if args.lr is None else args.lr
-    dataset = PretrainImages(args.data_path, pretrain_transform(args.input_size, args.min_crop_scale), args.repeat)
+    dataset = pretrain_dataset(args.data_path, args.input_size, args.min_crop_scale, args.repeat)
 
     torch.manual_seed(args.seed)
     model = create_model(args.model, img_size=args.input_size, norm_pix_loss=args.norm_pix_loss,
                          decoder_downsampling=args.decoder_downsampling, no_k_bias=args.no_k_bias)
     model.set_grad_checkpointing(args.grad_checkpointing)
     model.to(backend.device)
+    if args.compile:
+        model.compile()  # in place: the state dict keeps its keys
     optimizer = create_optimizer_v2(model, "adamw", lr=lr, weight_decay=args.weight_decay, betas=(0.9, 0.95),
                                     **({"fused": True} if backend.name in ("cuda", "cpu") else {}))
     trainer = Trainer(
         backend, optimizer, dataset, batch=batch, accum=accum, num_workers=args.num_workers, dtype=dtype,
+        collate_fn=collate,
         config=LoopConfig(seed=args.seed, min_lr=args.min_lr, print_freq=args.print_freq, epochs=args.epochs,
                           warmup=args.warmup_epochs, ckpt_every=args.ckpt_interval),
         output_dir=output_dir, log=log,

@@ -37,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="regress raw pixels instead of per-patch normalised ones")
     g.add_argument("--no-k-bias", action="store_true", help="BEiT-style attention without a key bias")
     g.add_argument("--grad-checkpointing", action="store_true", help="recompute activations to save memory")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (a few minutes of compilation first; see `lsmae bench pretrain "
+                        "--compile` for what it gains on this machine)")
 
     g = p.add_argument_group("data")
     g.add_argument("--data-path", nargs="+", required=True, metavar="DIR",

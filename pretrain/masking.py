@@ -1,11 +1,15 @@
 """Block masking decoupled from the patch size: k x k patches are masked or kept together."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
-def _block_patch_table(grid_size: int, downsampling: int) -> torch.Tensor:
-    """[n_blocks, k*k] patch indices of each mask block, -1 where a block overhangs the grid."""
+@functools.cache
+def _block_patch_table(grid_size: int, downsampling: int, device: torch.device | None) -> torch.Tensor:
+    """[n_blocks, k*k] patch indices of each mask block, -1 where a block overhangs the grid; built
+    once per device (not copied to it at every step)."""
     k = downsampling
     blocks_per_side = -(-grid_size // k)
     rows = torch.arange(blocks_per_side).repeat_interleave(blocks_per_side)
@@ -15,7 +19,7 @@ def _block_patch_table(grid_size: int, downsampling: int) -> torch.Tensor:
     r = rows[:, None] * k + dr.reshape(1, -1)
     c = cols[:, None] * k + dc.reshape(1, -1)
     table = r * grid_size + c
-    return torch.where((r < grid_size) & (c < grid_size), table, torch.full_like(table, -1))
+    return torch.where((r < grid_size) & (c < grid_size), table, torch.full_like(table, -1)).to(device)
 
 
 def block_mask_indices(
@@ -31,18 +35,22 @@ def block_mask_indices(
     Each image's mask blocks are randomly permuted and expanded to their patches (patches of
     blocks overhanging a non-divisible grid are dropped); the first ``int(L * (1 - mask_ratio))``
     patches of that order are visible, and ``ids_restore`` is the inverse permutation. Sampling
-    runs batched on ``device`` (the generator must live there too).
+    runs batched on ``device`` (the generator must live there too), in tensors of fixed sizes: no
+    step waits for the device.
     """
     if not 0.0 <= mask_ratio < 1.0:
         raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
     if downsampling < 1 or grid_size < 1:
         raise ValueError(f"grid_size and downsampling must be >= 1, got {grid_size} and {downsampling}")
     num_patches = grid_size * grid_size
-    table = _block_patch_table(grid_size, downsampling).to(device)
+    device = None if device is None else torch.device(device)
+    table = _block_patch_table(grid_size, downsampling, device)
     noise = torch.rand(batch_size, table.shape[0], generator=generator, device=device)
     order = torch.argsort(noise, dim=1)
     ids_shuffle = table[order].reshape(batch_size, -1)
-    ids_shuffle = ids_shuffle[ids_shuffle >= 0].reshape(batch_size, num_patches)
+    if grid_size % downsampling:  # drop the overhang's -1s: every row has as many, keep the order
+        in_grid_first = torch.argsort((ids_shuffle < 0).to(torch.uint8), dim=1, stable=True)
+        ids_shuffle = torch.gather(ids_shuffle, 1, in_grid_first[:, :num_patches])
     ids_restore = torch.argsort(ids_shuffle, dim=1)
     n_visible = int(num_patches * (1 - mask_ratio))
     return ids_shuffle[:, :n_visible].contiguous(), ids_restore

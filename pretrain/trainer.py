@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -183,15 +183,17 @@ class Trainer:
 
     def __init__(self, backend: TorchBackend, optimizer: torch.optim.Optimizer, dataset: Dataset, *, batch: int,
                  accum: int, num_workers: int, dtype: torch.dtype | None, config: LoopConfig, output_dir: Path,
-                 log: logging.Logger, stop_hint: str) -> None:
-        """``stop_hint`` ends the error of a non-finite loss (how to resume, what to change)."""
+                 log: logging.Logger, stop_hint: str, collate_fn: Callable[[list], Any] | None = None) -> None:
+        """``stop_hint`` ends the error of a non-finite loss (how to resume, what to change);
+        ``collate_fn`` batches the data set's items (default: torch's)."""
         self.backend, self.optimizer, self.config, self.log = backend, optimizer, config, log
         self.batch_size, self.accum, self.stop_hint = batch, accum, stop_hint
         self.output_dir = Path(output_dir)
         self.sampler = DistributedSampler(dataset, num_replicas=backend.world_size, rank=backend.rank,
                                           shuffle=True, seed=config.seed, drop_last=True)
         self.loader = DataLoader(dataset, batch_size=batch, sampler=self.sampler, num_workers=num_workers,
-                                 pin_memory=backend.name == "cuda", drop_last=True, generator=torch.Generator())
+                                 pin_memory=backend.name == "cuda", drop_last=True, generator=torch.Generator(),
+                                 collate_fn=collate_fn)
         batches = len(self.loader)
         if batches < accum:
             raise LsmaeError(f"{len(dataset)} training images give {batches} batches of {batch} per device, fewer "

@@ -187,3 +187,22 @@ def test_vitmae_keeps_the_block_mask_with_block_mask_noise(grid, ds, ratio):
     assert torch.equal(hf_restore, ids_restore)
     expected_mask = torch.ones(5, grid * grid).scatter_(1, ids_keep, 0.0)
     assert torch.equal(mask, expected_mask)
+
+
+def _release_block_mask(batch, grid, ratio, k, generator):
+    """The earlier implementation (boolean-mask indexing: a host sync per call on a GPU)."""
+    from pretrain.masking import _block_patch_table
+
+    table = _block_patch_table(grid, k, None)
+    order = torch.argsort(torch.rand(batch, table.shape[0], generator=generator), dim=1)
+    ids_shuffle = table[order].reshape(batch, -1)
+    ids_shuffle = ids_shuffle[ids_shuffle >= 0].reshape(batch, grid * grid)
+    return ids_shuffle[:, : int(grid * grid * (1 - ratio))], torch.argsort(ids_shuffle, dim=1)
+
+
+@pytest.mark.parametrize("grid, ds, ratio", [(28, 2, 0.75), (7, 2, 0.75), (9, 4, 0.6), (13, 3, 0.8), (5, 4, 0.5)])
+def test_fixed_size_gather_gives_the_same_masks_as_boolean_indexing(grid, ds, ratio):
+    for seed in range(5):
+        keep, restore = block_mask_indices(6, grid, ratio, ds, generator=torch.Generator().manual_seed(seed))
+        ref_keep, ref_restore = _release_block_mask(6, grid, ratio, ds, torch.Generator().manual_seed(seed))
+        assert torch.equal(keep, ref_keep) and torch.equal(restore, ref_restore)

@@ -9,24 +9,27 @@ import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 from torchvision import transforms
 
 from pretrain import data as pdata
-from pretrain.data import MAX_CONSECUTIVE_BAD, DataError, PretrainImages, list_images, pretrain_transform
+from pretrain.data import (MAX_CONSECUTIVE_BAD, DataError, PILTransform, PretrainImages, collate, crop_box,
+                           list_images, normalize, pretrain_dataset, pretrain_transform, read_rgb, release_dataset)
 
 TINY = "mae_vit_micro_patch8_dec64d4h2b"
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")]
 
 
 
-def _exact(size: int) -> transforms.Compose:
-    """A deterministic transform for comparing items."""
-    return transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor()])
+def _exact(size: int) -> PILTransform:
+    """A deterministic loader for comparing items."""
+    return PILTransform(transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor()]))
 
 
 def _copy(photos: Path, dest: Path, names: list[str]) -> list[Path]:
@@ -105,7 +108,7 @@ def test_several_roots_are_concatenated(photos, tmp_path):
 
 def test_transform_shape_and_normalisation(photos, tmp_path):
     torch.manual_seed(0)
-    ds = PretrainImages([photos], pretrain_transform(48))
+    ds = PretrainImages([photos], PILTransform(pretrain_transform(48)))
     img, bad = ds[3]
     assert bad == 0 and img.shape == (3, 48, 48) and img.dtype == torch.float32
     mean = torch.tensor(pdata.IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
@@ -115,10 +118,132 @@ def test_transform_shape_and_normalisation(photos, tmp_path):
     # a uniform image: the crop is irrelevant, every pixel is exactly (value - mean) / std
     (tmp_path / "grey").mkdir()
     Image.new("RGB", (80, 60), (200, 100, 50)).save(tmp_path / "grey" / "g.png")
-    out, _ = PretrainImages([tmp_path / "grey"], pretrain_transform(32))[0]
+    out, _ = PretrainImages([tmp_path / "grey"], PILTransform(pretrain_transform(32)))[0]
     expected = (torch.tensor([200, 100, 50]).view(3, 1, 1) / 255 - mean) / std
     assert out.shape == (3, 32, 32)
     torch.testing.assert_close(out, expected.expand(3, 32, 32), atol=1e-5, rtol=0)
+
+
+# --- the uint8 pipeline -------------------------------------------------------------------------
+
+MEAN = torch.tensor(pdata.IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
+STD = torch.tensor(pdata.IMAGENET_DEFAULT_STD).view(3, 1, 1)
+
+
+def _release_uint8(item: torch.Tensor) -> torch.Tensor:
+    """The release pipeline's float item back to the uint8 image PIL resized (exact: x/255 rounds back)."""
+    return torch.round((item * STD + MEAN) * 255).to(torch.uint8)
+
+
+def test_items_are_uint8_crops(photos):
+    ds = pretrain_dataset([photos], 48, repeat=2)
+    assert len(ds) == 64
+    img, bad = ds[5]
+    assert bad == 0 and img.shape == (3, 48, 48) and img.dtype == torch.uint8
+    assert img.float().std() > 10  # a photograph, not a constant
+
+
+@pytest.mark.parametrize("size", [48, 160])  # downscaled (antialiased) and upscaled crops
+def test_same_seed_same_crop_and_flip_as_the_release(photos, size):
+    """Both pipelines draw box and flip from torch's generator in the same order: for a seed, ours is
+    the release's image to +-1 grey level but for ~1e-5 of the pixels (PIL's and torch's fixed-point
+    bicubic round differently), so the augmentation distribution is the release's."""
+    ours, release = pretrain_dataset([photos], size), release_dataset([photos], size)
+    diffs = []
+    for seed in range(24):
+        torch.manual_seed(seed)
+        a = ours[seed % len(ours)][0]
+        torch.manual_seed(seed)
+        b = _release_uint8(release[seed % len(release)][0])
+        diffs.append((a.int() - b.int()).abs())
+    diffs = torch.stack(diffs).float()
+    assert diffs.max() <= 4 and (diffs > 1).float().mean() < 1e-4 and diffs.mean() < 0.05
+    # and a flip or another box would differ by far more
+    torch.manual_seed(0)
+    a = ours[0][0]
+    assert (a.int() - a.flip(-1).int()).abs().float().mean() > 5
+
+
+def _scale_aspect(boxes: list, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    b = torch.tensor(boxes, dtype=torch.float64)
+    return b[:, 2] * b[:, 3] / (h * w), b[:, 3] / b[:, 2]
+
+
+def test_crop_statistics_match_the_release(monkeypatch):
+    """Independent samples (other seeds) of our boxes and of the boxes the release's transform crops
+    (recorded from its ``resized_crop`` calls) on a 640x480 image: the same scale and aspect
+    distributions, within sampling error."""
+    h, w, n = 480, 640, 4000
+    torch.manual_seed(0)
+    ours = _scale_aspect([crop_box(h, w) for _ in range(n)], h, w)
+    recorded = []
+    monkeypatch.setattr(transforms.transforms.F, "resized_crop",
+                        lambda img, i, j, bh, bw, *a, **k: recorded.append((i, j, bh, bw)) or img)
+    release = pretrain_transform(448).transforms[0]
+    image = Image.new("RGB", (w, h))
+    torch.manual_seed(1)
+    for _ in range(n):
+        release(image)
+    theirs = _scale_aspect(recorded, h, w)
+    q = torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9], dtype=torch.float64)
+    for a, b in zip(ours, theirs):
+        assert (a.quantile(q) - b.quantile(q)).abs().max() < 0.03
+        assert abs(a.mean() - b.mean()) < 0.02
+    scale, aspect = ours
+    assert scale.min() >= 0.19 and scale.max() <= 1.0 and 0.45 < scale.mean() < 0.55
+    assert aspect.min() >= 0.74 and aspect.max() <= 1.35
+
+
+def test_png_and_other_formats_through_pil(photos, tmp_path):
+    src = sorted(photos.glob("*.jpg"))[0]
+    with Image.open(src) as img:
+        rgb = img.convert("RGB")
+    rgb.convert("L").save(tmp_path / "grey.png")
+    rgb.save(tmp_path / "photo.bmp")
+    rgb.save(tmp_path / "disguised.jpg", format="PNG")  # ImageNet has such files
+    for name in ("grey.png", "photo.bmp", "disguised.jpg"):
+        with Image.open(tmp_path / name) as img:
+            expected = torch.from_numpy(np.array(img.convert("RGB")))
+        assert torch.equal(read_rgb(tmp_path / name), expected), name
+    # a JPEG decodes to PIL's pixels exactly (the same libjpeg-turbo settings)
+    assert torch.equal(read_rgb(src), torch.from_numpy(np.array(rgb)))
+
+
+def test_collate_keeps_channels_last_and_counts(photos):
+    ds = pretrain_dataset([photos], 32)
+    items = [ds[i] for i in range(4)]
+    imgs, bad = collate(items)
+    assert imgs.shape == (4, 3, 32, 32) and imgs.dtype == torch.uint8
+    assert imgs.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(imgs, torch.stack([img for img, _ in items])) and bad.tolist() == [0, 0, 0, 0]
+
+
+def test_normalize_is_the_release_normalisation():
+    x = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8).permute(0, 3, 1, 2)  # channels-last
+    out = normalize(x)
+    assert out.dtype == torch.float32 and out.is_contiguous()
+    torch.testing.assert_close(out, (x.float() / 255 - MEAN) / STD, atol=1e-6, rtol=0)
+
+
+def test_loader_workers_with_collate(photos):
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(pretrain_dataset([photos], 32), batch_size=8, num_workers=2, collate_fn=collate)
+    batches = list(loader)
+    assert len(batches) == 4 and all(b[0].shape == (8, 3, 32, 32) and b[1].sum() == 0 for b in batches)
+
+
+@pytest.mark.parametrize("how", ["garbage", "truncated", "empty"])
+def test_uint8_pipeline_skips_corrupt_jpegs(photos, tmp_path, caplog, how):
+    good = _copy(photos, tmp_path / "d", ["a.jpg", "b.jpg", "d.jpg"])
+    _corrupt(tmp_path / "d" / "c.jpg", how, good[0])
+    ds = pretrain_dataset([tmp_path / "d"], 32)
+    with caplog.at_level(logging.WARNING, logger="pretrain.data"):
+        torch.manual_seed(0)
+        img, n_bad = ds[2]
+    torch.manual_seed(0)
+    assert n_bad == 1 and torch.equal(img, ds[3][0])
+    assert any("c.jpg" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
 
 
 # --- unreadable files ----------------------------------------------------------------------------

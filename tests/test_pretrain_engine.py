@@ -33,7 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 E = 8  # epochs of the resume runs (4 steps each)
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")]
 
 
 def argv(data: Path, out: Path, epochs: int, *extra: str) -> list[str]:
@@ -269,7 +270,27 @@ def test_non_finite_loss_stops_the_run(photos, tmp_path):
     assert not list(tmp_path.glob("checkpoint-*.pth"))
 
 
+def test_non_finite_loss_between_progress_lines_names_its_step(photos, tmp_path):
+    """With no progress line in between, the stop comes later but names the same first bad step."""
+    messages = []
+    for freq in ("1", "1000"):
+        with pytest.raises(NonFiniteLossError) as e:
+            train(*argv(photos, tmp_path / freq, 2, "--lr", "1e30", "--warmup-epochs", "0", "--print-freq", freq))
+        messages.append(str(e.value))
+    assert messages[0] == messages[1] and "step 0" not in messages[0], messages
+
+
 # --- command line --------------------------------------------------------------------------------
+
+def test_compile_compiles_the_model_in_place(photos, tmp_path, monkeypatch):
+    """--compile: the model's own forward is compiled (torch.compile itself is not run here: minutes on a
+    CPU); the checkpoint keeps the release's keys."""
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(type(self).__name__))
+    train(*argv(photos, tmp_path, 1, "--compile"))
+    assert compiled == ["MaskedAutoencoderViT"]
+    assert load(tmp_path / "checkpoint-0.pth")["model"].keys() == pretrain.create_model(TINY).state_dict().keys()
+
 
 def test_cli_errors(photos, tmp_path):
     """Real processes (exit status, stderr), run side by side to halve the import time."""

@@ -16,7 +16,8 @@ from bridges.segment_recipes import RECIPES, default_taps, get_recipe, scale_to_
 transformers = pytest.importorskip("transformers")
 
 from bridges.segment_data import ADE20K, reduce_zero_label, train_transform  # noqa: E402
-from bridges.segment_eval import SegMetrics, normalize, predict, slide_logits  # noqa: E402
+from bridges.segment_eval import SegMetrics, predict, slide_logits  # noqa: E402
+from pretrain.data import normalize  # noqa: E402
 from bridges.upernet import IGNORE_INDEX, convert_to_upernet, model_class, save_upernet  # noqa: E402
 from tests.conftest import TINY_MODEL  # noqa: E402
 

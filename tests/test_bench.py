@@ -1,0 +1,70 @@
+"""``lsmae bench pretrain`` and what it rests on: the analytic FLOP count, the generated JPEGs, the
+one-worker pipeline rates, and one short run of the whole benchmark on the micro model."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pretrain.bench_data import pipeline_rates, write_coco_like_jpegs
+from pretrain.flops import blocks_flops, pretrain_flops
+
+REPO = Path(__file__).resolve().parents[1]
+VIT_B, VIT_L = "mae_vit_base_patch16_dec384d12h8b", "mae_vit_large_patch16_dec512d16h8b"
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
+
+
+def test_analytic_flops_of_the_release_architectures():
+    """ViT-B at L=784, mask 0.75: encoder on 197 tokens 34.9 GFLOP, 8-block decoder on 785 tokens 29.8,
+    embeddings and prediction 0.8: 65.5 forward, x3 for training; ViT-L 173.5."""
+    b = pretrain_flops(VIT_B, 448)
+    assert (b.encoder_tokens, b.decoder_tokens) == (197, 785)
+    assert [round(x / 1e9, 1) for x in (b.encoder, b.decoder, b.embed_predict, b.forward)] == [34.9, 29.8, 0.8, 65.5]
+    assert b.train == 3 * b.forward and round(b.attention / 1e9, 1) == 9.0
+    assert round(pretrain_flops(VIT_L, 448).forward / 1e9, 1) == 173.5
+    # one block by hand: qkv 3, projection 1, MLP 2 x 4 matmuls of N x d x d, and 2 of N x N x d
+    assert blocks_flops(10, 8, 1) == (2 * 10 * 8 * 8 * 12, 2 * 2 * 10 * 10 * 8)
+    # 224 px (L=196) and a downsampled decoder: fewer tokens, convolutions counted
+    assert pretrain_flops(VIT_B, 224).encoder_tokens == 50
+    ds = pretrain_flops(VIT_B, 448, decoder_downsampling=2)
+    assert ds.decoder_tokens == 197 and ds.decoder < b.decoder and ds.embed_predict > b.embed_predict
+
+
+def test_generated_jpegs_are_coco_sized(tmp_path):
+    paths = write_coco_like_jpegs(tmp_path, 6)
+    sizes = set()
+    for p in paths:
+        with Image.open(p) as img:
+            assert img.format == "JPEG" and img.mode == "RGB"
+            sizes.add(img.size)
+    assert sizes <= {(640, 480), (480, 640)}
+
+
+def test_pipeline_rates_of_one_worker(photos):
+    rates = pipeline_rates([photos], 64, batch_size=8, rounds=1)
+    assert rates["images"] == 32 and rates["ours_images_per_s"] > 0 and rates["release_images_per_s"] > 0
+    assert rates["ratio"] == pytest.approx(rates["ours_images_per_s"] / rates["release_images_per_s"])
+
+
+def test_bench_runs_all_three_parts(tmp_path):
+    """The micro model: two configurations taking turns, the pipeline, end to end (JSON lines)."""
+    cmd = [sys.executable, "-W", "ignore", "-m", "pretrain.bench", "--model", "mae_vit_micro_patch8_dec64d4h2b",
+           "--input-size", "64", "--batch-size", "4", "--rounds", "2", "--warmup", "1", "--configs", "release,fp32",
+           "--images", "8", "--workers", "0", "--threads", "1", "--json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    records = [json.loads(line) for line in out.stdout.splitlines()]
+    steps = [r for r in records if r["part"] == "step"]
+    assert [r["config"] for r in steps] == ["release", "fp32"] and all(len(r["rounds"]) == 2 for r in steps)
+    assert steps[0]["speed_up"] == 1.0 and all(r["images_per_s"] > 0 and r["tflops"] > 0 for r in steps)
+    (flops,) = [r for r in records if r["part"] == "flops"]
+    assert flops["analytic_train"] == pretrain_flops("mae_vit_micro_patch8_dec64d4h2b", 64).train
+    assert list(flops["counted"]) == ["fp32"]  # the counter runs on this code's model, not the release's
+    (pipeline,) = [r for r in records if r["part"] == "pipeline"]
+    assert pipeline["images"] == 8
+    (e2e,) = [r for r in records if r["part"] == "end_to_end"]
+    assert e2e["config"] == "fp32" and e2e["data_images_per_s"] > 0 and e2e["workers_needed"]["ours"] >= 1
