@@ -89,3 +89,14 @@ def load_mae_weights(source: str | Path | dict[str, torch.Tensor]) -> tuple[dict
     fetched = fetch(entry.id)  # returns only a file whose digest matches expected_digest (no second hash)
     provenance = Provenance(entry.id, entry.url(), expected_digest(entry)[0] or "", entry.dataset_name, entry.epochs)
     return model_state_dict(load_checkpoint(fetched)), provenance
+
+
+def untrained_mae_weights(source: str | Path | dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Provenance]:
+    """The MAE code's own initialisation of ``source``'s architecture (seeded by the caller), with the
+    source's provenance: the from-scratch baseline differs from the pretrained run only in the weights."""
+    from pretrain.models_mae import create_model
+    from zoo.checkpoint import check_structure
+
+    sd, provenance = load_mae_weights(source)
+    info = check_structure(sd)
+    return create_model(info.model, **info.model_overrides()).state_dict(), provenance

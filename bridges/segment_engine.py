@@ -22,6 +22,7 @@ from pretrain.run_logging import setup_logging
 from pretrain.serialization import load_checkpoint
 from pretrain.trainer import LoopConfig, Progress, Trainer, precision_name, resolve_precision
 
+from .mae_weights import untrained_mae_weights
 from .segment_data import ADE20K, train_transform
 from .segment_eval import SegMetrics, predict
 from .segment_recipes import SegRecipe, get_recipe, recipe_for_depth
@@ -60,17 +61,11 @@ def build_model(args: argparse.Namespace, recipe: SegRecipe) -> tuple[Any, str]:
 
     source: Any = args.source
     if args.from_scratch:  # the source names the architecture; its weights are not used
-        from pretrain.models_mae import create_model
-        from zoo.cache import load_state_dict
-        from zoo.checkpoint import check_structure
-
-        info = check_structure(load_state_dict(args.source))
-        torch.manual_seed(args.seed)
-        source = create_model(info.model, **info.model_overrides()).state_dict()
+        source, provenance = untrained_mae_weights(args.source)
     conversion = convert_to_upernet(source, img_size=recipe.crop_size, num_labels=recipe.num_labels,
                                     block_taps=list(recipe.out_indices), drop_path=recipe.drop_path)
     if args.from_scratch:
-        conversion.model.config.lsmae = {**conversion.model.config.lsmae, "source": str(args.source),
+        conversion.model.config.lsmae = {**conversion.model.config.lsmae, **provenance.as_strings(),
                                          "init": "untrained (from scratch)"}
     return conversion.model, conversion.report()
 

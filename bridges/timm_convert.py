@@ -16,11 +16,11 @@ from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from pretrain.archs import model_config
-from pretrain.models_mae import create_model
 from pretrain.serialization import atomic_save
 from zoo.checkpoint import CheckpointInfo, check_structure
 
-from .mae_weights import ConversionError, Provenance, key_groups, load_mae_weights, merge_qv_bias
+from .mae_weights import (ConversionError, Provenance, key_groups, load_mae_weights, merge_qv_bias,
+                          untrained_mae_weights)
 
 # what a timm ViT takes from an MAE encoder (its final norm too, for cls-token pooling)
 TIMM_ENCODER_KEYS = ("cls_token", "pos_embed", "patch_embed.", "blocks.")
@@ -138,9 +138,7 @@ def create_timm_model(
     if pretrained:
         converted = convert_to_timm(source, img_size=img_size, global_pool=global_pool)
     else:  # the source only names the architecture and provenance: its weights are not converted
-        sd, provenance = load_mae_weights(source)
-        info = check_structure(sd)
-        untrained = create_model(info.model, **info.model_overrides()).state_dict()
+        untrained, provenance = untrained_mae_weights(source)
         converted = convert_to_timm(untrained, img_size=img_size, global_pool=global_pool)
         converted.provenance, converted.init = provenance, "untrained (from scratch)"
     name, arch_kwargs = converted.timm_model, converted.timm_kwargs
