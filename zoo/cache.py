@@ -267,17 +267,26 @@ def _verify_download(entry: Entry, url: str, part: Path, digest: str, sha256: st
         raise type(e)(f"download of {url} rejected, nothing was cached: {reason}") from None
 
 
-def load_state_dict(id_or_path: str | Path, **fetch_kwargs: Any) -> dict[str, Any]:
-    """Verified MAE weights of a zoo entry id or of a local source (checkpoint file, transformers folder)."""
-    from .checkpoint import check_structure, load_checkpoint, local_source, model_state_dict, read_checkpoint
+def load_verified(id_or_path: str | Path, **fetch_kwargs: Any) -> tuple[dict[str, Any], Any]:
+    """MAE weights of a zoo entry id or of a local source (checkpoint file, transformers folder) and their
+    ``CheckpointInfo``, the structure checked once: here for a local source, when its digest was
+    pinned for a zoo entry (``fetch`` only returns files whose digest matches that pin)."""
+    from .checkpoint import check_structure, describe, load_checkpoint, local_source, model_state_dict, read_checkpoint
 
     path = local_source(id_or_path)
     if path is not None:
         sd = model_state_dict(read_checkpoint(path))
-        check_structure(sd)
-        return sd
-    # fetch only returns files whose digest matches one pinned after a structural check
-    return model_state_dict(load_checkpoint(fetch(str(id_or_path), **fetch_kwargs)))
+        return sd, check_structure(sd)
+    entry = get_entry(str(id_or_path))
+    sd = model_state_dict(load_checkpoint(fetch(entry.id, **fetch_kwargs)))
+    info = describe(sd)
+    info.model = entry.model
+    return sd, info
+
+
+def load_state_dict(id_or_path: str | Path, **fetch_kwargs: Any) -> dict[str, Any]:
+    """Verified MAE weights of a zoo entry id or of a local source (checkpoint file, transformers folder)."""
+    return load_verified(id_or_path, **fetch_kwargs)[0]
 
 
 def cached_entries() -> list[tuple[Entry, Path]]:
