@@ -34,8 +34,8 @@ import torch
 
 from pretrain.errors import CheckpointError, LsmaeError
 from pretrain.pos_embed import grid_size_of
-from zoo.checkpoint import check_structure, load_checkpoint, local_source, model_state_dict, read_checkpoint
-from zoo.registry import UnknownEntryError, get_entry
+from zoo.checkpoint import check_structure, load_checkpoint, model_state_dict, read_checkpoint
+from zoo.registry import UnknownEntryError, get_entry, local_source
 
 from .detect_args import DETECTRON2_INSTALL, DetectError, resolve_config
 from .vitdet_convert import BACKBONE_PREFIX, check_load_contract, convert_to_vitdet, save_vitdet

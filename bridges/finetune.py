@@ -43,18 +43,11 @@ LINPROBE_HEAD_INIT_STD = 0.01  # main_linprobe.py
 
 # --------------------------------------------------------------------------- recipe
 def _source_width(source: str) -> int | None:
-    """The encoder width of a zoo id or local source (checkpoint file, transformers folder), cheaply (None if
-    it cannot be told: the conversion then reports the problem)."""
+    """The encoder width of SOURCE, cheaply (None if it cannot be told: the conversion then reports the problem)."""
+    from zoo.registry import encoder_size
+
     try:
-        from zoo.checkpoint import local_source, model_state_dict, read_checkpoint
-
-        path = local_source(source)
-        if path is not None:
-            return int(model_state_dict(read_checkpoint(path))["cls_token"].shape[-1])
-        from pretrain import model_config
-        from zoo.registry import get_entry
-
-        return int(model_config(get_entry(source).model)["embed_dim"])
+        return encoder_size(source)[0]
     except Exception:  # noqa: BLE001 - create_timm_model gives the real error
         return None
 

@@ -24,7 +24,8 @@ from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from pretrain.archs import MLP_RATIO, model_config
-from zoo.checkpoint import CheckpointInfo, check_structure, local_source
+from zoo.checkpoint import CheckpointInfo, check_structure
+from zoo.registry import local_source
 from zoo.hf_folder import PROVENANCE_KEY
 from zoo.registry import Entry, get_entry, license_url
 

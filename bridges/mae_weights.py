@@ -9,8 +9,8 @@ import torch
 
 from pretrain.errors import LsmaeError
 from zoo.cache import expected_digest, fetch, sha256_file
-from zoo.checkpoint import load_checkpoint, local_source, model_state_dict, read_checkpoint, weights_file
-from zoo.registry import UnknownEntryError, get_entry
+from zoo.checkpoint import load_checkpoint, model_state_dict, read_checkpoint, weights_file
+from zoo.registry import UnknownEntryError, get_entry, local_source
 
 
 class ConversionError(LsmaeError):

@@ -18,19 +18,6 @@ from .segment_recipes import SegRecipe, get_recipe, plan, recipe_for_depth, scal
 
 
 # --------------------------------------------------------------------------- the plan
-def _source_depth(source: str) -> int | None:
-    """The encoder depth of a zoo id (from the registry, no download) or of a checkpoint file."""
-    from pretrain.archs import model_config
-    from zoo.registry import get_entry
-
-    from zoo.checkpoint import describe, local_source, model_state_dict, read_checkpoint
-
-    path = local_source(source)
-    if path is not None:
-        return describe(model_state_dict(read_checkpoint(path))).depth
-    return model_config(get_entry(source).model)["depth"]
-
-
 def resolve_recipe(args: argparse.Namespace) -> SegRecipe:
     """The recipe named by --config (or chosen by the encoder's depth), scaled to --batch-size, with
     the explicit --max-iter / --eval-period / --checkpoint-period applied last."""
@@ -39,7 +26,9 @@ def resolve_recipe(args: argparse.Namespace) -> SegRecipe:
     if args.config is None:
         if args.source is None:
             raise LsmaeError("name SOURCE (a zoo id or an MAE checkpoint) or --eval-only MODEL_DIR")
-        depth = _source_depth(args.source)
+        from zoo.registry import encoder_size
+
+        depth = encoder_size(args.source)[1]
         args.config = recipe_for_depth(depth)
         if args.config is None:
             raise LsmaeError(f"no recipe for a {depth}-block encoder: name one with --config")

@@ -29,7 +29,7 @@ import filelock
 from pretrain.errors import LsmaeError
 
 from . import settings
-from .registry import Entry, entries, get_entry, license_url
+from .registry import Entry, entries, get_entry, license_url, local_source
 from .settings import CHUNK_SIZE, FINGERPRINT_FILE, PINS_FILE, cache_root
 
 
@@ -271,7 +271,7 @@ def load_verified(id_or_path: str | Path, **fetch_kwargs: Any) -> tuple[dict[str
     """MAE weights of a zoo entry id or of a local source (checkpoint file, transformers folder) and their
     ``CheckpointInfo``, the structure checked once: here for a local source, when its digest was
     pinned for a zoo entry (``fetch`` only returns files whose digest matches that pin)."""
-    from .checkpoint import check_structure, describe, load_checkpoint, local_source, model_state_dict, read_checkpoint
+    from .checkpoint import check_structure, describe, load_checkpoint, model_state_dict, read_checkpoint
 
     path = local_source(id_or_path)
     if path is not None:

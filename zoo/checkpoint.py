@@ -24,15 +24,8 @@ from .hf_folder import read_safetensors_source, weights_file
 # the keys of an encoder-only MAE checkpoint (the decoder and mask token dropped)
 ENCODER_ONLY_PREFIXES = ("cls_token", "pos_embed", "patch_embed.", "blocks.", "norm.")
 __all__ = ["CheckpointError", "CheckpointInfo", "VerificationError", "check_structure", "describe",
-           "expected_shapes", "load_checkpoint", "local_source", "model_state_dict", "read_checkpoint",
+           "expected_shapes", "load_checkpoint", "model_state_dict", "read_checkpoint",
            "weights_file"]
-
-
-def local_source(source: str | Path) -> Path | None:
-    """``source`` as a local path when one exists (a file or a transformers folder), else None (a zoo id):
-    a path wins over a zoo id spelled the same."""
-    path = Path(source).expanduser()
-    return path if path.exists() else None
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from pretrain.archs import num_weights
 from pretrain.errors import CheckpointError, LsmaeError
 
 from . import cache
-from .registry import Entry, entries, get_entry
+from .registry import Entry, entries, get_entry, local_source
 
 
 def _human(n: float) -> str:
@@ -101,7 +101,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 def verify(target: str) -> str:
     """Check a cached entry (hashed again, then its structure) or a local source: a checkpoint file or
     transformers folder (structure); returns the one-line verdict, raises on a problem."""
-    from .checkpoint import (check_structure, load_checkpoint, local_source, model_state_dict, read_checkpoint,
+    from .checkpoint import (check_structure, load_checkpoint, model_state_dict, read_checkpoint,
                              weights_file)
 
     path = local_source(target)

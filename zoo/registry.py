@@ -7,6 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from pretrain.archs import model_config
 from pretrain.errors import LsmaeError
 
 from . import settings
@@ -120,3 +121,23 @@ def get_entry(entry_id: str) -> Entry:
             f"use {e.id!r}. (The ImageNet-1k {epochs}-epoch file has the same basename: {arch}/in1k/{epochs}.)"
         )
     raise UnknownEntryError(f"unknown checkpoint id {entry_id!r}; valid ids: {_valid_ids()}")
+
+
+def local_source(source: str | Path) -> Path | None:
+    """``source`` as a local path when one exists (a file or a transformers folder), else None (a zoo id):
+    a path wins over a zoo id spelled the same."""
+    path = Path(source).expanduser()
+    return path if path.exists() else None
+
+
+def encoder_size(source: str | Path) -> tuple[int, int]:
+    """(width, depth) of the encoder of a zoo id (from the registry: nothing is fetched, no torch) or of
+    a local source (its shapes), for choosing a recipe before anything is converted."""
+    path = local_source(source)
+    if path is None:
+        cfg = model_config(get_entry(str(source)).model)
+        return cfg["embed_dim"], cfg["depth"]
+    from .checkpoint import describe, model_state_dict, read_checkpoint
+
+    info = describe(model_state_dict(read_checkpoint(path)))
+    return info.embed_dim, info.depth
