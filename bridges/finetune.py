@@ -211,7 +211,7 @@ def make_optimizer(model: nn.Module, args: argparse.Namespace, mode: str, backen
     if mode == "finetune":
         return create_optimizer_v2(model, "adamw", lr=args.lr, weight_decay=args.weight_decay,
                                    layer_decay=args.layer_decay,
-                                   **({"fused": True} if backend.name in ("cuda", "cpu") else {}))
+                                   **backend.optimizer_options())
     # MAE's LARS: trust ratio (and weight decay) on the weight, always; plain momentum SGD on the bias
     head = model.head[1]
     return Lars([{"params": [head.weight], "always_adapt": True},

@@ -40,6 +40,8 @@ DATA holds ImageFolder splits DATA/train/CLASS/*.jpg and DATA/val/CLASS/*.jpg.
 Runs resume by default (--resume auto) from OUTPUT_DIR/last.pth: rerun the same command.
 """
 
+DEVICE_HELP = "default: cuda when available, else cpu (on TPUs, through XLA, only pretraining runs)"
+
 
 # --------------------------------------------------------------------------- command line
 def add_arguments(p: argparse.ArgumentParser, mode: str = "finetune") -> None:
@@ -99,7 +101,7 @@ def add_arguments(p: argparse.ArgumentParser, mode: str = "finetune") -> None:
     g.add_argument("--seed", type=int, default=0)
 
     g = p.add_argument_group("run")
-    g.add_argument("--device", choices=["cuda", "cpu"], default=None, help="default: cuda when available, else cpu")
+    g.add_argument("--device", choices=["cuda", "cpu"], default=None, help=DEVICE_HELP)
     g.add_argument("--output-dir", default=f"runs/{mode}", help="checkpoints and logs (default %(default)s)")
     g.add_argument("--resume", default="auto",
                    help="'auto' (OUTPUT_DIR/last.pth if there is one), a checkpoint path, or '' to start fresh")
@@ -112,7 +114,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="per-device batch (default %(default)s)")
     p.add_argument("--num-workers", type=int, default=min(10, os.cpu_count() or 1))
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
-    p.add_argument("--device", choices=["cuda", "cpu"], default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--device", choices=["cuda", "cpu"], default=None, help=DEVICE_HELP)
 
 
 def build_parser(mode: str = "finetune") -> argparse.ArgumentParser:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from .finetune_args import DEVICE_HELP
 from .segment_recipes import RECIPES
 
 DESCRIPTION = ("Fine-tune a long-seq MAE encoder as UperNet semantic segmentation on ADE20K (transformers' BEiT "
@@ -44,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aug-test", action="store_true", help="evaluate at scales 0.5..1.75 with flips")
     p.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit (no data, no weights)")
     p.add_argument("--json", action="store_true", help="with --dry-run: the plan as one JSON object")
-    p.add_argument("--device", choices=["cuda", "cpu"], default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--device", choices=["cuda", "cpu"], default=None, help=DEVICE_HELP)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="autocast dtype; auto = bf16 where supported, else fp16 on GPUs and fp32 on CPUs")
     p.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1),

@@ -90,7 +90,7 @@ def evaluate(model: Any, data_path: str | Path, recipe: SegRecipe, backend: Any,
             pred = predict(logits_of, image.to(backend.device), recipe, label.shape, aug_test)
             metrics.add(pred, label.to(backend.device))
     model.train(was_training)
-    total = backend.all_reduce_mean(metrics.as_tensor()) * backend.world_size
+    total = backend.all_reduce_sum(metrics.as_tensor())
     return {**SegMetrics.from_tensor(total).summary(), "images": len(dataset)}
 
 

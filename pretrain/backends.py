@@ -1,13 +1,20 @@
-"""The few places where CUDA/CPU (torchrun, DDP) and TPU (torch_xla, PJRT) training differ.
+"""The few places where CUDA/CPU (torchrun, DDP) and TPU (torch_xla SPMD) training differ.
 
 The training loop (:mod:`pretrain.trainer`) calls these methods and nothing device-specific;
 torch_xla is imported only when the XLA backend is built.
+
+Counting: ``world_size`` is the number of data-parallel devices (the batch arithmetic counts
+them), ``num_processes`` the processes that load data (the sampler splits the data set over them)
+and ``local_devices`` the devices one process feeds (its loader batch is ``batch x local_devices``).
+Under torchrun each process has one device; under SPMD one process per host feeds all of its
+devices.
 """
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +52,7 @@ class TorchBackend:
         self.name = device
         self.world_size = int(os.environ.get("WORLD_SIZE", 1))
         self.rank = int(os.environ.get("RANK", 0))
+        self.num_processes, self.local_devices = self.world_size, 1
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         if device == "cuda":
             if not torch.cuda.is_available():
@@ -80,9 +88,6 @@ class TorchBackend:
         for batch in loader:
             yield [t.to(self.device, non_blocking=True) if torch.is_tensor(t) else t for t in batch]
 
-    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        optimizer.step()
-
     def backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
                           scaler: torch.amp.GradScaler | None, accum: int, update_now: bool) -> None:
         """Backward of ``loss / accum`` (scaled for fp16) and, on an update step, the optimizer step."""
@@ -93,8 +98,23 @@ class TorchBackend:
                 scaler.step(optimizer)
                 scaler.update()
             else:
-                self.optimizer_step(optimizer)
+                optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+
+    def optimizer_options(self) -> dict[str, Any]:
+        """Options for the AdamW of this backend (fused kernels where torch has them)."""
+        return {"fused": True}
+
+    def shard_rows(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A whole batch already on the device, split by rows over the devices (XLA only)."""
+        return tensor
+
+    def peak_memory_bytes(self) -> int | None:
+        """The device's peak memory use, where it reports one."""
+        return torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
+
+    def place_lr(self, optimizer: torch.optim.Optimizer) -> None:
+        """After the scheduler set this update's learning rates (floats): put them where the step reads them."""
 
     def mark_step(self) -> None:
         """End of a training step (XLA cuts its graph here)."""
@@ -103,12 +123,20 @@ class TorchBackend:
         """Run ``fn(*args)`` once the step's tensors are computed (immediately here)."""
         fn(*args)
 
-    def all_reduce_mean(self, value: torch.Tensor) -> torch.Tensor:
-        if self.world_size > 1:
+    def all_reduce_sum(self, value: torch.Tensor) -> torch.Tensor:
+        """The sum over processes of a per-process value."""
+        if self.num_processes > 1:
             value = value.detach().clone()
             dist.all_reduce(value)
-            value /= self.world_size
         return value
+
+    def all_reduce_mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean over processes of a per-process value (each process's mean over its batches)."""
+        return self.all_reduce_sum(value) / self.num_processes if self.num_processes > 1 else value
+
+    def diagnostics(self) -> dict[str, Any]:
+        """Counters worth a place in each progress record (XLA: compilations so far)."""
+        return {}
 
     def save(self, obj: Any, path: Path) -> None:
         if self.is_main:
@@ -116,7 +144,7 @@ class TorchBackend:
         self.barrier()
 
     def barrier(self) -> None:
-        if self.world_size > 1:
+        if self.num_processes > 1:
             dist.barrier()
 
     def generator(self, seed: int) -> torch.Generator:
@@ -128,39 +156,90 @@ class TorchBackend:
 
     def shutdown(self) -> None:
         """End the process group this run joined (torchrun), so that the process exits cleanly."""
-        if self.world_size > 1 and dist.is_initialized():
+        if self.num_processes > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
+MIN_LR_XLA = 1e-30  # smallest learning rate on XLA (see XLABackend.place_lr)
+
+
 class XLABackend(TorchBackend):
-    """TPU (or XLA:CPU) through torch_xla's PJRT runtime; one process per device via torch_xla.launch."""
+    """TPU (or XLA:CPU) through torch_xla's PJRT runtime in SPMD mode: one process per host drives
+    every device the runtime reports. Batches are sharded over the ``data`` axis of a device mesh,
+    parameters and optimizer state are replicated, and the compiler inserts the gradient reduction,
+    so the optimizer steps plainly. Values computed in the step (the loss, counters) are global."""
 
     def __init__(self) -> None:
         torch_xla = import_torch_xla()
+        import numpy as np
         import torch_xla.core.xla_model as xm
+        import torch_xla.debug.metrics as metrics
         import torch_xla.distributed.parallel_loader as pl
+        import torch_xla.distributed.spmd as xs
         import torch_xla.runtime as xr
 
-        self._torch_xla, self._xm, self._pl = torch_xla, xm, pl
+        xr.use_spmd()  # before any tensor is placed on a device
+        self._torch_xla, self._xm, self._pl, self._xs, self._metrics = torch_xla, xm, pl, xs, metrics
         self.name = "xla"
         self.device = torch_xla.device()
-        self.world_size = xr.world_size()
-        self.rank = xr.global_ordinal()
+        self.world_size = xr.global_runtime_device_count()
+        self.num_processes, self.rank = xr.process_count(), xr.process_index()
+        self.local_devices = xr.addressable_runtime_device_count()
+        # one axis: data parallelism only (a 1-D tensor cannot be sharded on a (n, 1) mesh in torch_xla 2.9)
+        self.mesh = xs.Mesh(np.arange(self.world_size), (self.world_size,), ("data",))
+        if self.num_processes > 1 and not dist.is_initialized():
+            import torch_xla.distributed.xla_backend  # noqa: F401  (registers the xla:// rendezvous)
+
+            # a CPU process group for barriers between hosts; the step's collectives are the compiler's
+            dist.init_process_group("gloo", init_method="xla://")
 
     def autocast(self, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
         return torch.autocast("xla", dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
     def wrap_model(self, model: nn.Module) -> nn.Module:
-        return model  # xm.optimizer_step all-reduces the gradients
+        return model  # replicated parameters; the compiler reduces the gradients
 
     def no_sync(self, model: nn.Module, skip: bool) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
 
-    def device_loader(self, loader: Iterable) -> Iterator:
-        return iter(self._pl.MpDeviceLoader(loader, self.device))
+    def batch_sharding(self, ndim: int, minibatch: bool = True) -> Any:
+        """Dimension 0 split over the ``data`` axis; ``minibatch``: each host holds only its rows."""
+        return self._xs.ShardingSpec(self.mesh, ("data",) + (None,) * (ndim - 1), minibatch=minibatch)
 
-    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        self._xm.optimizer_step(optimizer)
+    def shard_rows(self, tensor: torch.Tensor) -> torch.Tensor:
+        # the tensor holds every row (one host: the bench); across hosts batches go through device_loader
+        self._xs.mark_sharding(tensor, self.mesh, ("data",) + (None,) * (tensor.dim() - 1))
+        return tensor
+
+    def peak_memory_bytes(self) -> int | None:
+        try:  # TPUs report it; XLA:CPU does not
+            return int(self._xm.get_memory_info(self.device)["peak_bytes_used"])
+        except (RuntimeError, KeyError, TypeError):
+            return None
+
+    def device_loader(self, loader: Iterable[Mapping[str, torch.Tensor]]) -> Iterator:
+        """Batches are dicts of host-local tensors, rows first; each is sharded by its dimension 0
+        over the devices of every host (torch_xla's MpDeviceLoader with an input sharding)."""
+        batches = iter(loader)
+        first = next(batches, None)
+        if first is None:
+            return iter(())
+        if not isinstance(first, Mapping):
+            raise LsmaeError("--device xla: this task's batches are not dicts of tensors (only pretraining "
+                             "runs on XLA)")
+        sharding = {key: self.batch_sharding(t.dim()) for key, t in first.items()}
+        return iter(self._pl.MpDeviceLoader(itertools.chain([first], batches), self.device, input_sharding=sharding))
+
+    def optimizer_options(self) -> dict[str, Any]:
+        # bias corrections computed on the device: as Python floats they change the graph once they round to 1
+        return {"capturable": True}
+
+    def place_lr(self, optimizer: torch.optim.Optimizer) -> None:
+        # device data, not a constant of the graph: a float learning rate recompiles the step when it, or
+        # 1 - lr * weight_decay in float32, reaches a value XLA folds (0, 1). Capturable AdamW divides by
+        # the step size, so an lr of 0 (the warmup's start) would give NaN: MIN_LR_XLA moves nothing.
+        for group in optimizer.param_groups:
+            group["lr"] = torch.tensor(max(float(group["lr"]), MIN_LR_XLA)).to(self.device)
 
     def mark_step(self) -> None:
         self._torch_xla.sync()
@@ -168,24 +247,26 @@ class XLABackend(TorchBackend):
     def on_step_end(self, fn: Callable[..., None], *args: Any) -> None:
         self._xm.add_step_closure(fn, args)
 
+    def all_reduce_sum(self, value: torch.Tensor) -> torch.Tensor:
+        return value  # already a sum over the global batch
+
     def all_reduce_mean(self, value: torch.Tensor) -> torch.Tensor:
-        return self._xm.all_reduce(self._xm.REDUCE_SUM, value, scale=1.0 / self.world_size) \
-            if self.world_size > 1 else value
+        return value  # already a mean over the global batch
+
+    def diagnostics(self) -> dict[str, Any]:
+        compiled = self._metrics.metric_data("CompileTime")
+        return {"xla_compilations": compiled[0] if compiled else 0}
 
     def save(self, obj: Any, path: Path) -> None:
-        # xm.save moves tensors to the CPU and writes on the master ordinal only
-        tmp = path.with_name(f".{path.name}.tmp")
-        self._xm.save(obj, str(tmp))
+        """Process 0 writes a CPU copy of the (replicated) tensors."""
         if self.is_main:
-            os.replace(tmp, path)
+            from torch.utils._pytree import tree_map_only
+
+            atomic_save(tree_map_only(torch.Tensor, lambda t: t.cpu(), obj), path)
         self.barrier()
 
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            self._xm.rendezvous("lsmae-barrier")
-
     def generator(self, seed: int) -> torch.Generator:
-        return torch.Generator().manual_seed(seed)  # masks are sampled on the host, then moved
+        return torch.Generator().manual_seed(seed)  # torch_xla has no device generator
 
     def synchronize(self) -> None:
         self._xm.wait_device_ops()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,18 +15,27 @@ from timm.optim import create_optimizer_v2
 from .backends import TorchBackend
 from .checkpoints import checkpoint_path, json_safe_args, load_training_checkpoint, newest_checkpoint
 from .data import collate, normalize, pretrain_dataset
-from .masking import block_mask_indices
+from .masking import block_mask_indices, host_block_masks
 from .models_mae import MaskedAutoencoderViT, create_model
 from .run_logging import setup_logging
-from .trainer import LoopConfig, Progress, Trainer, precision_name, resolve_batch, resolve_precision
+from .trainer import (LoopConfig, Progress, Trainer, position_seed, precision_name, resolve_batch,
+                      resolve_precision)
 
 log = logging.getLogger("pretrain")
+
+
+MASK_STREAM = 0x6D61736B  # mixed into a position's seed for its masks: a stream apart from the augmentation's
 
 
 class MaskedPretraining:
     """Reconstruction loss of block-masked images; each epoch reports its mean loss and the
     unreadable images it skipped, and saves ``checkpoint-{epoch}.pth``. Batches arrive as uint8
-    and are normalised on the device; nothing in a step waits for the device."""
+    and are normalised on the device; nothing in a step waits for the device.
+
+    Masks are drawn on the device from the loop's generator, except on XLA (no device generator):
+    there :meth:`host_inputs` draws them on the host, for the global batch, from the batch's
+    position, so that they do not depend on the number of devices or hosts, and a resumed run
+    draws the same ones."""
 
     def __init__(self, model: MaskedAutoencoderViT, args: argparse.Namespace, backend: TorchBackend,
                  dtype: torch.dtype | None) -> None:
@@ -34,18 +44,31 @@ class MaskedPretraining:
         self.grid = args.input_size // model.patch_size
         self.skipped = torch.zeros((), dtype=torch.long, device=backend.device)
 
-    def forward_loss(self, batch: Sequence[Any], generator: torch.Generator) -> torch.Tensor:
+    def host_inputs(self, batch: Sequence[torch.Tensor], epoch: int, index: int) -> Any:
+        if self.backend.name != "xla":
+            return batch
         imgs, n_bad = batch
-        ids_keep, ids_restore = block_mask_indices(imgs.shape[0], self.grid, self.args.mask_ratio,
-                                                   self.args.mask_downsampling, generator=generator,
-                                                   device=generator.device)
+        seed = position_seed(self.args.seed, epoch, 0, index) ^ MASK_STREAM
+        ids_keep, ids_restore = host_block_masks(imgs.shape[0], self.backend.num_processes, self.backend.rank,
+                                                 self.grid, self.args.mask_ratio, self.args.mask_downsampling, seed)
+        return {"images": imgs, "skipped": n_bad, "ids_keep": ids_keep, "ids_restore": ids_restore}
+
+    def forward_loss(self, batch: Sequence[Any] | Mapping[str, torch.Tensor],
+                     generator: torch.Generator) -> torch.Tensor:
+        if isinstance(batch, Mapping):  # masks drawn by host_inputs
+            imgs, n_bad, ids_keep, ids_restore = (batch[k] for k in ("images", "skipped", "ids_keep", "ids_restore"))
+        else:
+            imgs, n_bad = batch
+            ids_keep, ids_restore = block_mask_indices(imgs.shape[0], self.grid, self.args.mask_ratio,
+                                                       self.args.mask_downsampling, generator=generator,
+                                                       device=generator.device)
         self.skipped += n_bad.sum()
         imgs = normalize(imgs)
         with self.backend.autocast(self.dtype):
-            return self.model(imgs, ids_keep.to(self.backend.device), ids_restore.to(self.backend.device))[0]
+            return self.model(imgs, ids_keep, ids_restore)[0]
 
     def evaluate(self, at: Progress, train_loss: float) -> dict[str, Any]:
-        n_skipped = int(self.backend.all_reduce_mean(self.skipped.float()).item() * self.backend.world_size)
+        n_skipped = int(self.backend.all_reduce_sum(self.skipped).item())
         self.skipped.zero_()
         log.info("epoch %d/%d done: mean loss %.4f%s", at.epoch, self.args.epochs, train_loss,
                  f", {n_skipped} unreadable images skipped (see warnings)" if n_skipped else "")
@@ -75,9 +98,12 @@ def train(args: argparse.Namespace, backend: TorchBackend) -> Path:
     if args.compile:
         model.compile()  # in place: the state dict keeps its keys
     optimizer = create_optimizer_v2(model, "adamw", lr=lr, weight_decay=args.weight_decay, betas=(0.9, 0.95),
-                                    **({"fused": True} if backend.name in ("cuda", "cpu") else {}))
+                                    **backend.optimizer_options())
+    # --num-workers counts per device; a process feeding several devices (SPMD) loads for all of them
+    workers = min(args.num_workers * backend.local_devices, os.cpu_count() or 1) if backend.local_devices > 1 \
+        else args.num_workers
     trainer = Trainer(
-        backend, optimizer, dataset, batch=batch, accum=accum, num_workers=args.num_workers, dtype=dtype,
+        backend, optimizer, dataset, batch=batch, accum=accum, num_workers=workers, dtype=dtype,
         collate_fn=collate,
         config=LoopConfig(seed=args.seed, min_lr=args.min_lr, print_freq=args.print_freq, epochs=args.epochs,
                           warmup=args.warmup_epochs, ckpt_every=args.ckpt_interval),
@@ -92,8 +118,10 @@ def train(args: argparse.Namespace, backend: TorchBackend) -> Path:
         model.load_state_dict(ckpt["model"])
         trainer.resume(ckpt)
         log.info("resumed from %s (epoch %d done)", path, ckpt["epoch"])
-    log.info("%s: %d images x %d repeat, %d devices x batch %d x %d accumulation = %d per update, lr %.3g, "
-             "precision %s, %d steps/epoch", args.model, len(dataset.files), args.repeat, backend.world_size, batch,
-             accum, batch * accum * backend.world_size, lr, precision_name(dtype), trainer.steps_per_epoch)
+    feeding = f" ({backend.num_processes} process{'es' if backend.num_processes > 1 else ''} x " \
+              f"{backend.local_devices}, {workers} loader workers per process)" if backend.local_devices > 1 else ""
+    log.info("%s: %d images x %d repeat, %d devices%s x batch %d x %d accumulation = %d per update, lr %.3g, "
+             "precision %s, %d steps/epoch", args.model, len(dataset.files), args.repeat, backend.world_size, feeding,
+             batch, accum, batch * accum * backend.world_size, lr, precision_name(dtype), trainer.steps_per_epoch)
     trainer.fit(MaskedPretraining(model, args, backend, dtype))
     return checkpoint_path(output_dir, trainer.progress.epoch - 1)

@@ -18,7 +18,8 @@ examples:
   # COCO train2017 + unlabeled2017 repeated 5x ("dup5")
   torchrun --nproc_per_node 8 -m pretrain --data-path /data/coco/train2017 /data/coco/unlabeled2017 \\
       --repeat 5 --epochs 800 --output-dir runs/vitb_coco
-  # a TPU VM (one process per chip is spawned by torch_xla)
+  # a TPU VM, or every host of a pod: one process per host drives all of its TPU devices (SPMD,
+  # the batch sharded over them); --batch-size counts per device
   PJRT_DEVICE=TPU lsmae pretrain --device xla --data-path /data/imagenet ...
 Runs resume with --resume auto (the default) from the newest checkpoint in --output-dir.
 """
@@ -47,7 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--repeat", type=int, default=1, help="repeat the data set N times per epoch (COCO: 5)")
     g.add_argument("--min-crop-scale", type=float, default=0.2, help="RandomResizedCrop lower scale (default 0.2)")
     g.add_argument("--num-workers", type=int, default=min(10, os.cpu_count() or 1),
-                   help="data loader processes per device (default %(default)s)")
+                   help="data loader processes per device (default %(default)s; on XLA a host's process runs this "
+                        "many per device it drives, up to its CPU count)")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=800)
@@ -55,7 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--effective-batch-size", type=int, default=4096,
                    help="images per optimizer update over all devices (default %(default)s)")
     g.add_argument("--batch-size", type=int, default=None,
-                   help="per-device batch; inferred from the effective batch when omitted")
+                   help="per-device batch (effective = per-device x devices x accumulation); inferred from the "
+                        "effective batch when omitted")
     g.add_argument("--accum-iter", type=int, default=None, help="gradient accumulation steps (inferred if omitted)")
     g.add_argument("--blr", type=float, default=1.5e-4, help="base lr: lr = blr * effective batch / 256")
     g.add_argument("--lr", type=float, default=None, help="absolute lr (overrides --blr)")
@@ -68,7 +71,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("run")
     g.add_argument("--device", choices=["cuda", "cpu", "xla"], default=None,
-                   help="default: cuda when available, else cpu")
+                   help="default: cuda when available, else cpu; xla: TPU (or XLA:CPU) through torch_xla, data "
+                        "parallel over every device the runtime reports (SPMD)")
     g.add_argument("--output-dir", default="runs/pretrain", help="checkpoints and logs (default %(default)s)")
     g.add_argument("--resume", default="auto",
                    help="'auto' (newest valid checkpoint in --output-dir), a checkpoint path, or '' to start fresh")
@@ -83,23 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _xla_worker(index: int, args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace) -> None:
+    """Train on the chosen backend (XLA: this process drives every device of its host, SPMD)."""
     from .backends import make_backend
     from .engine import train
 
-    train(args, make_backend("xla"))
-
-
-def run(args: argparse.Namespace) -> None:
-    """Train on the chosen backend; for XLA, spawn one process per device through PJRT."""
-    from .backends import import_torch_xla, make_backend
-    from .engine import train
-
-    if args.device == "xla":
-        # only import here: the spawned workers, not this process, must own the TPU devices
-        import_torch_xla().launch(_xla_worker, args=(args,))
-        return
-    train(args, make_backend(args.device))
+    backend = make_backend(args.device)
+    try:
+        train(args, backend)
+    finally:
+        backend.shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,3 +73,24 @@ def block_mask_noise(
     """
     _, ids_restore = block_mask_indices(batch_size, grid_size, mask_ratio, downsampling, generator, device)
     return ids_restore.to(torch.float32) / ids_restore.shape[1]
+
+
+def host_block_masks(
+    rows: int,
+    processes: int,
+    process_index: int,
+    grid_size: int,
+    mask_ratio: float,
+    downsampling: int,
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One process's rows of a global batch's masks, drawn on the host from ``seed`` alone.
+
+    Every process draws the masks of all ``rows x processes`` images and keeps its own ``rows``
+    (process ``i`` holds global rows ``i * rows`` on), so the masks of an image depend on its place
+    in the global batch and on ``seed``, not on how many hosts or devices share the batch.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    ids_keep, ids_restore = block_mask_indices(rows * processes, grid_size, mask_ratio, downsampling, generator)
+    mine = slice(process_index * rows, (process_index + 1) * rows)
+    return ids_keep[mine], ids_restore[mine]

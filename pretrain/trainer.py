@@ -77,11 +77,16 @@ def resolve_batch(effective: int, batch: int | None, accum: int | None, world: i
     return batch, accum
 
 
+def position_seed(seed: int, epoch: int, rank: int, batch: int = 0) -> int:
+    """The seed of a position in a run: (seed, epoch, rank) and, in mid-epoch, the batches consumed."""
+    return (seed * 1_000_003 + epoch * 1_009 + rank + batch * 2_147_483_647) % 2**63
+
+
 def seed_epoch(seed: int, epoch: int, rank: int, batch: int = 0) -> int:
-    """Seed torch, numpy and random (timm's mixup uses numpy) from (seed, epoch, rank) and, in
-    mid-epoch, the batches consumed, only: a resumed run replays exactly. Returns the seed for the
-    epoch's other generators."""
-    s = (seed * 1_000_003 + epoch * 1_009 + rank + batch * 2_147_483_647) % 2**63
+    """Seed torch, numpy and random (timm's mixup uses numpy) from the position only
+    (:func:`position_seed`): a resumed run replays exactly. Returns the seed for the epoch's other
+    generators."""
+    s = position_seed(seed, epoch, rank, batch)
     torch.manual_seed(s)
     np.random.seed(s % 2**32)
     random.seed(s)
@@ -148,6 +153,11 @@ class Task(Protocol):
     def checkpoint_extra(self, at: Progress) -> dict[str, Any]:
         """The task's entries of that checkpoint (the weights, the arguments...; main process only)."""
 
+    # Optional: ``host_inputs(batch, epoch, index) -> batch``, called in the main process for each
+    # batch as the loader hands it over (``index``: its position in the epoch), before it goes to the
+    # device; on XLA it must return a dict of tensors, rows first (see ``device_loader``). It may run
+    # ahead of the step (a prefetching thread), so it may depend on nothing but its arguments.
+
 
 class _LossWatch:
     """The first non-finite loss, kept on the device: reading it on the host stalls the device
@@ -189,9 +199,11 @@ class Trainer:
         self.backend, self.optimizer, self.config, self.log = backend, optimizer, config, log
         self.batch_size, self.accum, self.stop_hint = batch, accum, stop_hint
         self.output_dir = Path(output_dir)
-        self.sampler = DistributedSampler(dataset, num_replicas=backend.world_size, rank=backend.rank,
+        # the data is split over the processes; each loads the rows of the devices it feeds
+        self.sampler = DistributedSampler(dataset, num_replicas=backend.num_processes, rank=backend.rank,
                                           shuffle=True, seed=config.seed, drop_last=True)
-        self.loader = DataLoader(dataset, batch_size=batch, sampler=self.sampler, num_workers=num_workers,
+        self.loader = DataLoader(dataset, batch_size=batch * backend.local_devices, sampler=self.sampler,
+                                 num_workers=num_workers,
                                  pin_memory=backend.name == "cuda", drop_last=True, generator=torch.Generator(),
                                  collate_fn=collate_fn)
         batches = len(self.loader)
@@ -218,9 +230,6 @@ class Trainer:
     @property
     def progress(self) -> Progress:
         return Progress(self.step, self.epoch, self.batch)
-
-    def _lr(self) -> float:
-        return max(g["lr"] for g in self.optimizer.param_groups)
 
     def resume(self, ckpt: Mapping[str, Any]) -> None:
         """Continue from a checkpoint :meth:`fit` wrote (the task restores its own entries). One
@@ -267,11 +276,16 @@ class Trainer:
                 next(batches)
             self._seed(self.batch)
         task.model.train()
+        prepare = getattr(task, "host_inputs", None)
+        if prepare is not None:
+            batches = (prepare(b, self.epoch, i) for i, b in enumerate(batches, start=self.batch))
         for data in self.backend.device_loader(batches):
             pos = self.batch
             update_now = (pos + 1) % self.accum == 0
             if pos % self.accum == 0:
                 self.scheduler.step_update(self.step)
+                self._lr_now = max(g["lr"] for g in self.optimizer.param_groups)  # floats, before place_lr
+                self.backend.place_lr(self.optimizer)
             with self.backend.no_sync(task.model, not update_now):
                 loss = task.forward_loss(data, self._generator)
             self.backend.backward_and_step(loss, self.optimizer, self.scaler, self.accum, update_now)
@@ -284,7 +298,7 @@ class Trainer:
             self.batch += 1
             if pos % self.config.print_freq == 0 or self.batch == self.steps_per_epoch:
                 self.backend.on_step_end(self._report, loss, *self._watch.state(), self.step, self.epoch, pos,
-                                         self._lr(), self._images, self._done)
+                                         self._lr_now, self._images, self._done)
             self.backend.mark_step()  # XLA: runs this step's graph, then the closure registered above
             if update_now:
                 self.step += 1
@@ -312,7 +326,7 @@ class Trainer:
             self.log.info("step %d/%d (epoch %d, batch %d/%d) loss %.4f lr %.3g %.1f img/s ETA %s", step + 1,
                           self.total_steps, epoch + 1, pos + 1, self.steps_per_epoch, value, lr, rate, eta)
         self._logger.write({"kind": "train", "epoch": epoch, "step": pos, "loss": value, "lr": lr,
-                            "images_per_s": rate}, epoch * self.steps_per_epoch + pos)
+                            "images_per_s": rate, **self.backend.diagnostics()}, epoch * self.steps_per_epoch + pos)
 
     def _after_update(self, task: Task) -> None:
         end = self.step >= self.total_steps
@@ -325,7 +339,7 @@ class Trainer:
         if evaluate:
             train_loss = self.backend.all_reduce_mean(self._loss_sum / max(1, self._loss_count)).item()
             self._loss_sum, self._loss_count = torch.zeros_like(self._loss_sum), 0
-            record = {**task.evaluate(at, train_loss), "lr": self._lr()}
+            record = {**task.evaluate(at, train_loss), "lr": self._lr_now}
             self._logger.write(record, at.epoch - 1 if self.config.epochs is not None else at.step)
             task.model.train()
         if save:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pretrain import block_mask_indices
-from pretrain.masking import block_mask_noise
+from pretrain.masking import block_mask_noise, host_block_masks
 
 
 def _shuffle_from_restore(ids_restore: torch.Tensor) -> torch.Tensor:
@@ -206,3 +206,15 @@ def test_fixed_size_gather_gives_the_same_masks_as_boolean_indexing(grid, ds, ra
         keep, restore = block_mask_indices(6, grid, ratio, ds, generator=torch.Generator().manual_seed(seed))
         ref_keep, ref_restore = _release_block_mask(6, grid, ratio, ds, torch.Generator().manual_seed(seed))
         assert torch.equal(keep, ref_keep) and torch.equal(restore, ref_restore)
+
+
+def test_host_masks_of_a_global_batch_do_not_depend_on_the_number_of_hosts():
+    """On XLA every host draws the global batch's masks and keeps its rows: split over 1, 2 or 4
+    hosts, the rows put back together are the same masks, drawn from the seed alone."""
+    whole = host_block_masks(8, 1, 0, 28, 0.75, 2, seed=5)
+    for hosts in (2, 4):
+        parts = [host_block_masks(8 // hosts, hosts, i, 28, 0.75, 2, seed=5) for i in range(hosts)]
+        for got, want in zip(map(torch.cat, zip(*parts)), whole):
+            assert torch.equal(got, want)
+    assert torch.equal(whole[0], block_mask_indices(8, 28, 0.75, 2, torch.Generator().manual_seed(5))[0])
+    assert not torch.equal(whole[0], host_block_masks(8, 1, 0, 28, 0.75, 2, seed=6)[0])
