@@ -47,16 +47,20 @@ def _defaults(args: argparse.Namespace) -> None:
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpu = args.device == "cuda"
-    args.batch_size = args.batch_size or (64 if gpu else 4)
-    args.steps = args.steps or (10 if gpu else 1)
-    args.workers = args.workers if args.workers is not None else (12 if gpu else 1)
+    xla = args.device == "xla"
+    accelerator = gpu or (xla and os.environ.get("PJRT_DEVICE", "TPU") != "CPU")
+    args.batch_size = args.batch_size or (64 if accelerator else 4)
+    args.steps = args.steps or (10 if accelerator else 1)
+    args.workers = args.workers if args.workers is not None else (12 if accelerator else 1)
     if args.configs is None:
-        args.configs = "release,fp16,bf16" if gpu else "release,fp32" + (",bf16" if bf16_supported_on_cpu() else "")
+        args.configs = "bf16" if xla else "release,fp16,bf16" if gpu else \
+            "release,fp32" + (",bf16" if bf16_supported_on_cpu() else "")
     if args.peak_tflops is None and gpu:
         name = torch.cuda.get_device_name()
         args.peak_tflops = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
     threads = args.threads or torch.get_num_threads()
-    args.device_name = torch.cuda.get_device_name() if gpu else f"cpu, {threads} threads"
+    args.device_name = torch.cuda.get_device_name() if gpu else \
+        f"xla ({os.environ.get('PJRT_DEVICE', 'TPU')})" if xla else f"cpu, {threads} threads"
 
 
 class BenchWorkerError(LsmaeError):
@@ -92,7 +96,7 @@ def run_steps(args: argparse.Namespace, argv: list[str]) -> list[dict[str, Any]]
     ready, warmup = [], {}
     for w in workers:
         try:
-            warmup[w.config] = w.ask()["warmup_s"]
+            warmup[w.config] = w.ask()
             ready.append(w)
         except BenchWorkerError as e:
             print(f"lsmae bench pretrain: {e}", file=sys.stderr)
@@ -103,7 +107,9 @@ def run_steps(args: argparse.Namespace, argv: list[str]) -> list[dict[str, Any]]
     results = []
     for w in ready:
         results.append({"config": w.config, "s_per_step": statistics.median(times[w.config]),
-                        "rounds": times[w.config], "warmup_s": warmup[w.config], **w.ask("finish")})
+                        "rounds": times[w.config], "warmup_s": warmup[w.config]["warmup_s"],
+                        "devices": warmup[w.config]["devices"],
+                        "warmup_compilations": warmup[w.config].get("xla_compilations", 0), **w.ask("finish")})
         w.proc.wait()
     return results
 
@@ -136,15 +142,21 @@ def _flops_lines(flops: PretrainFlops, results: list[dict[str, Any]]) -> list[st
 
 
 def _step_line(args: argparse.Namespace, r: dict[str, Any], flops: PretrainFlops) -> str:
-    ips = args.batch_size / r["s_per_step"]
+    devices = r["devices"]
+    ips = args.batch_size * devices / r["s_per_step"]
     tflops = flops.train * ips / 1e12
     line = (f"  {r['config']:13s} {r['s_per_step']:8.3f} s/step {ips:8.1f} img/s {r['peak_memory_gb']:6.1f} GB peak "
             f"{tflops:7.2f} TFLOP/s  x{r['speed_up']:.2f} speed x{r['memory_ratio']:.2f} memory vs {r['vs']}, "
             f"{r['warmup_s']:.0f} s warm-up")
-    r.update(images_per_s=ips, tflops=tflops)
+    r.update(images_per_s=ips, images_per_s_per_device=ips / devices, tflops=tflops)
     if args.peak_tflops:
-        r["mfu"] = tflops / args.peak_tflops
+        r["mfu"] = tflops / devices / args.peak_tflops  # the peak is one device's
         line += f"  MFU {r['mfu']:.1%}"
+    if args.device == "xla":
+        compiled = r.get("xla_compilations", 0)
+        line += (f"\n  {'':13s} {devices} device{'s' if devices > 1 else ''} (SPMD): {ips / devices:.1f} img/s per "
+                 f"device, {ips:.1f} in all; {compiled} XLA compilations, {compiled - r['warmup_compilations']} of "
+                 "them after the warm-up")
     return line
 
 
@@ -173,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
                    "--rounds", str(args.rounds), "--warmup", str(args.warmup), "--device", args.device,
                    *(["--threads", str(args.threads)] if args.threads else [])]
     _emit(args, f"{args.model} at {args.input_size}px (L={grid * grid}), mask 0.75, blocks {args.mask_downsampling}x"
-                f"{args.mask_downsampling}, batch {args.batch_size}, {args.device_name}; {args.rounds} rounds of "
+                f"{args.mask_downsampling}, batch {args.batch_size} per device, {args.device_name}; {args.rounds} rounds of "
                 f"{args.steps} timed steps per configuration, in turns\nstep (synthetic images):")
     results = run_steps(args, worker_argv)
     if not results:
@@ -210,10 +222,11 @@ def _data_parts(args: argparse.Namespace, worker_argv: list[str], best: dict[str
             return
         e2e = _Worker(best["config"], [*worker_argv, "--e2e", str(folder), "--e2e-workers", str(args.workers)]).ask()
     synthetic, data = e2e["synthetic_images_per_s"], e2e["data_images_per_s"]
-    need = {k: math.ceil(synthetic / rates[f"{k}_images_per_s"]) for k in ("ours", "release")}
+    per_device = synthetic / best["devices"]
+    need = {k: math.ceil(per_device / rates[f"{k}_images_per_s"]) for k in ("ours", "release")}
     _emit(args, f"end to end, {best['config']}, {args.workers} workers: {data:.1f} img/s, {data / synthetic:.0%} of "
                 f"{synthetic:.1f} img/s on synthetic images (same process, {e2e['steps']} steps)\n"
-                f"workers per device for {synthetic:.1f} img/s: {need['ours']} (ours), {need['release']} (release)",
+                f"workers per device for {per_device:.1f} img/s: {need['ours']} (ours), {need['release']} (release)",
           {"part": "end_to_end", "config": best["config"], **e2e, "workers_needed": need})
 
 

@@ -12,15 +12,18 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--model", default="mae_vit_base_patch16_dec384d12h8b")
     p.add_argument("--input-size", type=int, default=448)
     p.add_argument("--mask-downsampling", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=None, help="per step (default: 64 on a GPU, 4 on a CPU)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="per device and step (default: 64 on a GPU or TPU, 4 on a CPU or XLA:CPU)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per round (default: 10 on a GPU, 1 on a CPU)")
     p.add_argument("--rounds", type=int, default=3, help="rounds of timed steps, configurations taking turns")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation happens there)")
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--device", default=None,
+                   help="cuda, cpu or xla (default: cuda when available); xla: data parallel over every device "
+                        "torch_xla's runtime reports on this host (SPMD), timed in all and per device")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per configuration (default: torch's)")
     p.add_argument("--configs", default=None,
                    help="comma-separated, from release, fp32, bf16, fp16 (default: release and this device's fast "
-                        "precisions; bf16 on CPUs only with AVX512-BF16/AMX)")
+                        "precisions; bf16 on CPUs only with AVX512-BF16/AMX; bf16 alone on XLA)")
     p.add_argument("--compile", action="store_true", help="also each non-release configuration torch.compile'd")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="the device's dense peak for MFU (default: known GPUs' bf16 peak; none on CPUs)")

@@ -23,6 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
+from .backends import make_backend
 from .bench_args import build_parser
 from .data import collate, list_images, normalize, pretrain_dataset
 from .errors import LsmaeError
@@ -57,7 +58,10 @@ class Stepper:
 
     def __init__(self, args: argparse.Namespace, config: str) -> None:
         self.release, self.dtype, compiled = parse_config(config)
-        self.device, self.batch = torch.device(args.device), args.batch_size
+        self.backend = make_backend(args.device)
+        # --batch-size counts per device; on XLA the step is data parallel over every device (SPMD)
+        self.device, self.devices = self.backend.device, self.backend.world_size
+        self.batch = args.batch_size * self.devices
         torch.manual_seed(0)
         cls = ReleaseEquivalentMAE if self.release else MaskedAutoencoderViT
         model = cls(**{**model_config(args.model), "img_size": args.input_size, "norm_pix_loss": True})
@@ -68,18 +72,23 @@ class Stepper:
         if compiled:
             self.model.compile()
         self.opt = create_optimizer_v2(self.model, "adamw", lr=1e-4, weight_decay=0.05, betas=(0.9, 0.95),
-                                       **({"foreach": True} if self.release else {"fused": True}))
+                                       **({"foreach": True} if self.release else self.backend.optimizer_options()))
         self.scaler = torch.amp.GradScaler(self.device.type) if self.dtype == torch.float16 else None
         self.grid, self.mask_downsampling = args.input_size // model.patch_size, args.mask_downsampling
-        self.gen = torch.Generator(self.device).manual_seed(0)
+        self.gen = self.backend.generator(0)  # on XLA on the host
         shape = (self.batch, 3, args.input_size, args.input_size)
-        self.synthetic = torch.randint(0, 256, shape, dtype=torch.uint8, device=self.device)
+        self.synthetic = self.to_device(torch.randint(0, 256, shape, dtype=torch.uint8))
         self.normalized = normalize(self.synthetic)  # the release's batches arrive normalised
+
+    def to_device(self, batch: torch.Tensor) -> torch.Tensor:
+        """A batch on the device; on XLA sharded by rows over the devices of this (one) host."""
+        return self.backend.shard_rows(batch.to(self.device, non_blocking=True))
 
     def loss(self, imgs: torch.Tensor) -> torch.Tensor:
         ids_keep, ids_restore = block_mask_indices(imgs.shape[0], self.grid, 0.75, self.mask_downsampling,
-                                                   generator=self.gen, device=self.device)
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+                                                   generator=self.gen, device=self.gen.device)
+        ids_keep, ids_restore = self.to_device(ids_keep), self.to_device(ids_restore)
+        with self.backend.autocast(self.dtype):
             return self.model(imgs, ids_keep, ids_restore)[0]
 
     def step(self, batch: torch.Tensor | None = None) -> None:
@@ -96,24 +105,21 @@ class Stepper:
         else:
             self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-
-    def sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        self.backend.mark_step()
 
     def timed(self, steps: int, batches: Iterator[torch.Tensor] | None = None) -> float:
         """Seconds per step over ``steps`` steps (on synthetic images unless ``batches`` given)."""
-        self.sync()
+        self.backend.synchronize()
         start = time.perf_counter()
         for _ in range(steps):
-            self.step(None if batches is None else next(batches).to(self.device, non_blocking=True))
-        self.sync()
+            self.step(None if batches is None else self.to_device(next(batches)))
+        self.backend.synchronize()
         return (time.perf_counter() - start) / steps
 
     def peak_memory_gb(self) -> float:
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / 2**30
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
+        """The device's peak where it reports one (CUDA, TPU), else this process's peak resident memory."""
+        peak = self.backend.peak_memory_bytes()
+        return peak / 2**30 if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
     def counted_flops(self) -> tuple[int, list[str]]:
         """FLOPs of one image's forward + backward as torch.utils.flop_counter counts them, and the
@@ -167,15 +173,17 @@ def serve(args: argparse.Namespace, config: str) -> None:
     if args.e2e:
         print(json.dumps(end_to_end(args, stepper)), flush=True)
         return
-    print(json.dumps({"warmup_s": warmup}), flush=True)
+    print(json.dumps({"warmup_s": warmup, "devices": stepper.devices, **stepper.backend.diagnostics()}), flush=True)
     for line in sys.stdin:
         if line.strip() == "step":
             print(json.dumps({"s_per_step": stepper.timed(args.steps)}), flush=True)
             continue
         # the counter's view of this code's model (the release's embeds every patch; compiled graphs hide ops)
-        flops, missing = (0, []) if stepper.release or config.endswith("+compile") else stepper.counted_flops()
+        # (and none on XLA, whose lazy tensors the counter does not see run)
+        flops, missing = (0, []) if stepper.release or config.endswith("+compile") or args.device == "xla" \
+            else stepper.counted_flops()
         print(json.dumps({"peak_memory_gb": stepper.peak_memory_gb(), "counted_flops": flops,
-                          "no_formula": missing}), flush=True)
+                          "no_formula": missing, **stepper.backend.diagnostics()}), flush=True)
         return
 
 

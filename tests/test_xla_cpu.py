@@ -138,3 +138,14 @@ def test_effective_batch_not_divisible_by_the_devices(images, tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         "pretrain: error: --effective-batch-size 9 is not divisible by 2 devices x 1 accumulation steps")
 
+
+def test_bench_reports_per_device_and_total_rates():
+    cmd = [XLA_PYTHON, "-m", "pretrain.bench", "--device", "xla", "--data", "synthetic", "--model", MODEL,
+           "--input-size", "64", "--batch-size", "4", "--steps", "2", "--rounds", "2", "--json"]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=xla_env(2), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    step = next(r for r in map(json.loads, result.stdout.splitlines()) if r.get("part") == "step")
+    assert step["devices"] == 2 and step["config"] == "bf16"
+    assert step["images_per_s"] == pytest.approx(8 / step["s_per_step"])
+    assert step["images_per_s_per_device"] == pytest.approx(step["images_per_s"] / 2)
+    assert step["xla_compilations"] == step["warmup_compilations"]  # the timed steps compiled nothing new
