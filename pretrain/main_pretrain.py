@@ -8,6 +8,7 @@ import argparse
 import os
 
 from .archs import list_models
+from .errors import LsmaeError, report_errors
 
 EXAMPLES = """\
 examples:
@@ -92,6 +93,8 @@ def run(args: argparse.Namespace) -> None:
     from .backends import make_backend
     from .engine import train
 
+    if args.compile and args.device == "xla":
+        raise LsmaeError("--compile is for --device cuda or cpu: on XLA the whole step is already compiled")
     backend = make_backend(args.device)
     try:
         train(args, backend)
@@ -101,6 +104,4 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m pretrain``: exit status 0, or 1 with a one-line error."""
-    from .errors import report_errors
-
     return report_errors("pretrain", run, build_parser().parse_args(argv))

@@ -295,7 +295,8 @@ def test_compile_compiles_the_model_in_place(photos, tmp_path, monkeypatch):
 def test_cli_errors(photos, tmp_path):
     """Real processes (exit status, stderr), run side by side to halve the import time."""
     base = [sys.executable, "-m", "pretrain"]
-    cases = {"missing": base + argv(tmp_path / "nonexistent", tmp_path / "o1", 1)}
+    cases = {"missing": base + argv(tmp_path / "nonexistent", tmp_path / "o1", 1),
+             "xla_compile": base + argv(photos, tmp_path / "o3", 1, "--device", "xla", "--compile")}
     if importlib.util.find_spec("torch_xla") is None:  # with torch_xla it would start a TPU run
         cases["xla"] = base + argv(photos, tmp_path / "o2", 1, "--device", "xla")
     procs = {name: subprocess.Popen(cmd, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE,
@@ -305,6 +306,10 @@ def test_cli_errors(photos, tmp_path):
     out, err, rc = results["missing"]
     assert rc == 1 and "Traceback" not in err, err
     assert err.strip().splitlines() == [f"pretrain: error: data folder {tmp_path / 'nonexistent'} does not exist"]
+
+    out, err, rc = results["xla_compile"]  # refused before torch_xla is imported, with or without it
+    assert rc == 1 and err.strip().splitlines() == [
+        "pretrain: error: --compile is for --device cuda or cpu: on XLA the whole step is already compiled"]
 
     if "xla" not in results:
         pytest.skip("torch_xla is installed here")
