@@ -27,7 +27,7 @@ setup(
         "fvcore>=0.1.5",  # Detectron2's checkpointer
     ],
     extras_require={
-        "tpu": ["torch_xla>=2.5"],  # torch_xla.launch, torch_xla.sync
+        "tpu": ["torch_xla>=2.5"],  # SPMD (use_spmd, ShardingSpec minibatch), torch_xla.sync; tested: 2.9
         # `lsmae detect`: detectron2 itself is installed from source (not on PyPI, see the README)
         "detect": ["omegaconf>=2.1", "pycocotools>=2.0.6", "shapely>=2.0", "setuptools<81", "fairscale"],
         # TensorBoard event files beside log.jsonl (training runs log JSON lines without it)
