@@ -277,8 +277,9 @@ class Trainer:
             self._seed(self.batch)
         task.model.train()
         prepare = getattr(task, "host_inputs", None)
-        if prepare is not None:
-            batches = (prepare(b, self.epoch, i) for i, b in enumerate(batches, start=self.batch))
+        if prepare is not None:  # may run in a prefetching thread: bound to this epoch now
+            epoch = self.epoch
+            batches = (prepare(b, epoch, i) for i, b in enumerate(batches, start=self.batch))
         for data in self.backend.device_loader(batches):
             pos = self.batch
             update_now = (pos + 1) % self.accum == 0
