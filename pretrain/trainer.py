@@ -30,6 +30,7 @@ from .errors import LsmaeError, NonFiniteLossError
 from .run_logging import RunLogger, fmt_eta
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+OPTIMIZER_IMPLEMENTATION = ("fused", "foreach", "capturable")  # param-group options that are no hyperparameter
 
 
 def resolve_precision(precision: str, backend: TorchBackend) -> torch.dtype | None:
@@ -234,7 +235,12 @@ class Trainer:
     def resume(self, ckpt: Mapping[str, Any]) -> None:
         """Continue from a checkpoint :meth:`fit` wrote (the task restores its own entries). One
         without ``progress`` (written before it was recorded) ends epoch ``ckpt['epoch']``."""
+        # the checkpoint's groups carry how the backend that wrote it ran AdamW (fused on GPUs and CPUs,
+        # capturable on XLA); this backend keeps its own, so a run moves between them
+        own = [{k: g[k] for k in OPTIMIZER_IMPLEMENTATION if k in g} for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        for group, keep in zip(self.optimizer.param_groups, own):
+            group.update(keep)
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         at = ckpt.get("progress") or {"epoch": ckpt["epoch"] + 1, "batch": 0}

@@ -115,3 +115,23 @@ def test_resume_in_mid_epoch_is_bit_identical(tmp_path, workers):
     # every batch after the checkpoint saw the same data, noise and masks: the same losses
     assert losses(out) == losses(tmp_path / "reference")
     assert len(losses(out)) == STEPS * ACCUM
+
+
+def test_resume_keeps_this_backends_optimizer_implementation(tmp_path):
+    """A checkpoint written on XLA (capturable AdamW, the lr a tensor) resumes with this backend's
+    AdamW options, and its moments and step count carry over."""
+    reference, task = trainer_and_task(tmp_path / "reference", 0)
+    reference.fit(task)
+    ckpt = torch.load(tmp_path / "reference" / f"iter_{STEPS}.pth", weights_only=True)
+    for group in ckpt["optimizer"]["param_groups"]:
+        group.update(capturable=True, foreach=None, lr=torch.tensor(group["lr"]))
+
+    trainer, task = trainer_and_task(tmp_path / "moved", 0)
+    before = [{k: g[k] for k in ("fused", "foreach", "capturable")} for g in trainer.optimizer.param_groups]
+    trainer.resume(ckpt)
+    after = [{k: g[k] for k in ("fused", "foreach", "capturable")} for g in trainer.optimizer.param_groups]
+    assert after == before and not after[0]["capturable"]
+    state = trainer.optimizer.state_dict()["state"]
+    for i, saved in ckpt["optimizer"]["state"].items():
+        for k, v in saved.items():
+            assert torch.equal(state[i][k], v), f"optimizer state {i}/{k} differs"

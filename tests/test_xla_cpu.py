@@ -152,3 +152,17 @@ def test_bench_reports_per_device_and_total_rates():
     assert step["images_per_s"] == pytest.approx(8 / step["s_per_step"])
     assert step["images_per_s_per_device"] == pytest.approx(step["images_per_s"] / 2)
     assert step["xla_compilations"] == step["warmup_compilations"]  # the timed steps compiled nothing new
+
+
+def test_a_cpu_run_continues_on_xla(images, tmp_path):
+    """A checkpoint of fused AdamW (GPU/CPU) resumes on XLA, where AdamW runs capturable."""
+    out = tmp_path / "moved"
+    cpu = subprocess.run(command(images, out, "--epochs", "2", "--device", "cpu"), capture_output=True, text=True,
+                         env=xla_env(1), timeout=300)
+    assert cpu.returncode == 0, cpu.stderr[-3000:]
+    result = run(images, out, 2, "--epochs", "3")
+    assert f"resumed from {out / 'checkpoint-1.pth'}" in result.stderr
+    after = [r for (epoch, _), r in sorted(steps(out).items()) if epoch == 2]
+    assert len(after) == 2 and all(np.isfinite(r["loss"]) and r["loss"] < 1.3 for r in after)
+    ckpt = torch.load(out / "checkpoint-2.pth", weights_only=True)
+    assert all(g["capturable"] for g in ckpt["optimizer"]["param_groups"])
