@@ -202,13 +202,14 @@ class XLABackend(TorchBackend):
     def no_sync(self, model: nn.Module, skip: bool) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
 
-    def batch_sharding(self, ndim: int, minibatch: bool = True) -> Any:
-        """Dimension 0 split over the ``data`` axis; ``minibatch``: each host holds only its rows."""
-        return self._xs.ShardingSpec(self.mesh, ("data",) + (None,) * (ndim - 1), minibatch=minibatch)
+    @staticmethod
+    def _rows(ndim: int) -> tuple[str | None, ...]:
+        """The partition spec of a batch tensor: dimension 0 split over the ``data`` axis."""
+        return ("data",) + (None,) * (ndim - 1)
 
     def shard_rows(self, tensor: torch.Tensor) -> torch.Tensor:
         # the tensor holds every row (one host: the bench); across hosts batches go through device_loader
-        self._xs.mark_sharding(tensor, self.mesh, ("data",) + (None,) * (tensor.dim() - 1))
+        self._xs.mark_sharding(tensor, self.mesh, self._rows(tensor.dim()))
         return tensor
 
     def peak_memory_bytes(self) -> int | None:
@@ -227,7 +228,9 @@ class XLABackend(TorchBackend):
         if not isinstance(first, Mapping):
             raise LsmaeError("--device xla: this task's batches are not dicts of tensors (only pretraining "
                              "runs on XLA)")
-        sharding = {key: self.batch_sharding(t.dim()) for key, t in first.items()}
+        # minibatch: each host hands over only its own rows
+        sharding = {key: self._xs.ShardingSpec(self.mesh, self._rows(t.dim()), minibatch=True)
+                    for key, t in first.items()}
         return iter(self._pl.MpDeviceLoader(itertools.chain([first], batches), self.device, input_sharding=sharding))
 
     def optimizer_options(self) -> dict[str, Any]:
@@ -270,6 +273,12 @@ class XLABackend(TorchBackend):
 
     def synchronize(self) -> None:
         self._xm.wait_device_ops()
+
+
+def check_compile(device: str | None, compile_model: bool) -> None:
+    """``--compile`` is torch.compile, for CUDA and CPU: on XLA the whole step is compiled already."""
+    if compile_model and device == "xla":
+        raise LsmaeError("--compile is for --device cuda or cpu: on XLA the whole step is already compiled")
 
 
 def make_backend(device: str | None) -> TorchBackend:

@@ -43,15 +43,14 @@ PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0}
 def _defaults(args: argparse.Namespace) -> None:
     import torch
 
-    from .backends import bf16_supported_on_cpu, import_torch_xla
+    from .backends import bf16_supported_on_cpu, check_compile, import_torch_xla
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpu = args.device == "cuda"
     xla = args.device == "xla"
+    check_compile(args.device, args.compile)
     if xla:
         import_torch_xla()  # here, not in each configuration's process: one clear error
-        if args.compile:
-            raise LsmaeError("--compile is for --device cuda or cpu: on XLA the whole step is already compiled")
     accelerator = gpu or (xla and os.environ.get("PJRT_DEVICE", "TPU") != "CPU")
     args.batch_size = args.batch_size or (64 if accelerator else 4)
     args.steps = args.steps or (10 if accelerator else 1)

@@ -8,7 +8,7 @@ import argparse
 import os
 
 from .archs import list_models
-from .errors import LsmaeError, report_errors
+from .errors import report_errors
 
 EXAMPLES = """\
 examples:
@@ -90,11 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> None:
     """Train on the chosen backend (XLA: this process drives every device of its host, SPMD)."""
-    from .backends import make_backend
+    from .backends import check_compile, make_backend
     from .engine import train
 
-    if args.compile and args.device == "xla":
-        raise LsmaeError("--compile is for --device cuda or cpu: on XLA the whole step is already compiled")
+    check_compile(args.device, args.compile)
     backend = make_backend(args.device)
     try:
         train(args, backend)
