@@ -239,10 +239,7 @@ def evaluate(model: nn.Module, loader: DataLoader, backend: TorchBackend, dtype:
         stats[1] += hit.any(dim=1).sum()
         stats[2] += nn.functional.cross_entropy(logits, target, reduction="sum").double()
         stats[3] += target.numel()
-    if backend.world_size > 1:
-        import torch.distributed as dist
-
-        dist.all_reduce(stats)
+    stats = backend.all_reduce_sum(stats)
     model.train(was_training)
     c1, c5, loss, n = stats.tolist()
     n = max(n, 1)
@@ -327,6 +324,8 @@ class Classification:
         else:
             self.criterion = nn.CrossEntropyLoss()
         self.result: dict[str, Any] = {}
+        self._weights_at: Progress | None = None
+        self._weights_cpu: dict[str, torch.Tensor] = {}
 
     def forward_loss(self, batch: Sequence[Any], generator: torch.Generator) -> torch.Tensor:
         images, target = batch
@@ -351,17 +350,23 @@ class Classification:
                  self.best["epoch"] + 1)
         self.result = {"top1": stats["top1"], "top5": stats["top5"], "best": self.best}
         if improved:  # the main process writes; every process waits for it
-            self.backend.save({**self.base, **self.result, "epoch": epoch,
-                               "model": plain_state_dict(self.classifier, self.mode)} if self.backend.is_main else None,
-                              self.output_dir / "best.pth")
+            self.backend.save({**self.base, **self.result, "epoch": epoch, "model": self._weights(at)}
+                              if self.backend.is_main else None, self.output_dir / "best.pth")
         return {"kind": "epoch", "epoch": epoch, "train_loss": train_loss, "top1": stats["top1"],
                 "top5": stats["top5"], "val_loss": stats["val_loss"], "best_top1": self.best["top1"]}
 
     def checkpoint_path(self, at: Progress) -> Path:
         return self.output_dir / "last.pth"
 
+    def _weights(self, at: Progress) -> dict[str, torch.Tensor]:
+        """The classifier's weights on the CPU, copied once per point (``best.pth`` and ``last.pth``
+        are written at the same point)."""
+        if self._weights_at != at:
+            self._weights_at, self._weights_cpu = at, plain_state_dict(self.classifier, self.mode)
+        return self._weights_cpu
+
     def checkpoint_extra(self, at: Progress) -> dict[str, Any]:
-        extra = {**self.base, **self.result, "model": plain_state_dict(self.classifier, self.mode)}
+        extra = {**self.base, **self.result, "model": self._weights(at)}
         if self.mode == "linprobe":
             extra["probe_head"] = {k: v.detach().cpu() for k, v in self.classifier.head.state_dict().items()}
         return extra
