@@ -119,13 +119,10 @@ def convert(source: str | Path, to: str, output: str | Path, img_size: int | Non
 def _to_release(source: str | Path, output: Path) -> Conversion:
     """The weights of any source (e.g. a transformers folder) as a release-format file ``{'model': ...}``."""
     from pretrain.serialization import atomic_save
-    from zoo.checkpoint import check_structure
+    from zoo.cache import load_verified
 
-    from .mae_weights import load_mae_weights
-
-    sd, provenance = load_mae_weights(source)
-    info = check_structure(sd)
+    sd, info = load_verified(source)
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_save({"model": sd}, output)
-    return Conversion(output, "release", f"wrote {len(sd)} tensors of {provenance.source} as {info.model} weights "
+    return Conversion(output, "release", f"wrote {len(sd)} tensors of {source} as {info.model} weights "
                                          f"in the release format (attention: {info.k_bias})")
