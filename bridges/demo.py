@@ -279,15 +279,15 @@ def run(args: argparse.Namespace) -> None:
     demo.step(number(), "convert to a Detectron2 ViTDet backbone", to_vitdet)
 
     def segment_step() -> str:
-        from .segment import resolve_recipe
+        from . import segment
         from .segment_args import build_parser as segment_parser
-        from .segment_engine import train as train_segmentation
-        from .segment_recipes import plan
+        from .segment_recipes import get_recipe
 
+        recipe = get_recipe("demo")
         upernet = workdir / "upernet" / "demo_upernet"
-        with demo.logged("convert-upernet", ["convert", "demo", "--to", "upernet", "--img-size", "64", "--num-labels",
-                                             "4", "-o", str(upernet)]):
-            convert("demo", "upernet", upernet, img_size=64, num_labels=4)
+        with demo.logged("convert-upernet", ["convert", "demo", "--to", "upernet", "--img-size", str(recipe.crop_size),
+                                             "--num-labels", str(recipe.num_labels), "-o", str(upernet)]):
+            convert("demo", "upernet", upernet, img_size=recipe.crop_size, num_labels=recipe.num_labels)
         demo.artefacts["UperNet folder (initialised)"] = upernet
         miou = {}
         for init, extra in (("pretrained", []), ("scratch", ["--from-scratch"])):
@@ -296,9 +296,7 @@ def run(args: argparse.Namespace) -> None:
                     "--resume", "", *extra] + (["--device", args.device] if args.device else [])
             with demo.logged(f"segment-{init}", ["segment", *argv], logger=logging.getLogger("bridges.segment"),
                              echo=EVALUATED):
-                seg_args = segment_parser().parse_args(argv)
-                recipe = resolve_recipe(seg_args)
-                result = train_segmentation(seg_args, recipe, plan(recipe, 1, seg_args.source))
+                result = segment.run(segment_parser().parse_args(argv))
             miou[init] = 100 * result["best_mIoU"]
             demo.artefacts[f"segmentation model ({init})"] = result["final"]
         return (f"texture val mIoU after {recipe.max_iter} iterations: pretrained {miou['pretrained']:.1f} vs from "

@@ -125,9 +125,12 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     model = load_segmentation_model(args.eval_only)
     recipe = recipe_of(model)
     backend = make_backend(args.device)
-    model.to(backend.device)
-    result = evaluate(model, args.data_path, recipe, backend, resolve_precision(args.precision, backend),
-                      args.aug_test)
+    try:
+        model.to(backend.device)
+        result = evaluate(model, args.data_path, recipe, backend, resolve_precision(args.precision, backend),
+                          args.aug_test)
+    finally:
+        backend.shutdown()
     if backend.is_main:
         print(f"mIoU {100 * result['mIoU']:.2f} mAcc {100 * result['mAcc']:.2f} aAcc {100 * result['aAcc']:.2f} "
               f"on {result['images']} images" + (" (multi-scale + flip)" if args.aug_test else ""))

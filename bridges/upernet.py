@@ -232,7 +232,7 @@ The weights derive from `{source}`, licensed {license_id} ({license_url}).
 """
 
 
-def save_upernet(model: nn.Module, folder: str | Path, state: str, provenance: Provenance | None = None) -> Path:
+def save_upernet(model: nn.Module, folder: str | Path, state: str) -> Path:
     """``save_pretrained`` (safetensors) plus a README.md model card."""
     folder = Path(folder)
     model = revert_sync_batchnorm(model)
