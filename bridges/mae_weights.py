@@ -9,7 +9,7 @@ import torch
 
 from pretrain.errors import LsmaeError
 from zoo.cache import expected_digest, fetch, sha256_file
-from zoo.checkpoint import load_checkpoint, model_state_dict, read_checkpoint, weights_file
+from zoo.checkpoint import CheckpointInfo, load_checkpoint, model_state_dict, read_checkpoint, weights_file
 from zoo.registry import UnknownEntryError, get_entry, local_source
 
 
@@ -30,6 +30,26 @@ class Provenance:
     def as_strings(self) -> dict[str, str]:
         """The known fields as text (safetensors metadata and checkpoint records hold str -> str)."""
         return {k: str(v) for k, v in asdict(self).items() if v not in ("", None)}
+
+
+# the encoder's tensors, as the timm and UperNet converters take them (the final norm aside)
+ENCODER_KEYS = ("cls_token", "pos_embed", "patch_embed.", "blocks.")
+
+
+def resample_pos_embed(pos_embed: torch.Tensor, info: CheckpointInfo, img_size: int) -> tuple[torch.Tensor, str]:
+    """``pos_embed`` for the ``img_size`` grid, resampled bicubically (cls slot kept) in float32 when
+    the grid differs, and the report line saying so ('' when unchanged)."""
+    from timm.layers import resample_abs_pos_embed
+
+    if img_size % info.patch_size:
+        raise ConversionError(f"img_size {img_size} is not a multiple of the patch size {info.patch_size}")
+    grid = img_size // info.patch_size
+    if grid == info.grid_size:
+        return pos_embed, ""
+    resampled = resample_abs_pos_embed(pos_embed.float(), new_size=[grid, grid], num_prefix_tokens=1,
+                                       interpolation="bicubic")
+    return resampled, (f"resampled pos_embed {info.grid_size}x{info.grid_size} -> {grid}x{grid} (bicubic, cls slot "
+                       f"kept) for {img_size}px")
 
 
 def key_groups(keys: list[str]) -> str:

@@ -12,18 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from pretrain.archs import model_config
 from pretrain.serialization import atomic_save
 from zoo.checkpoint import CheckpointInfo, check_structure
 
-from .mae_weights import (ConversionError, Provenance, key_groups, load_mae_weights, merge_qv_bias,
-                          untrained_mae_weights)
+from .mae_weights import (ENCODER_KEYS, ConversionError, Provenance, key_groups, load_mae_weights,
+                          merge_qv_bias, resample_pos_embed, untrained_mae_weights)
 
 # what a timm ViT takes from an MAE encoder (its final norm too, for cls-token pooling)
-TIMM_ENCODER_KEYS = ("cls_token", "pos_embed", "patch_embed.", "blocks.")
 # timm model names for our encoders, by (width, depth, heads); others are built from vit_base with overrides
 TIMM_NAMES = {(768, 12, 12): "vit_base_patch16_224", (1024, 24, 16): "vit_large_patch16_224",
               (1280, 32, 16): "vit_huge_patch14_224"}
@@ -79,20 +77,12 @@ def convert_to_timm(
         raise ConversionError(f"global_pool must be 'avg' or 'token', got {global_pool!r}")
     sd, provenance = load_mae_weights(source)
     info = check_structure(sd)  # also refuses ViTDet and fine-tuned checkpoints with a clear message
-    if img_size % info.patch_size:
-        raise ConversionError(f"img_size {img_size} is not a multiple of the patch size {info.patch_size}")
-    keep = TIMM_ENCODER_KEYS + (("norm.",) if global_pool == "token" else ())
+    pos_embed, resampled = resample_pos_embed(sd["pos_embed"], info, img_size)
+    keep = ENCODER_KEYS + (("norm.",) if global_pool == "token" else ())
     out = {k: v for k, v in sd.items() if k.startswith(keep)}
     dropped = sorted(set(sd) - set(out))
     out, merged = merge_qv_bias(out)
-    grid = img_size // info.patch_size
-    resampled = ""
-    if grid != info.grid_size:
-        out["pos_embed"] = resample_abs_pos_embed(
-            out["pos_embed"].float(), new_size=[grid, grid], num_prefix_tokens=1, interpolation="bicubic"
-        ).to(sd["pos_embed"].dtype)
-        resampled = (f"resampled pos_embed {info.grid_size}x{info.grid_size} -> {grid}x{grid} "
-                     f"(bicubic, cls slot kept) for {img_size}px")
+    out["pos_embed"] = pos_embed.to(sd["pos_embed"].dtype)
     out = {k: v.contiguous() for k, v in out.items()}
     timm_name, timm_kwargs = timm_model_args(info)
     return Converted(out, info, provenance, img_size, global_pool, timm_name, timm_kwargs, kept=sorted(out),

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from pretrain.errors import LsmaeError
@@ -27,10 +26,9 @@ from zoo.checkpoint import CheckpointInfo, check_structure
 from zoo.registry import get_entry, license_url
 
 from .hf_support import package_version, require_transformers
-from .mae_weights import ConversionError, Provenance, key_groups, load_mae_weights, split_qkv_bias
+from .mae_weights import (ENCODER_KEYS, ConversionError, Provenance, key_groups, load_mae_weights,
+                          resample_pos_embed, split_qkv_bias)
 
-# what the backbone takes from an MAE checkpoint (its final norm is not used by the heads)
-ENCODER_KEYS = ("cls_token", "pos_embed", "patch_embed.", "blocks.")
 ADE20K_CLASSES = 150
 IGNORE_INDEX = 255
 
@@ -164,21 +162,13 @@ def convert_to_upernet(source: str | Path | dict[str, torch.Tensor], img_size: i
 
     sd, provenance = load_mae_weights(source)
     info = check_structure(sd)
-    if img_size % info.patch_size:
-        raise ConversionError(f"img_size {img_size} is not a multiple of the patch size {info.patch_size}")
+    pos_embed, resampled = resample_pos_embed(sd["pos_embed"], info, img_size)
     taps = list(block_taps) if block_taps is not None else default_taps(info.depth)
     record = {**provenance.as_strings(), "arch": info.model, "attention": info.k_bias,
               "pretrain_img_size": info.img_size, "lsmae_version": package_version()}
     model = model_class()(upernet_config(info, img_size, num_labels, taps, drop_path, record))
     kept = sorted(k for k in sd if k.startswith(ENCODER_KEYS))
-    encoder = split_qkv_bias({k: sd[k] for k in kept})
-    grid = img_size // info.patch_size
-    resampled = ""
-    if grid != info.grid_size:
-        encoder["pos_embed"] = resample_abs_pos_embed(encoder["pos_embed"].float(), new_size=[grid, grid],
-                                                      num_prefix_tokens=1, interpolation="bicubic")
-        resampled = (f"resampled pos_embed {info.grid_size}x{info.grid_size} -> {grid}x{grid} (bicubic, cls slot "
-                     f"kept) for {img_size}px")
+    encoder = {**split_qkv_bias({k: sd[k] for k in kept}), "pos_embed": pos_embed}
     missing, unexpected = model.load_state_dict(_beit_state(model, encoder), strict=False)
     if unexpected:
         raise ConversionError(f"the segmentation model does not take {unexpected[:3]}")
