@@ -11,10 +11,6 @@ under ``lsmae``); beside them go the standard ``preprocessor_config.json`` and a
 """
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,12 +21,11 @@ from torch import nn
 
 from pretrain.archs import MLP_RATIO, model_config
 from zoo.checkpoint import CheckpointInfo, check_structure
-from zoo.registry import local_source
 from zoo.hf_folder import PROVENANCE_KEY
-from zoo.registry import Entry, get_entry, license_url
+from zoo.registry import Entry
 
 from .mae_weights import ConversionError, Provenance, key_groups, load_mae_weights, merge_qv_bias
-from .hf_support import package_version, require_transformers
+from .hf_support import card_license, package_version, require_transformers, write_folder, zoo_entry_of
 
 HF_CLASSES = {"hf-mae": "ViTMAEForPreTraining", "hf-vit": "ViTModel"}
 # how the released checkpoints and the demo were pretrained (a checkpoint file does not record it)
@@ -149,20 +144,11 @@ def _hf_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], target: str,
 
 
 # --------------------------------------------------------------------------- the model card
-def _card_license(entry: Entry | None) -> tuple[str, str]:
-    """(model card metadata id, sentence) of the source weights' license."""
-    if entry is None:
-        return "other", ("the license of the source file applies (the released long-seq MAE weights are "
-                         "CC-BY-NC 4.0: non-commercial use)")
-    return entry.license.lower(), f"{entry.license} ({license_url(entry.license)})" + (
-        ": non-commercial use" if "NC" in entry.license else "")
-
-
 def model_card(export: HFExport, entry: Entry | None, command: str) -> str:
     """README.md: what the model is, the paper, how it was pretrained, its license, how to load and mask it."""
     info, prov = export.info, export.provenance
     arch = model_config(info.model)
-    license_id, license_text = _card_license(entry)
+    license_id, license_text = card_license(entry)
     folder = export.path.name
     grid, tokens = info.grid_size, info.grid_size ** 2
     downsampling = entry.mask_downsampling if entry else PRETRAIN_MASK_DOWNSAMPLING
@@ -218,19 +204,6 @@ def model_card(export: HFExport, entry: Entry | None, command: str) -> str:
 
 
 # --------------------------------------------------------------------------- export
-def _write_folder(output: Path, write: Callable[[Path], None]) -> None:
-    """Write the files into a temporary folder beside ``output``, then move each into place (no half-written file)."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp", dir=output.parent))
-    try:
-        write(tmp)
-        output.mkdir(exist_ok=True)
-        for file in tmp.iterdir():
-            os.replace(file, output / file.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def export_hf(source: str | Path | dict[str, torch.Tensor], target: str, output: str | Path) -> HFExport:
     """Write ``source`` (zoo id, local source or state dict) as a transformers folder: ``hf-mae`` or ``hf-vit``."""
     if target not in HF_CLASSES:
@@ -244,7 +217,7 @@ def export_hf(source: str | Path | dict[str, torch.Tensor], target: str, output:
     if target == "hf-mae" and (info.decoder_downsampling, info.pred_downsampling) != (1, 1):
         raise ConversionError("transformers' ViTMAE decoder has no decoder/prediction downsampling: export the "
                               "encoder with --to hf-vit")
-    entry = None if isinstance(source, dict) or local_source(source) else get_entry(str(source))
+    entry = zoo_entry_of(provenance.source)
     record = {**provenance.as_strings(), "arch": info.model, "attention": info.k_bias,
               "lsmae_version": package_version()}
     sd, merged = merge_qv_bias(sd)
@@ -268,7 +241,7 @@ def export_hf(source: str | Path | dict[str, torch.Tensor], target: str, output:
         processor.save_pretrained(folder)
         (folder / "README.md").write_text(model_card(export, entry, command), encoding="utf-8")
 
-    _write_folder(output, write)
+    write_folder(output, write)
     return export
 
 

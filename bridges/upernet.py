@@ -21,11 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from pretrain.errors import LsmaeError
 from zoo.checkpoint import CheckpointInfo, check_structure
-from zoo.registry import get_entry, license_url
 
-from .hf_support import package_version, require_transformers
+from .hf_support import card_license, package_version, require_transformers, write_folder, zoo_entry_of
 from .mae_weights import (ENCODER_KEYS, ConversionError, Provenance, key_groups, load_mae_weights,
                           resample_pos_embed, split_qkv_bias)
 
@@ -218,30 +216,32 @@ but its forward taps other blocks (`hidden_states[i - 1]`) than the recipe's.
 
 ## License
 
-The weights derive from `{source}`, licensed {license_id} ({license_url}).
+The weights derive from `{source}`; {license_text}.
 """
 
 
 def save_upernet(model: nn.Module, folder: str | Path, state: str) -> Path:
-    """``save_pretrained`` (safetensors) plus a README.md model card."""
+    """``save_pretrained`` (safetensors) plus a README.md model card, written atomically (a run killed
+    while saving ``model_best`` leaves the previous folder whole)."""
     folder = Path(folder)
     model = revert_sync_batchnorm(model)
-    model.save_pretrained(folder)
     record = dict(model.config.lsmae)
     source = record.get("source", "an MAE checkpoint")
-    license_id = ""
-    try:
-        license_id = get_entry(source).license
-    except LsmaeError:
-        pass
+    license_id, license_text = card_license(zoo_entry_of(source))
     cfg = model.config
     pretrain_px = int(record.get("pretrain_img_size", 0))
-    (folder / "README.md").write_text(MODEL_CARD.format(
-        license_id=license_id or "other", title=f"UperNet from {source}", version=record.get("lsmae_version", ""),
+    card = MODEL_CARD.format(
+        license_id=license_id, title=f"UperNet from {source}", version=record.get("lsmae_version", ""),
         source=source, sha=f" (SHA-256 {record['source_sha256']})" if record.get("source_sha256") else "",
         arch=record.get("arch", ""), pretrain_px=pretrain_px, pretrain_grid=pretrain_px // cfg.patch_size,
         img_size=cfg.image_size, dataset=record.get("dataset", "data of its own"),
         epochs=f", {record['epochs']} epochs" if record.get("epochs") else "", taps=cfg.lsmae_block_taps,
         num_labels=cfg.num_labels, ignore=cfg.semantic_loss_ignore_index, state=state, folder=folder,
-        license_url=license_url(license_id) if license_id else "see the source's terms"))
+        license_text=license_text)
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+
+    write_folder(folder, write)
     return folder
