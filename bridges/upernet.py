@@ -25,7 +25,7 @@ from zoo.checkpoint import CheckpointInfo, check_structure
 
 from .hf_support import card_license, package_version, require_transformers, write_folder, zoo_entry_of
 from .mae_weights import (ENCODER_KEYS, ConversionError, Provenance, key_groups, load_mae_weights,
-                          resample_pos_embed, split_qkv_bias)
+                          resample_pos_embed, split_qkv_bias, untrained_mae_weights)
 
 ADE20K_CLASSES = 150
 IGNORE_INDEX = 255
@@ -153,17 +153,20 @@ def _beit_state(model: nn.Module, encoder: dict[str, torch.Tensor]) -> dict[str,
 
 def convert_to_upernet(source: str | Path | dict[str, torch.Tensor], img_size: int = 512,
                        num_labels: int = ADE20K_CLASSES, block_taps: list[int] | None = None,
-                       drop_path: float = 0.0) -> UperNetConversion:
+                       drop_path: float = 0.0, pretrained: bool = True) -> UperNetConversion:
     """An UperNet segmentation model whose backbone is the MAE encoder of ``source`` (heads newly
-    initialised), pos_embed resampled bicubically to the ``img_size`` grid (cls slot kept)."""
+    initialised), pos_embed resampled bicubically to the ``img_size`` grid (cls slot kept).
+    ``pretrained=False``: the untrained MAE of the source's architecture instead (a from-scratch
+    baseline), recorded with the source's provenance."""
     from .segment_recipes import default_taps
 
-    sd, provenance = load_mae_weights(source)
+    sd, provenance = load_mae_weights(source) if pretrained else untrained_mae_weights(source)
     info = check_structure(sd)
     pos_embed, resampled = resample_pos_embed(sd["pos_embed"], info, img_size)
     taps = list(block_taps) if block_taps is not None else default_taps(info.depth)
     record = {**provenance.as_strings(), "arch": info.model, "attention": info.k_bias,
-              "pretrain_img_size": info.img_size, "lsmae_version": package_version()}
+              "pretrain_img_size": info.img_size, "lsmae_version": package_version(),
+              **({} if pretrained else {"init": "untrained (from scratch)"})}
     model = model_class()(upernet_config(info, img_size, num_labels, taps, drop_path, record))
     kept = sorted(k for k in sd if k.startswith(ENCODER_KEYS))
     encoder = {**split_qkv_bias({k: sd[k] for k in kept}), "pos_embed": pos_embed}
