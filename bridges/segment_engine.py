@@ -22,7 +22,6 @@ from pretrain.run_logging import setup_logging
 from pretrain.serialization import load_checkpoint
 from pretrain.trainer import LoopConfig, Progress, Trainer, precision_name, resolve_precision
 
-from .mae_weights import untrained_mae_weights
 from .segment_data import ADE20K, train_transform
 from .segment_eval import SegMetrics, predict
 from .segment_recipes import SegRecipe, get_recipe, recipe_for_depth
@@ -59,23 +58,16 @@ def param_groups(model: Any, weight_decay: float, layer_decay: float) -> list[di
 def build_model(args: argparse.Namespace, recipe: SegRecipe) -> tuple[Any, str]:
     """The UperNet model from SOURCE (or its untrained architecture) and the conversion report."""
 
-    source: Any = args.source
-    if args.from_scratch:  # the source names the architecture; its weights are not used
-        source, provenance = untrained_mae_weights(args.source)
-    conversion = convert_to_upernet(source, img_size=recipe.crop_size, num_labels=recipe.num_labels,
-                                    block_taps=list(recipe.out_indices), drop_path=recipe.drop_path)
-    if args.from_scratch:
-        conversion.model.config.lsmae = {**conversion.model.config.lsmae, **provenance.as_strings(),
-                                         "init": "untrained (from scratch)"}
+    conversion = convert_to_upernet(args.source, img_size=recipe.crop_size, num_labels=recipe.num_labels,
+                                    block_taps=list(recipe.out_indices), drop_path=recipe.drop_path,
+                                    pretrained=not args.from_scratch)
     return conversion.model, conversion.report()
 
 
 # --------------------------------------------------------------------------- evaluation
-def evaluate(model: Any, data_path: str | Path, recipe: SegRecipe, backend: Any, dtype: Any,
+def evaluate(model: Any, dataset: ADE20K, recipe: SegRecipe, backend: Any, dtype: Any,
              aug_test: bool = False) -> dict[str, Any]:
     """mIoU/mAcc/aAcc on the validation split; under DDP each image is measured by one process."""
-
-    dataset = ADE20K(data_path, "val")
     metrics = SegMetrics.empty(recipe.num_labels, backend.device)
     was_training = model.training
     model.eval()
@@ -127,8 +119,8 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     backend = make_backend(args.device)
     try:
         model.to(backend.device)
-        result = evaluate(model, args.data_path, recipe, backend, resolve_precision(args.precision, backend),
-                          args.aug_test)
+        result = evaluate(model, ADE20K(args.data_path, "val"), recipe, backend,
+                          resolve_precision(args.precision, backend), args.aug_test)
     finally:
         backend.shutdown()
     if backend.is_main:
@@ -142,9 +134,10 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
 class SegmentationTask:
     """UperNet training on uint8 crops (normalised on the device), evaluated every N iterations."""
 
-    def __init__(self, model: nn.Module, wrapped: nn.Module, args: argparse.Namespace, recipe: SegRecipe,
-                 backend: TorchBackend, dtype: torch.dtype | None, output_dir: Path, logger: logging.Logger) -> None:
-        self.plain, self.model = model, wrapped
+    def __init__(self, model: nn.Module, wrapped: nn.Module, val_set: ADE20K, args: argparse.Namespace,
+                 recipe: SegRecipe, backend: TorchBackend, dtype: torch.dtype | None, output_dir: Path,
+                 logger: logging.Logger) -> None:
+        self.plain, self.model, self.val_set = model, wrapped, val_set
         self.args, self.recipe, self.backend, self.dtype = args, recipe, backend, dtype
         self.output_dir, self.log = output_dir, logger
         self.best = {"mIoU": -1.0, "step": -1}
@@ -155,7 +148,7 @@ class SegmentationTask:
             return self.model(normalize(images), labels=labels).loss
 
     def evaluate(self, at: Progress, train_loss: float) -> dict[str, Any]:
-        result = evaluate(self.plain, self.args.data_path, self.recipe, self.backend, self.dtype)
+        result = evaluate(self.plain, self.val_set, self.recipe, self.backend, self.dtype)
         improved = result["mIoU"] > self.best["mIoU"]
         if improved:
             self.best = {"mIoU": result["mIoU"], "step": at.step}
@@ -218,7 +211,7 @@ def _train(args: argparse.Namespace, recipe: SegRecipe, plan: dict[str, Any], ba
     dtype = resolve_precision(args.precision, backend)
     per_device = plan["batch_per_device"]
     dataset = ADE20K(args.data_path, "train", train_transform(recipe))
-    ADE20K(args.data_path, "val")  # a missing validation split fails now, not after the first period
+    val_set = ADE20K(args.data_path, "val")  # a missing validation split fails now, not after the first period
     torch.manual_seed(args.seed)
     model, report = build_model(args, recipe)
     if args.grad_checkpointing:
@@ -235,7 +228,7 @@ def _train(args: argparse.Namespace, recipe: SegRecipe, plan: dict[str, Any], ba
                       dtype=dtype, config=config, output_dir=output_dir, log=log,
                       stop_hint=f"Resume from {output_dir / 'last.pth'} (the default) after lowering the lr or "
                                 "switching --precision")
-    task = SegmentationTask(model, wrapped, args, recipe, backend, dtype, output_dir, log)
+    task = SegmentationTask(model, wrapped, val_set, args, recipe, backend, dtype, output_dir, log)
     ckpt = _resume_checkpoint(args, output_dir, recipe)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
