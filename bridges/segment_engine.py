@@ -177,7 +177,8 @@ class SegmentationTask:
         return save_upernet(model, self.output_dir / name, state)
 
 
-def _resume_checkpoint(args: argparse.Namespace, output_dir: Path, recipe: SegRecipe) -> dict[str, Any] | None:
+def _resume_checkpoint(args: argparse.Namespace, output_dir: Path, recipe: SegRecipe
+                       ) -> tuple[Path, dict[str, Any]] | None:
     path = output_dir / "last.pth" if args.resume == "auto" else (Path(args.resume) if args.resume else None)
     if path is None or not path.is_file():
         if args.resume not in ("auto", "") and path is not None:
@@ -192,7 +193,7 @@ def _resume_checkpoint(args: argparse.Namespace, output_dir: Path, recipe: SegRe
     if bool(ckpt.get("from_scratch")) != bool(args.from_scratch):
         raise LsmaeError(f"{path} was trained {'from scratch' if ckpt.get('from_scratch') else 'from SOURCE'}: "
                          "use another --output-dir")
-    return ckpt
+    return path, ckpt
 
 
 def train(args: argparse.Namespace, recipe: SegRecipe, plan: dict[str, Any]) -> dict[str, Any]:
@@ -220,7 +221,7 @@ def _train(args: argparse.Namespace, recipe: SegRecipe, plan: dict[str, Any], ba
     wrapped = backend.wrap_model(nn.SyncBatchNorm.convert_sync_batchnorm(model) if backend.world_size > 1
                                  else model)
     optimizer = torch.optim.AdamW(param_groups(model, recipe.weight_decay, recipe.layer_decay), lr=recipe.lr,
-                                  betas=recipe.betas)
+                                  betas=recipe.betas, **backend.optimizer_options())
     config = LoopConfig(seed=args.seed, min_lr=recipe.min_lr, print_freq=args.print_freq, max_steps=recipe.max_iter,
                         warmup=recipe.warmup_iters, eval_every=recipe.eval_period, ckpt_every=recipe.checkpoint_period,
                         schedule="poly", poly_power=recipe.poly_power, warmup_lr_init=recipe.lr * recipe.warmup_ratio)
@@ -229,13 +230,13 @@ def _train(args: argparse.Namespace, recipe: SegRecipe, plan: dict[str, Any], ba
                       stop_hint=f"Resume from {output_dir / 'last.pth'} (the default) after lowering the lr or "
                                 "switching --precision")
     task = SegmentationTask(model, wrapped, val_set, args, recipe, backend, dtype, output_dir, log)
-    ckpt = _resume_checkpoint(args, output_dir, recipe)
-    if ckpt is not None:
+    resume = _resume_checkpoint(args, output_dir, recipe)
+    if resume is not None:
+        path, ckpt = resume
         model.load_state_dict(ckpt["model"])
         trainer.resume(ckpt)
         task.best = dict(ckpt["best"])
-        log.info("resumed from %s at iteration %d (best mIoU %.2f)", output_dir / "last.pth", trainer.step,
-                 100 * task.best["mIoU"])
+        log.info("resumed from %s at iteration %d (best mIoU %.2f)", path, trainer.step, 100 * task.best["mIoU"])
     else:
         log.info("%s", report.replace("\n", "; "))
     log.info("segment %s: %d train images, %d devices x %d = %d per step, %d iterations, lr %.3g, precision %s",
