@@ -37,6 +37,7 @@ from pretrain.pos_embed import grid_size_of
 from zoo.checkpoint import check_structure, load_checkpoint, model_state_dict, read_checkpoint
 from zoo.registry import UnknownEntryError, get_entry, local_source
 
+from .batch_scaling import scale_iterations
 from .detect_args import DETECTRON2_INSTALL, DetectError, resolve_config
 from .vitdet_convert import BACKBONE_PREFIX, check_load_contract, convert_to_vitdet, save_vitdet
 
@@ -231,27 +232,23 @@ def _required(cfg: Any, key: str, why: str) -> Any:
 
 
 # --------------------------------------------------------------------------- the recipe at another batch size
-def _scale_iterations(iterations: int, ratio: float) -> int:
-    """An iteration count when each step sees ``ratio`` times the recipe's images (0, never, stays 0)."""
-    return max(1, round(iterations / ratio)) if iterations else 0
-
-
 def batch_settings(recipe: Any, batch_size: int) -> dict[str, Any]:
     """The settings that train the config ``recipe`` at ``batch_size`` images per step (LR_KEYS, ITERATION_KEYS)."""
     from omegaconf import OmegaConf
 
     if batch_size < 1:
         raise DetectError(f"--batch-size {batch_size}: need at least one image per step")
-    ratio = batch_size / _required(recipe, BATCH_KEY, "the recipe batch --batch-size scales from")
+    recipe_batch = _required(recipe, BATCH_KEY, "the recipe batch --batch-size scales from")
+    ratio = batch_size / recipe_batch
     settings: dict[str, Any] = {BATCH_KEY: batch_size}
     for key in LR_KEYS:
         settings[key] = _required(recipe, key, "the lr --batch-size scales") * ratio
     for key in ITERATION_KEYS:
         value = OmegaConf.select(recipe, key, default=None)
         if isinstance(value, int):
-            settings[key] = _scale_iterations(value, ratio)
+            settings[key] = scale_iterations(value, recipe_batch, batch_size)
         elif value is not None:  # the milestones
-            settings[key] = [_scale_iterations(v, ratio) for v in value]
+            settings[key] = [scale_iterations(v, recipe_batch, batch_size) for v in value]
     return settings
 
 

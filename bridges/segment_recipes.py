@@ -9,6 +9,8 @@ from typing import Any
 
 from pretrain.errors import LsmaeError
 
+from .batch_scaling import scale_iterations
+
 
 @dataclass(frozen=True)
 class SegRecipe:
@@ -83,7 +85,7 @@ def scale_to_batch(recipe: SegRecipe, batch_size: int | None) -> SegRecipe:
     ratio = recipe.batch_size / batch_size
 
     def iters(n: int) -> int:
-        return max(1, round(n * ratio))
+        return scale_iterations(n, recipe.batch_size, batch_size)
 
     return replace(recipe, batch_size=batch_size, lr=recipe.lr / ratio, max_iter=iters(recipe.max_iter),
                    warmup_iters=iters(recipe.warmup_iters), eval_period=iters(recipe.eval_period),
