@@ -25,14 +25,14 @@ from zoo.hf_folder import PROVENANCE_KEY
 from zoo.registry import Entry
 
 from .mae_weights import ConversionError, Provenance, key_groups, load_mae_weights, merge_qv_bias
-from .hf_support import card_license, package_version, require_transformers, write_folder, zoo_entry_of
+from .hf_support import (card_license, encoder_config, layer_tensors, package_version, provenance_record,
+                         require_transformers, write_folder, zoo_entry_of)
 
 HF_CLASSES = {"hf-mae": "ViTMAEForPreTraining", "hf-vit": "ViTModel"}
 # how the released checkpoints and the demo were pretrained (a checkpoint file does not record it)
 PRETRAIN_MASK_RATIO = 0.75
 PRETRAIN_NORM_PIX_LOSS = True
 PRETRAIN_MASK_DOWNSAMPLING = 2  # 2x2-patch blocks
-LAYER_NORM_EPS = 1e-6  # the MAE's (transformers' default is 1e-12)
 PAPER = ('"Exploring Long-Sequence Masked Autoencoders", Ronghang Hu, Shoubhik Debnath, Saining Xie, Xinlei Chen '
          "(2022), https://arxiv.org/abs/2210.07224")
 
@@ -70,10 +70,7 @@ class HFExport:
 def hf_config(transformers: Any, info: CheckpointInfo, target: str, record: dict[str, str]) -> Any:
     """The ViTMAEConfig / ViTConfig of this checkpoint, our provenance under ``lsmae``."""
     arch = model_config(info.model)
-    encoder = dict(hidden_size=info.embed_dim, num_hidden_layers=info.depth, num_attention_heads=arch["num_heads"],
-                   intermediate_size=info.embed_dim * MLP_RATIO, hidden_act="gelu", image_size=info.img_size,
-                   patch_size=info.patch_size, num_channels=info.in_chans, qkv_bias=True,
-                   layer_norm_eps=LAYER_NORM_EPS, **{PROVENANCE_KEY: record})
+    encoder = dict(**encoder_config(info), image_size=info.img_size, qkv_bias=True, **{PROVENANCE_KEY: record})
     if target == "hf-vit":
         return transformers.ViTConfig(**encoder)
     return transformers.ViTMAEConfig(
@@ -84,16 +81,6 @@ def hf_config(transformers: Any, info: CheckpointInfo, target: str, record: dict
 
 
 # --------------------------------------------------------------------------- our keys -> the installed model's
-def _layer_parts(layer: nn.Module, version: str) -> tuple[list[nn.Module], list[nn.Module]]:
-    """A ViT layer's six Linear modules (q, k, v, out, fc1, fc2) and two LayerNorms (before, after attention)."""
-    linears = [m for m in layer.modules() if isinstance(m, nn.Linear)]
-    norms = [m for m in layer.modules() if isinstance(m, nn.LayerNorm)]
-    if len(linears) != 6 or len(norms) != 2:
-        raise ConversionError(f"transformers {version} builds a ViT layer of {len(linears)} Linear and {len(norms)} "
-                              f"LayerNorm modules (expected 6 and 2): this transformers version is not supported")
-    return linears, norms
-
-
 def _layer_list(module: nn.Module) -> nn.ModuleList:
     """The one list of layers in an encoder (``layers`` in 5.x, ``encoder.layer`` in 4.x)."""
     lists = [m for m in module.modules() if isinstance(m, nn.ModuleList)]
@@ -102,8 +89,7 @@ def _layer_list(module: nn.Module) -> nn.ModuleList:
     return lists[0]
 
 
-def _hf_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], target: str,
-                   version: str) -> dict[str, torch.Tensor]:
+def _hf_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], target: str) -> dict[str, torch.Tensor]:
     """Our tensors under the names of the parameters of ``model`` they become (views, no copies)."""
     names = {module: name for name, module in model.named_modules()}
     out: dict[str, torch.Tensor] = {}
@@ -118,13 +104,11 @@ def _hf_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], target: str,
     def put_layers(layers: nn.ModuleList, prefix: str) -> None:
         for i, layer in enumerate(layers):
             p = f"{prefix}.{i}."
-            linears, norms = _layer_parts(layer, version)
-            for module, weight, bias in zip(linears[:3], sd[p + "attn.qkv.weight"].chunk(3),
-                                            sd[p + "attn.qkv.bias"].chunk(3)):
-                put(module, "weight", weight)
+            qkv, tensors = layer_tensors(layer, sd, p)
+            for module, bias in zip(qkv, sd[p + "attn.qkv.bias"].chunk(3)):
                 put(module, "bias", bias)
-            for module, ours in zip(linears[3:] + norms, ("attn.proj", "mlp.fc1", "mlp.fc2", "norm1", "norm2")):
-                put_linear_or_norm(module, p + ours)
+            for module, param, tensor in tensors:
+                put(module, param, tensor)
 
     encoder = model.vit if target == "hf-mae" else model
     embeddings = encoder.embeddings
@@ -218,14 +202,13 @@ def export_hf(source: str | Path | dict[str, torch.Tensor], target: str, output:
         raise ConversionError("transformers' ViTMAE decoder has no decoder/prediction downsampling: export the "
                               "encoder with --to hf-vit")
     entry = zoo_entry_of(provenance.source)
-    record = {**provenance.as_strings(), "arch": info.model, "attention": info.k_bias,
-              "lsmae_version": package_version()}
+    record = provenance_record(provenance, info)
     sd, merged = merge_qv_bias(sd)
     config = hf_config(transformers, info, target, record)
     with torch.device("meta"):  # no weights allocated: ours are assigned
         model = (transformers.ViTMAEForPreTraining(config) if target == "hf-mae"
                  else transformers.ViTModel(config, add_pooling_layer=False))
-    hf_sd = _hf_state_dict(model, sd, target, transformers.__version__)
+    hf_sd = _hf_state_dict(model, sd, target)
     model.load_state_dict(hf_sd, strict=True, assign=True)
     dropped = sorted(k for k in sd if k.startswith(("decoder", "mask_token"))) if target == "hf-vit" else []
     output = Path(output)

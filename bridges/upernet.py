@@ -23,7 +23,8 @@ from torch import nn
 
 from zoo.checkpoint import CheckpointInfo, check_structure
 
-from .hf_support import card_license, package_version, require_transformers, write_folder, zoo_entry_of
+from .hf_support import (card_license, encoder_config, layer_tensors, provenance_record, require_transformers,
+                         write_folder, zoo_entry_of)
 from .mae_weights import (ENCODER_KEYS, ConversionError, Provenance, key_groups, load_mae_weights,
                           resample_pos_embed, split_qkv_bias, untrained_mae_weights)
 
@@ -80,15 +81,10 @@ def upernet_config(info: CheckpointInfo, img_size: int, num_labels: int, block_t
     """A ``BeitConfig`` for the MAE encoder ``info`` describes, with the recipe's options."""
     from transformers import BeitConfig
 
-    from pretrain.archs import model_config
-
     if len(block_taps) != 4 or not all(0 <= k < info.depth for k in block_taps):
         raise ConversionError(f"block taps {block_taps}: need 4 zero-based blocks of the {info.depth}")
-    heads = model_config(info.model)["num_heads"]
     return BeitConfig(
-        image_size=img_size, patch_size=info.patch_size, num_channels=info.in_chans, hidden_size=info.embed_dim,
-        num_hidden_layers=info.depth, num_attention_heads=heads, intermediate_size=4 * info.embed_dim,
-        hidden_act="gelu", layer_norm_eps=1e-6, use_absolute_position_embeddings=True,
+        **encoder_config(info), image_size=img_size, use_absolute_position_embeddings=True,
         use_relative_position_bias=True, layer_scale_init_value=1.0, use_mean_pooling=False,
         drop_path_rate=drop_path, out_indices=list(block_taps), pool_scales=[1, 2, 3, 6], use_auxiliary_head=True,
         auxiliary_loss_weight=0.4, auxiliary_channels=256, auxiliary_num_convs=1, auxiliary_concat_input=False,
@@ -127,27 +123,24 @@ def _new_groups(keys: list[str]) -> str:
 def _beit_state(model: nn.Module, encoder: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The MAE encoder's tensors under the BEiT state-dict names, read off the model's modules
     (so they follow the installed transformers). ``encoder`` has q/v biases (no key bias)."""
-    names = {id(p): n for n, p in model.named_parameters()}
+    names = {module: name for name, module in model.named_modules()}
     out: dict[str, torch.Tensor] = {}
 
-    def put(param: nn.Parameter, value: torch.Tensor) -> None:
-        out[names[id(param)]] = value.reshape(param.shape)
+    def put(module: nn.Module, param: str, value: torch.Tensor) -> None:
+        out[f"{names[module]}.{param}"] = value.reshape(getattr(module, param).shape)
 
     emb = model.beit.embeddings
-    put(emb.cls_token, encoder["cls_token"])
-    put(emb.position_embeddings, encoder["pos_embed"])
-    put(emb.patch_embeddings.projection.weight, encoder["patch_embed.proj.weight"])
-    put(emb.patch_embeddings.projection.bias, encoder["patch_embed.proj.bias"])
+    put(emb, "cls_token", encoder["cls_token"])
+    put(emb, "position_embeddings", encoder["pos_embed"])
+    put(emb.patch_embeddings.projection, "weight", encoder["patch_embed.proj.weight"])
+    put(emb.patch_embeddings.projection, "bias", encoder["patch_embed.proj.bias"])
     for i, layer in enumerate(model.beit.layers):
-        a, prefix = layer.attention, f"blocks.{i}."
-        for proj, weight in zip((a.q_proj, a.k_proj, a.v_proj), encoder[prefix + "attn.qkv.weight"].chunk(3)):
-            put(proj.weight, weight)
-        put(a.q_proj.bias, encoder[prefix + "attn.q_bias"])
-        put(a.v_proj.bias, encoder[prefix + "attn.v_bias"])
-        for ours, theirs in (("norm1", layer.layernorm_before), ("norm2", layer.layernorm_after),
-                             ("attn.proj", a.o_proj), ("mlp.fc1", layer.mlp.fc1), ("mlp.fc2", layer.mlp.fc2)):
-            put(theirs.weight, encoder[f"{prefix}{ours}.weight"])
-            put(theirs.bias, encoder[f"{prefix}{ours}.bias"])
+        prefix = f"blocks.{i}."
+        (q, _, v), tensors = layer_tensors(layer, encoder, prefix)
+        for module, param, value in tensors:
+            put(module, param, value)
+        put(q, "bias", encoder[prefix + "attn.q_bias"])
+        put(v, "bias", encoder[prefix + "attn.v_bias"])
     return out
 
 
@@ -164,8 +157,7 @@ def convert_to_upernet(source: str | Path | dict[str, torch.Tensor], img_size: i
     info = check_structure(sd)
     pos_embed, resampled = resample_pos_embed(sd["pos_embed"], info, img_size)
     taps = list(block_taps) if block_taps is not None else default_taps(info.depth)
-    record = {**provenance.as_strings(), "arch": info.model, "attention": info.k_bias,
-              "pretrain_img_size": info.img_size, "lsmae_version": package_version(),
+    record = {**provenance_record(provenance, info), "pretrain_img_size": info.img_size,
               **({} if pretrained else {"init": "untrained (from scratch)"})}
     model = model_class()(upernet_config(info, img_size, num_labels, taps, drop_path, record))
     kept = sorted(k for k in sd if k.startswith(ENCODER_KEYS))
