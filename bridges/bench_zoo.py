@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import functools
 import http.server
-import importlib.util
 import json
 import os
 import shutil
@@ -138,7 +137,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{release.name}: {size_mb:.0f} MiB, served at {base_url}", flush=True)
         results = {}
         steps = ("plain_copy", "fetch", "cached_fetch", "verify", "to_vitdet", "to_timm")
-        for step in steps + (("to_hf",) if importlib.util.find_spec("transformers") else ()):
+        from .hf_support import transformers_available
+
+        for step in steps + (("to_hf",) if transformers_available() else ()):
             out = subprocess.run(
                 [sys.executable, "-m", "bridges.bench_zoo", "--step", step, "--workdir", str(workdir),
                  "--url", entry.url(base_url)], capture_output=True, text=True, env=env)

@@ -159,8 +159,6 @@ def detectron2_available() -> bool:
     return importlib.util.find_spec("detectron2") is not None
 
 
-def transformers_available() -> bool:
-    return importlib.util.find_spec("transformers") is not None
 
 
 # --------------------------------------------------------------------------- steps
@@ -190,6 +188,8 @@ def run(args: argparse.Namespace) -> None:
     if args.data_only:
         return
     heldout = sorted((data / "photos" / "heldout").glob("*.png"))
+    from .hf_support import transformers_available
+
     with_hf = transformers_available()
     total = 6 + 2 * with_hf + detectron2_available()
     numbers = iter(range(1, total + 1))

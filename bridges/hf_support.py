@@ -4,6 +4,7 @@ transformers ViT/BEiT layer, the provenance record with this package's version, 
 license for model cards, and writing a model folder atomically."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -23,6 +24,11 @@ from .mae_weights import ConversionError, Provenance
 
 TRANSFORMERS_INSTALL = "pip install 'long-seq-mae[hf]'"
 LAYER_NORM_EPS = 1e-6  # the MAE's (transformers' default is 1e-12)
+
+
+def transformers_available() -> bool:
+    """Whether transformers is installed (without importing it)."""
+    return importlib.util.find_spec("transformers") is not None
 
 
 def require_transformers() -> Any:

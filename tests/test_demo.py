@@ -12,6 +12,7 @@ import torch
 
 from bridges import demo
 from bridges.demo_args import DEFAULT_WORKDIR
+from bridges.hf_support import transformers_available
 from bridges.cli import main
 from bridges.timm_convert import create_timm_model, convert_to_timm
 
@@ -36,7 +37,7 @@ def quickstart(tmp_path_factory) -> tuple[Path, list[str]]:
 def test_quickstart_runs_every_step_and_reports_artefacts(quickstart):
     workdir, lines = quickstart
     steps = [line for line in lines if re.match(r"\[\d/\d\] ", line)]
-    with_detection, with_hf = demo.detectron2_available(), demo.transformers_available()
+    with_detection, with_hf = demo.detectron2_available(), transformers_available()
     assert len(steps) == 6 + with_detection + 2 * with_hf  # transformers: the HF export and segmentation
     assert any(line.startswith("[skip] detection: detectron2 is not installed; to add this step, install it")
                for line in lines) != with_detection
@@ -64,7 +65,7 @@ def test_pretraining_shows_in_reconstructions_and_fine_tuning(quickstart):
     m = re.search(r"pretrained ([\d.]+)% vs from scratch ([\d.]+)%", "\n".join(lines))
     pretrained, scratch = float(m.group(1)), float(m.group(2))
     assert pretrained > scratch + 10
-    if demo.transformers_available():
+    if transformers_available():
         m = re.search(r"mIoU after \d+ iterations: pretrained ([\d.]+) vs from scratch ([\d.]+)", "\n".join(lines))
         assert float(m.group(1)) > float(m.group(2)) + 5
 
@@ -73,7 +74,7 @@ def test_a_failing_step_stops_with_its_log_and_exit_status(tmp_path, lsmae_home,
     monkeypatch.setattr(demo, "FINETUNE_RECIPE", (*demo.FINETUNE_RECIPE, "--lr", "fast"))
     assert main(["demo", "--workdir", str(tmp_path / "w"), "--epochs", "1"]) == 1
     out, err = capsys.readouterr()
-    finetune_step = 5 + demo.transformers_available()
+    finetune_step = 5 + transformers_available()
     assert f"[{finetune_step}/" in out and f"[{finetune_step + 1}/" not in out
     log = tmp_path / "w" / "logs" / "finetune-pretrained.log"
     assert err.strip().splitlines() == [err.strip()]  # one line, no traceback

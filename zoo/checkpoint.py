@@ -19,7 +19,7 @@ from pretrain.models_mae import create_model
 from pretrain.pos_embed import grid_size_of
 from pretrain.serialization import load_checkpoint
 
-from .hf_folder import read_safetensors_source, weights_file
+from .hf_folder import Q_V_BIAS, read_safetensors_source, weights_file
 
 # the keys of an encoder-only MAE checkpoint (the decoder and mask token dropped)
 ENCODER_ONLY_PREFIXES = ("cls_token", "pos_embed", "patch_embed.", "blocks.", "norm.")
@@ -76,7 +76,7 @@ class CheckpointInfo:
     def model_overrides(self) -> dict[str, Any]:
         """``create_model`` options that reproduce this checkpoint's layout."""
         return dict(
-            img_size=self.img_size, in_chans=self.in_chans, no_k_bias=self.k_bias == "q_bias/v_bias",
+            img_size=self.img_size, in_chans=self.in_chans, no_k_bias=self.k_bias == Q_V_BIAS,
             decoder_downsampling=self.decoder_downsampling, pred_downsampling=self.pred_downsampling,
         )
 
@@ -107,7 +107,7 @@ def describe(sd: dict[str, torch.Tensor]) -> CheckpointInfo:
         raise CheckpointError(f"not an MAE checkpoint: no {e.args[0]!r} tensor") from None
     except ValueError as e:
         raise CheckpointError(f"not an MAE checkpoint: pos_embed: {e}") from None
-    k_bias = "q_bias/v_bias" if "blocks.0.attn.q_bias" in sd else (
+    k_bias = Q_V_BIAS if "blocks.0.attn.q_bias" in sd else (
         "qkv.bias" if "blocks.0.attn.qkv.bias" in sd else "none")
     info = CheckpointInfo(
         embed_dim=embed_dim, depth=_block_count(sd, "blocks."), patch_size=proj[-1], in_chans=proj[1],
