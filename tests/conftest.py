@@ -14,9 +14,28 @@ from bridges.sample_data import skimage_photo
 from tests.http_fault_server import FaultServer, fault_server  # noqa: F401  (fixture)
 
 TINY_MODEL = "mae_vit_micro_patch8_dec64d4h2b"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # torchvision 0.29 deprecates its image decoders in favour of TorchCodec; pretrain.data.read_rgb uses them
+    config.addinivalue_line("filterwarnings", "ignore:The image decoding:DeprecationWarning")
+
+
 COCO_PATH = "coco%2Bunlabeled_dup5/vitt_dec64d4h2b_800ep_img64_crop0.2-1.0_maskds2.pth"
 IN1K_PATH = "in1k/vitt_dec64d4h2b_800ep_img64_crop0.2-1.0_maskds2.pth"
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "cat")
+
+
+def perturbed_mae(name: str = TINY_MODEL, seed: int = 0, scale: float = 0.05,
+                  **overrides) -> pretrain.MaskedAutoencoderViT:
+    """An MAE (eval mode) with every tensor moved off its initialisation by ``scale`` x N(0, 1)
+    (nonzero biases, norm affines, positions), so a dropped or mis-mapped tensor changes outputs."""
+    torch.manual_seed(seed)
+    model = pretrain.create_model(name, **overrides)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * scale)
+    return model.eval()
 
 
 def tiny_checkpoint_bytes(tmp_path: Path, seed: int, **overrides) -> bytes:

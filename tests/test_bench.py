@@ -15,7 +15,6 @@ from pretrain.flops import blocks_flops, pretrain_flops
 
 REPO = Path(__file__).resolve().parents[1]
 VIT_B, VIT_L = "mae_vit_base_patch16_dec384d12h8b", "mae_vit_large_patch16_dec512d16h8b"
-pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
 
 
 def test_analytic_flops_of_the_release_architectures():

@@ -18,24 +18,19 @@ from bridges.mae_weights import ConversionError, load_mae_weights
 from bridges.operations import convert, visualize
 from pretrain.errors import CheckpointError, LsmaeError
 from pretrain.masking import block_mask_indices, block_mask_noise
-from tests.conftest import TINY_MODEL
+from tests.conftest import TINY_MODEL, perturbed_mae
 from zoo.cache import sha256_file
 from zoo.checkpoint import load_checkpoint, model_state_dict, read_checkpoint
 
 transformers = pytest.importorskip("transformers")
 
-REPO = Path(__file__).resolve().parents[1]
 VIT_B = "mae_vit_base_patch16_dec384d12h8b"
 
 
 def release_file(path: Path, model: str = TINY_MODEL, seed: int = 0, encoder_only: bool = False,
                  **overrides) -> Path:
     """A release-format file of random weights (biases, norms and tokens too, so that nothing is trivially zero)."""
-    torch.manual_seed(seed)
-    sd = pretrain.create_model(model, **overrides).state_dict()
-    with torch.no_grad():
-        for v in sd.values():
-            v.add_(torch.randn_like(v), alpha=0.02)
+    sd = perturbed_mae(model, seed, scale=0.02, **overrides).state_dict()
     if encoder_only:
         sd = {k: v for k, v in sd.items() if not k.startswith(("decoder", "mask_token"))}
     path.parent.mkdir(parents=True, exist_ok=True)

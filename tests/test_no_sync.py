@@ -38,8 +38,7 @@ SYNC_OPS = {aten._local_scalar_dense.default, aten.nonzero.default, aten.masked_
 ALLOWED = (("trainer.py", "_report"), ("trainer.py", "_after_update"), ("torch/utils/data/", None),
            ("torch/optim/optimizer.py", "_get_value"))
 
-pytestmark = [pytest.mark.usefixtures("one_thread"),
-              pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _where(stack: traceback.StackSummary) -> str:

@@ -22,8 +22,7 @@ from pretrain.data import (MAX_CONSECUTIVE_BAD, DataError, PILTransform, Pretrai
 TINY = "mae_vit_micro_patch8_dec64d4h2b"
 
 
-pytestmark = [pytest.mark.usefixtures("one_thread"),
-              pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

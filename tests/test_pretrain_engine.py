@@ -33,8 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 E = 8  # epochs of the resume runs (4 steps each)
 
 
-pytestmark = [pytest.mark.usefixtures("one_thread"),
-              pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def argv(data: Path, out: Path, epochs: int, *extra: str) -> list[str]:

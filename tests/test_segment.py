@@ -19,17 +19,7 @@ from bridges.segment_data import ADE20K, reduce_zero_label, train_transform  # n
 from bridges.segment_eval import SegMetrics, predict, slide_logits  # noqa: E402
 from pretrain.data import normalize  # noqa: E402
 from bridges.upernet import IGNORE_INDEX, convert_to_upernet, model_class, save_upernet  # noqa: E402
-from tests.conftest import TINY_MODEL  # noqa: E402
-
-
-def perturbed_mae(name: str, img_size: int, seed: int = 0, **kwargs) -> pretrain.MaskedAutoencoderViT:
-    """Release-format weights that are not the initialisation (zero biases would hide mapping errors)."""
-    torch.manual_seed(seed)
-    mae = pretrain.create_model(name, img_size=img_size, **kwargs).eval()
-    with torch.no_grad():
-        for p in mae.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    return mae
+from tests.conftest import perturbed_mae  # noqa: E402
 
 
 def mae_block_outputs(mae: pretrain.MaskedAutoencoderViT, x: torch.Tensor) -> list[torch.Tensor]:
@@ -44,7 +34,7 @@ def mae_block_outputs(mae: pretrain.MaskedAutoencoderViT, x: torch.Tensor) -> li
 
 # --------------------------------------------------------------------------- conversion
 def test_vit_b_448_conversion_is_exact_block_by_block(tmp_path):
-    mae = perturbed_mae("mae_vit_base_patch16_dec384d12h8b", 448)
+    mae = perturbed_mae("mae_vit_base_patch16_dec384d12h8b", scale=0.02, img_size=448)
     path = tmp_path / "release.pth"
     torch.save({"model": mae.state_dict()}, path)
     conversion = convert_to_upernet(str(path), img_size=448)
@@ -65,7 +55,7 @@ def test_vit_b_448_conversion_is_exact_block_by_block(tmp_path):
 
 
 def test_no_k_bias_checkpoint_and_resampled_grid():
-    mae = perturbed_mae(TINY_MODEL, 64, no_k_bias=True)
+    mae = perturbed_mae(scale=0.02, img_size=64, no_k_bias=True)
     exact = convert_to_upernet(mae.state_dict(), img_size=64).model.eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -80,7 +70,7 @@ def test_no_k_bias_checkpoint_and_resampled_grid():
 
 
 def test_save_and_load_round_trip_keeps_taps_and_outputs(tmp_path):
-    conversion = convert_to_upernet(perturbed_mae(TINY_MODEL, 64).state_dict(), img_size=64, num_labels=4)
+    conversion = convert_to_upernet(perturbed_mae(scale=0.02, img_size=64).state_dict(), img_size=64, num_labels=4)
     folder = save_upernet(conversion.model, tmp_path / "seg", "initialised (not trained)")
     config = json.loads((folder / "config.json").read_text())
     assert config["lsmae_block_taps"] == [0, 1, 2, 3] and config["architectures"] == ["MaeUperNetForSemanticSegmentation"]

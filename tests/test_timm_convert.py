@@ -26,7 +26,7 @@ from bridges.timm_convert import (
 )
 from pretrain.checkpoints import export_release
 from pretrain.errors import LsmaeError
-from tests.conftest import TINY_MODEL
+from tests.conftest import TINY_MODEL, perturbed_mae
 from zoo.checkpoint import check_structure, describe, expected_shapes
 from zoo.registry import ASSETS_DIR, get_entry
 
@@ -36,17 +36,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 TOL = 1e-5
 TINY_KWARGS = {"embed_dim": 96, "depth": 4, "num_heads": 3, "patch_size": 8}
 DECODER_PREFIXES = ("decoder_", "mask_token")
-
-
-def perturbed_model(seed: int = 0, **overrides) -> pretrain.MaskedAutoencoderViT:
-    """The tiny MAE with every tensor moved off its init (nonzero biases, LayerNorm affine,
-    positions), so a dropped or mis-mapped tensor changes the outputs."""
-    torch.manual_seed(seed)
-    model = pretrain.create_model(TINY_MODEL, **overrides)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model.eval()
 
 
 def images(seed: int = 1, n: int = 2, size: int = 64) -> torch.Tensor:
@@ -71,7 +60,7 @@ def sha256(path) -> str:
 # --------------------------------------------------------------------------- 1. equivalence
 @pytest.mark.parametrize("no_k_bias", [False, True])
 def test_timm_forward_features_equals_mae_encoder(no_k_bias):
-    mae = perturbed_model(no_k_bias=no_k_bias)
+    mae = perturbed_mae(no_k_bias=no_k_bias)
     if no_k_bias:
         assert mae.blocks[0].attn.q_bias.abs().min() > 0 and mae.blocks[0].attn.v_bias.abs().min() > 0
     model, converted, missing = create_timm_model(mae.state_dict(), num_classes=0, img_size=64,
@@ -87,7 +76,7 @@ def test_timm_forward_features_equals_mae_encoder(no_k_bias):
 
 def test_avg_pool_model_is_the_encoder_without_its_final_norm():
     """With 'avg' the MAE norm is dropped: timm's features are the last block's output."""
-    mae = perturbed_model(seed=3)
+    mae = perturbed_mae(seed=3)
     model, _, missing = create_timm_model(mae.state_dict(), num_classes=0, img_size=64, global_pool="avg")
     assert missing == ["fc_norm.bias", "fc_norm.weight"]
     assert isinstance(model.norm, nn.Identity) and isinstance(model.fc_norm, nn.LayerNorm)
@@ -99,7 +88,7 @@ def test_avg_pool_model_is_the_encoder_without_its_final_norm():
 
 # --------------------------------------------------------------------------- 2. k-bias
 def test_merge_qv_bias_is_cat_q_zero_v_and_split_round_trips():
-    mae = perturbed_model(seed=5, no_k_bias=True)
+    mae = perturbed_mae(seed=5, no_k_bias=True)
     sd = mae.state_dict()
     merged, count = merge_qv_bias(sd)
     assert count == 4 + 2  # encoder and decoder blocks
@@ -115,7 +104,7 @@ def test_merge_qv_bias_is_cat_q_zero_v_and_split_round_trips():
 
 def test_split_qkv_bias_with_nonzero_key_bias_keeps_the_outputs():
     """softmax ignores a key bias (it adds q.b_k to every logit of one query), so dropping it is exact."""
-    mae = perturbed_model(seed=6)
+    mae = perturbed_mae(seed=6)
     qkv_bias = mae.blocks[0].attn.qkv.bias
     assert qkv_bias.chunk(3)[1].abs().min() > 0  # a nonzero key bias is being dropped
     split = split_qkv_bias(mae.state_dict())
@@ -140,7 +129,7 @@ def test_split_qkv_bias_with_nonzero_key_bias_keeps_the_outputs():
 
 # --------------------------------------------------------------------------- 3. pos_embed
 def test_pos_embed_resampling_shapes_and_cls_slot():
-    sd = perturbed_model(seed=8).state_dict()
+    sd = perturbed_mae(seed=8).state_dict()
     original = sd["pos_embed"]
     assert original.shape == (1, 65, 96)
 
@@ -166,7 +155,7 @@ def test_pos_embed_resampling_shapes_and_cls_slot():
 
 
 def test_resampled_model_runs_at_the_new_resolution():
-    model, converted, _ = create_timm_model(perturbed_model(seed=9).state_dict(), num_classes=5,
+    model, converted, _ = create_timm_model(perturbed_mae(seed=9).state_dict(), num_classes=5,
                                             img_size=128, global_pool="token")
     assert model.pos_embed.shape == (1, 257, 96)
     assert torch.equal(model.pos_embed.detach(), converted.state_dict["pos_embed"])
@@ -192,7 +181,7 @@ def test_vit_base_448_pos_embed():
 
 # --------------------------------------------------------------------------- 4. kept / dropped
 def test_avg_drops_norm_mask_token_and_decoder_token_keeps_norm():
-    sd = perturbed_model(seed=10).state_dict()
+    sd = perturbed_mae(seed=10).state_dict()
     encoder = {k for k in sd if k.startswith(("cls_token", "pos_embed", "patch_embed.", "blocks."))}
     decoder = {k for k in sd if k.startswith(DECODER_PREFIXES)}
     assert decoder and "mask_token" in decoder and encoder | decoder | {"norm.weight", "norm.bias"} == set(sd)
@@ -215,7 +204,7 @@ def test_avg_drops_norm_mask_token_and_decoder_token_keeps_norm():
 
 
 def test_state_dict_is_independent_of_the_source():
-    sd = perturbed_model(seed=11).state_dict()
+    sd = perturbed_mae(seed=11).state_dict()
     converted = convert_to_timm(sd, img_size=64)
     converted.state_dict["blocks.0.attn.qkv.weight"].zero_()
     assert sd["blocks.0.attn.qkv.weight"].abs().sum() > 0
@@ -253,7 +242,7 @@ def test_non_rgb_checkpoint_builds_a_matching_timm_model():
 
 # --------------------------------------------------------------------------- 5. safetensors
 def test_safetensors_metadata_and_timm_pretrained_loading(tmp_path):
-    mae = perturbed_model(seed=13)
+    mae = perturbed_mae(seed=13)
     src = release_file(tmp_path, mae)
     converted = convert_to_timm(src, img_size=64, global_pool="avg")
     out = save_safetensors(converted, tmp_path / "out" / "tiny.safetensors")
@@ -293,7 +282,7 @@ def test_safetensors_metadata_and_timm_pretrained_loading(tmp_path):
 def test_save_safetensors_replaces_an_existing_file(tmp_path):
     out = tmp_path / "w.safetensors"
     out.write_text("old")
-    save_safetensors(convert_to_timm(perturbed_model(seed=14).state_dict(), img_size=64), out)
+    save_safetensors(convert_to_timm(perturbed_mae(seed=14).state_dict(), img_size=64), out)
     with safe_open(str(out), "pt") as f:
         assert f.metadata()["source"] == "in-memory state dict" and "source_sha256" not in f.metadata()
 
@@ -305,7 +294,7 @@ def test_save_safetensors_replaces_an_existing_file(tmp_path):
 ])
 def test_create_timm_model_missing_keys_and_head_init(pool, expected_missing):
     torch.manual_seed(15)
-    model, converted, missing = create_timm_model(perturbed_model(seed=15).state_dict(), num_classes=200,
+    model, converted, missing = create_timm_model(perturbed_mae(seed=15).state_dict(), num_classes=200,
                                                   img_size=64, global_pool=pool)
     assert missing == expected_missing
     assert isinstance(model.head, nn.Linear) and model.head.weight.shape == (200, 96)
@@ -317,17 +306,17 @@ def test_create_timm_model_missing_keys_and_head_init(pool, expected_missing):
 
 def test_create_timm_model_refuses_weights_timm_does_not_take():
     with pytest.raises(ConversionError, match=r"unexpected \['blocks.0.attn.qkv.bias'"):
-        create_timm_model(perturbed_model(seed=16).state_dict(), num_classes=0, img_size=64,
+        create_timm_model(perturbed_mae(seed=16).state_dict(), num_classes=0, img_size=64,
                           global_pool="token", qkv_bias=False)
     # LayerScale parameters the MAE does not have are not silently left at their init
     with pytest.raises(ConversionError, match=r"missing \['blocks.0.ls1.gamma'"):
-        create_timm_model(perturbed_model(seed=16).state_dict(), num_classes=0, img_size=64,
+        create_timm_model(perturbed_mae(seed=16).state_dict(), num_classes=0, img_size=64,
                           global_pool="avg", init_values=1e-5)
 
 
 # --------------------------------------------------------------------------- 7. bad inputs
 def test_vitdet_checkpoint_is_refused(tmp_path):
-    sd = {f"backbone.net.{k}": v for k, v in perturbed_model(seed=17).state_dict().items()
+    sd = {f"backbone.net.{k}": v for k, v in perturbed_mae(seed=17).state_dict().items()
           if not k.startswith(DECODER_PREFIXES)}
     path = tmp_path / "model_final.pth"
     torch.save({"model": sd}, path)
@@ -337,7 +326,7 @@ def test_vitdet_checkpoint_is_refused(tmp_path):
 
 
 def test_fine_tuned_checkpoint_is_refused(tmp_path):
-    sd = {k: v for k, v in perturbed_model(seed=18).state_dict().items() if not k.startswith(DECODER_PREFIXES)}
+    sd = {k: v for k, v in perturbed_mae(seed=18).state_dict().items() if not k.startswith(DECODER_PREFIXES)}
     sd.update({"head.weight": torch.zeros(1000, 96), "head.bias": torch.zeros(1000)})
     path = tmp_path / "finetuned.pth"
     torch.save({"model": sd}, path)
@@ -366,7 +355,7 @@ def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path, content):
 
 
 def test_a_checkpoint_of_another_architecture_is_refused():
-    sd = perturbed_model(seed=19).state_dict()
+    sd = perturbed_mae(seed=19).state_dict()
     del sd["blocks.3.mlp.fc2.bias"]
     with pytest.raises(LsmaeError, match="missing.*blocks.3.mlp.fc2.bias"):
         convert_to_timm(sd)
@@ -386,7 +375,7 @@ def test_zoo_demo_source(lsmae_home):
 
 
 def test_file_sources_release_export_and_in_memory(tmp_path):
-    mae = perturbed_model(seed=20, no_k_bias=True)
+    mae = perturbed_mae(seed=20, no_k_bias=True)
     sd = mae.state_dict()
     reference = convert_to_timm(sd, img_size=64).state_dict
 
