@@ -1,5 +1,9 @@
 from setuptools import find_packages, setup
 
+TRANSFORMERS = "transformers>=5.0,<6"
+TENSORBOARD = "tensorboard>=2.12"
+DEMO = ["scikit-image>=0.21", "scikit-learn>=1.2", TRANSFORMERS]
+
 setup(
     name="long-seq-mae",
     version="0.1.0",
@@ -31,14 +35,13 @@ setup(
         # `lsmae detect`: detectron2 itself is installed from source (not on PyPI, see the README)
         "detect": ["omegaconf>=2.1", "pycocotools>=2.0.6", "shapely>=2.0", "setuptools<81", "fairscale"],
         # TensorBoard event files beside log.jsonl (training runs log JSON lines without it)
-        "tensorboard": ["tensorboard>=2.12"],
+        "tensorboard": [TENSORBOARD],
         # the Hugging Face bridges (segmentation, transformers export)
-        "hf": ["transformers>=5.0,<6"],
+        "hf": [TRANSFORMERS],
         # `lsmae demo`: photographs bundled in scikit-image, digits in scikit-learn; transformers for its HF and
         # segmentation steps
-        "demo": ["scikit-image>=0.21", "scikit-learn>=1.2", "transformers>=5.0,<6"],
-        "test": ["pytest>=7", "scikit-image>=0.21", "scikit-learn>=1.2", "tensorboard>=2.12",
-                 "transformers>=5.0,<6"],
+        "demo": DEMO,
+        "test": ["pytest>=7", TENSORBOARD, *DEMO],
     },
     entry_points={"console_scripts": ["lsmae=bridges.cli:main"]},
 )

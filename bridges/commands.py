@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from .segment_recipes import ADE20K_CLASSES
+
 CONVERT_TARGETS = ("timm", "vitdet", "upernet", "hf-mae", "hf-vit", "release")
 BENCHMARKS = {"pretrain": "pretrain.bench", "zoo": "bridges.bench_zoo", "cli": "bridges.bench_cli"}
 
@@ -119,7 +121,7 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--img-size", type=int, default=None,
                    help="timm: fine-tuning resolution (default 224); upernet: crop size (default 512); pos_embed is "
                         "resampled to its grid")
-    p.add_argument("--num-labels", type=int, default=150, help="upernet: classes (default %(default)s, ADE20K)")
+    p.add_argument("--num-labels", type=int, default=ADE20K_CLASSES, help="upernet: classes (default %(default)s, ADE20K)")
     p.add_argument("--global-pool", choices=["avg", "token"], default="avg",
                    help="timm: avg (fine-tuning recipe: drops the final norm, timm adds fc_norm) or token "
                         "(linear probing: keeps it)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .segment_recipes import ADE20K_CLASSES
+
 
 # --------------------------------------------------------------------------- results
 @dataclass
@@ -81,7 +83,7 @@ def visualize(checkpoint: str, images: list[str | Path], output: str | Path, mas
 
 
 def convert(source: str | Path, to: str, output: str | Path, img_size: int | None = None,
-            global_pool: str = "avg", num_labels: int = 150) -> Conversion:
+            global_pool: str = "avg", num_labels: int = ADE20K_CLASSES) -> Conversion:
     """Convert a zoo id or local MAE source (checkpoint file, transformers ViTMAE/ViT folder) for timm
     (``to='timm'``), ViTDet (``'vitdet'``), UperNet segmentation (``'upernet'``, a transformers folder),
     transformers (``'hf-mae'``, ``'hf-vit'``: a folder), or into the release format (``'release'``)."""

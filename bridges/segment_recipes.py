@@ -11,6 +11,8 @@ from pretrain.errors import LsmaeError
 
 from .batch_scaling import scale_iterations
 
+ADE20K_CLASSES = 150  # SceneParse150
+
 
 @dataclass(frozen=True)
 class SegRecipe:
@@ -37,7 +39,7 @@ class SegRecipe:
     eval_stride: int = 341
     eval_period: int = 16_000
     checkpoint_period: int = 16_000
-    num_labels: int = 150
+    num_labels: int = ADE20K_CLASSES
     aug_test_scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 

@@ -23,12 +23,12 @@ from torch import nn
 
 from zoo.checkpoint import CheckpointInfo, check_structure
 
+from .segment_recipes import ADE20K_CLASSES
 from .hf_support import (card_license, encoder_config, layer_tensors, provenance_record, require_transformers,
                          write_folder, zoo_entry_of)
 from .mae_weights import (ENCODER_KEYS, ConversionError, Provenance, key_groups, load_mae_weights,
                           resample_pos_embed, split_qkv_bias, untrained_mae_weights)
 
-ADE20K_CLASSES = 150
 IGNORE_INDEX = 255
 
 
