@@ -24,7 +24,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import Lars, create_optimizer_v2
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from pretrain.backends import TorchBackend, make_backend
 from pretrain.checkpoints import json_safe_args
@@ -141,22 +141,8 @@ def load_splits(data_path: str | Path, train_tf: Any, val_tf: Any) -> tuple[Any,
     return train_set, val_set
 
 
-class ShardSampler(DistributedSampler):
-    """Every ``world``-th validation image from ``rank``: each image measured exactly once (no padding)."""
-
-    def __init__(self, dataset: Any, num_replicas: int, rank: int) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
-        self.num_samples = len(range(rank, len(dataset), num_replicas))
-
-    def __iter__(self):
-        return iter(range(self.rank, len(self.dataset), self.num_replicas))
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-
 def val_loader(dataset: Any, backend: TorchBackend, batch: int, workers: int) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch, sampler=ShardSampler(dataset, backend.world_size, backend.rank),
+    return DataLoader(dataset, batch_size=batch, sampler=backend.eval_sampler(dataset),
                       num_workers=workers, pin_memory=backend.name == "cuda", drop_last=False)
 
 

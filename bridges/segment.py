@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from pretrain.errors import LsmaeError, report_errors
+from pretrain.launch_env import launched_processes
 
 from .segment_args import build_parser
 from .segment_recipes import SegRecipe, get_recipe, plan, recipe_for_depth, scale_to_batch
@@ -38,12 +39,6 @@ def resolve_recipe(args: argparse.Namespace) -> SegRecipe:
     return replace(recipe, **overrides)
 
 
-def world_size() -> int:
-    import os
-
-    return int(os.environ.get("WORLD_SIZE", 1))
-
-
 def print_plan(record: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(record))
@@ -65,7 +60,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
 
         return run_eval(args)
     recipe = resolve_recipe(args)
-    record = plan(recipe, world_size(), args.source, grad_checkpointing=args.grad_checkpointing,
+    record = plan(recipe, launched_processes(), args.source, grad_checkpointing=args.grad_checkpointing,
                   from_scratch=args.from_scratch)
     if args.dry_run:
         print_plan(record, args.json)

@@ -77,7 +77,7 @@ def evaluate(model: Any, dataset: ADE20K, recipe: SegRecipe, backend: Any, dtype
             return model(x).logits
 
     with torch.no_grad():
-        for i in range(backend.rank, len(dataset), backend.world_size):
+        for i in backend.eval_sampler(dataset):
             image, label = dataset[i]
             pred = predict(logits_of, image.to(backend.device), recipe, label.shape, aug_test)
             metrics.add(pred, label.to(backend.device))
@@ -218,8 +218,7 @@ def _train(args: argparse.Namespace, recipe: SegRecipe, plan: dict[str, Any], ba
     if args.grad_checkpointing:
         model.gradient_checkpointing_enable()
     model.to(backend.device)
-    wrapped = backend.wrap_model(nn.SyncBatchNorm.convert_sync_batchnorm(model) if backend.world_size > 1
-                                 else model)
+    wrapped = backend.wrap_model(backend.sync_batchnorm(model, log))
     optimizer = torch.optim.AdamW(param_groups(model, recipe.weight_decay, recipe.layer_decay), lr=recipe.lr,
                                   betas=recipe.betas, **backend.optimizer_options())
     config = LoopConfig(seed=args.seed, min_lr=recipe.min_lr, print_freq=args.print_freq, max_steps=recipe.max_iter,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
+import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.data import Dataset, DistributedSampler
 
 from .errors import LsmaeError
+from .launch_env import launched_processes, launched_rank, local_rank
 from .serialization import atomic_save
 
 
@@ -43,22 +45,40 @@ def import_torch_xla() -> Any:
     return torch_xla
 
 
+class EvalShardSampler(DistributedSampler):
+    """Every ``num_replicas``-th index from ``rank``, in order: each item measured by exactly one
+    process, none twice (torch's DistributedSampler pads the last round with repeats)."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.num_samples = len(range(rank, len(dataset), num_replicas))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
 class TorchBackend:
-    """CUDA or CPU, one process or many under torchrun (DDP over NCCL or gloo)."""
+    """CUDA or CPU, one process or many under torchrun (DDP over NCCL or gloo).
+
+    The one place the training commands learn what running in several processes means: the
+    process group, the DDP wrapping, BatchNorm's synchronisation, the samplers (training, and
+    exactly-once evaluation) and the reductions."""
 
     name: str
 
     def __init__(self, device: str) -> None:
         self.name = device
-        self.world_size = int(os.environ.get("WORLD_SIZE", 1))
-        self.rank = int(os.environ.get("RANK", 0))
+        self.world_size = launched_processes()
+        self.rank = launched_rank()
         self.num_processes, self.local_devices = self.world_size, 1
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
         if device == "cuda":
             if not torch.cuda.is_available():
                 raise LsmaeError("--device cuda: no CUDA device is available (use --device cpu)")
-            torch.cuda.set_device(local_rank)
-            self.device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(local_rank())
+            self.device = torch.device("cuda", local_rank())
         else:
             self.device = torch.device("cpu")
         if self.world_size > 1 and not dist.is_initialized():
@@ -74,10 +94,35 @@ class TorchBackend:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def wrap_model(self, model: nn.Module) -> nn.Module:
+        """DDP over the processes. Without ``find_unused_parameters`` (a graph walk every step): every
+        trainable parameter of a model the commands build gets a gradient at each step (tested)."""
         if self.world_size == 1:
             return model
         ids = [self.device.index] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def sync_batchnorm(self, model: nn.Module, log: logging.Logger) -> nn.Module:
+        """BatchNorm statistics over the whole batch of all processes: SyncBatchNorm on GPUs. On CPUs
+        (several processes are for testing) torch has no SyncBatchNorm: each process keeps its own
+        statistics, and the run says so in one line."""
+        if self.num_processes == 1 or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            return model
+        if self.device.type == "cuda":
+            return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        log.info("BatchNorm: per-process statistics (SyncBatchNorm runs on GPUs only; %d CPU processes)",
+                 self.num_processes)
+        return model
+
+    def train_sampler(self, dataset: Dataset, seed: int) -> DistributedSampler:
+        """The data set split over the processes, reshuffled each epoch (``set_epoch``) from ``seed``;
+        the last incomplete round is dropped, so every process runs the same number of steps."""
+        return DistributedSampler(dataset, num_replicas=self.num_processes, rank=self.rank, shuffle=True, seed=seed,
+                                  drop_last=True)
+
+    def eval_sampler(self, dataset: Dataset) -> EvalShardSampler:
+        """This process's share of an evaluation set: each item measured exactly once over all processes
+        (sum the results with :meth:`all_reduce_sum`)."""
+        return EvalShardSampler(dataset, self.num_processes, self.rank)
 
     def no_sync(self, model: nn.Module, skip: bool) -> contextlib.AbstractContextManager:
         """Skip the gradient all-reduce on accumulation micro-steps."""

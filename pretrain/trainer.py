@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from timm.scheduler import CosineLRScheduler, PolyLRScheduler
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from .backends import TorchBackend, bf16_supported_on_cpu
 from .errors import LsmaeError, NonFiniteLossError
@@ -201,8 +201,7 @@ class Trainer:
         self.batch_size, self.accum, self.stop_hint = batch, accum, stop_hint
         self.output_dir = Path(output_dir)
         # the data is split over the processes; each loads the rows of the devices it feeds
-        self.sampler = DistributedSampler(dataset, num_replicas=backend.num_processes, rank=backend.rank,
-                                          shuffle=True, seed=config.seed, drop_last=True)
+        self.sampler = backend.train_sampler(dataset, config.seed)
         self.loader = DataLoader(dataset, batch_size=batch * backend.local_devices, sampler=self.sampler,
                                  num_workers=num_workers,
                                  pin_memory=backend.name == "cuda", drop_last=True, generator=torch.Generator(),
@@ -318,7 +317,9 @@ class Trainer:
     def _report(self, loss: torch.Tensor, ok: torch.Tensor, finite: torch.Tensor, bad: torch.Tensor, step: int,
                 epoch: int, pos: int, lr: float, images: int, done: int) -> None:
         """Divergence check, progress line and record of one batch, once its tensors are computed
-        (on XLA in a step closure): the only host syncs between evaluations."""
+        (on XLA in a step closure): the only host syncs between evaluations. The loss logged is the
+        mean over all processes: the loss of the global batch."""
+        loss = self.backend.all_reduce_mean(loss)
         self._watch.check(ok, finite, bad)
         if not self._logger.enabled:
             return
