@@ -83,9 +83,11 @@ def upernet_config(info: CheckpointInfo, img_size: int, num_labels: int, block_t
 
     if len(block_taps) != 4 or not all(0 <= k < info.depth for k in block_taps):
         raise ConversionError(f"block taps {block_taps}: need 4 zero-based blocks of the {info.depth}")
+    # use_mean_pooling: BEiT's switch for "no final LayerNorm"; the tapped blocks do not pass through one, and
+    # a parameter without a gradient stops DDP at its second step
     return BeitConfig(
         **encoder_config(info), image_size=img_size, use_absolute_position_embeddings=True,
-        use_relative_position_bias=True, layer_scale_init_value=1.0, use_mean_pooling=False,
+        use_relative_position_bias=True, layer_scale_init_value=1.0, use_mean_pooling=True,
         drop_path_rate=drop_path, out_indices=list(block_taps), pool_scales=[1, 2, 3, 6], use_auxiliary_head=True,
         auxiliary_loss_weight=0.4, auxiliary_channels=256, auxiliary_num_convs=1, auxiliary_concat_input=False,
         semantic_loss_ignore_index=IGNORE_INDEX, num_labels=num_labels, lsmae_block_taps=list(block_taps),
