@@ -488,14 +488,13 @@ def run(args: argparse.Namespace) -> None:
         print("\n".join(plan_lines(report)))
 
     if cpu:
-        print("note: train.device=cpu (AMP off): CPU runs are for testing only")
+        print(f"note: train.device=cpu (AMP off): CPU runs are for testing only ({num_gpus * args.num_machines} "
+              "process(es), gloo)")
     elif not torch.cuda.is_available():
         raise DetectError(f"train.device={cfg.train.device} but no GPU is visible; add train.device=cpu for a CPU "
                           "smoke run (testing only)")
     if not cpu and num_gpus > torch.cuda.device_count():
         raise DetectError(f"--num-gpus {num_gpus} but only {torch.cuda.device_count()} GPUs are visible")
-    if cpu and num_gpus * args.num_machines > 1:  # detectron2's DDP wrapper pins each process to a GPU
-        raise DetectError("train.device=cpu runs in one process: use --num-gpus 1 (and one machine)")
     dist_url = args.dist_url
     if dist_url is None:
         if args.num_machines > 1:
@@ -545,11 +544,20 @@ def _evaluate(cfg: Any, model: torch.nn.Module) -> dict[str, Any]:
     return results
 
 
+def _ddp(model: torch.nn.Module, cfg: Any, **options: Any) -> torch.nn.Module:
+    """detectron2's ``create_ddp_model``; CPU processes (gloo, for testing) get neither ``device_ids``,
+    which DDP refuses for a CPU model, nor fp16 gradient compression. GPUs: as the config says."""
+    from detectron2.engine.defaults import create_ddp_model
+
+    if is_cpu(cfg):
+        options.update(device_ids=None, fp16_compression=False)
+    return create_ddp_model(model, **options)
+
+
 def _train(cfg: Any, plan: Plan) -> None:
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.config import instantiate
     from detectron2.engine import AMPTrainer, SimpleTrainer, hooks
-    from detectron2.engine.defaults import create_ddp_model
     from detectron2.utils import comm
     from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 
@@ -560,11 +568,13 @@ def _train(cfg: Any, plan: Plan) -> None:
     optimizer = instantiate(cfg.optimizer)
     data = instantiate(cfg.dataloader.train)
 
-    model = create_ddp_model(model, **cfg.train.ddp)
+    model = _ddp(model, cfg, **cfg.train.ddp)
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, data, optimizer)
     checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     main = comm.is_main_process()
-    writers = [CommonMetricPrinter(cfg.train.max_iter), JSONWriter(os.path.join(cfg.train.output_dir, "metrics.json"))]
+    # built in the main process only: JSONWriter opens metrics.json as it is made
+    writers = [CommonMetricPrinter(cfg.train.max_iter),
+               JSONWriter(os.path.join(cfg.train.output_dir, "metrics.json"))] if main else []
     trainer.register_hooks([
         hooks.IterationTimer(),
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
@@ -582,7 +592,6 @@ def _worker(plan: Plan) -> None:
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.config import instantiate
     from detectron2.engine import default_setup
-    from detectron2.engine.defaults import create_ddp_model
 
     from . import vitdet_paths  # noqa: F401  (registers lsmae:// in this process)
 
@@ -592,7 +601,7 @@ def _worker(plan: Plan) -> None:
     if plan.eval_only:
         model = instantiate(cfg.model)
         model.to(cfg.train.device)
-        model = create_ddp_model(model)
+        model = _ddp(model, cfg)
         DetectionCheckpointer(model).load(cfg.train.init_checkpoint)
         _evaluate(cfg, model)
     else:
