@@ -203,6 +203,12 @@ def test_dry_run_plans_print_the_recipes_and_scale_with_the_batch(lsmae_home, ca
     assert not any(lsmae_home.rglob("*.pth"))  # nothing fetched
 
 
+def test_dry_run_under_torchrun_counts_the_launched_processes(lsmae_home, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "8")  # what torchrun --nproc_per_node 8 sets; a plan starts no process group
+    plan = _plan(capsys, "vit_base/coco/4000")
+    assert (plan["devices"], plan["batch_per_device"], plan["batch_size"]) == (8, 2, 16)
+
+
 def test_scaling_rule_and_bad_batch():
     r = scale_to_batch(get_recipe("upernet_vit_b_ade20k_160k"), 32)
     assert (r.lr, r.max_iter, r.warmup_iters, r.checkpoint_period) == (1.6e-4, 80000, 750, 8000)
