@@ -40,7 +40,8 @@ COMMANDS = [
     Command("inspect", "describe a checkpoint file without trusting it",
             "zoo.commands:add_inspect_arguments", "zoo.commands:cmd_inspect"),
     Command("cache", "list or remove cached checkpoints", "zoo.commands:add_cache_arguments", "zoo.commands:cmd_cache"),
-    Command("convert", "convert an MAE checkpoint for timm or Detectron2 ViTDet",
+    Command("convert", "convert an MAE checkpoint for timm, Detectron2 ViTDet, UperNet, transformers (ViTMAE, ViT) "
+                       "or the release format",
             "bridges.commands:add_convert_arguments", "bridges.commands:cmd_convert"),
     Command("finetune", "fine-tune an MAE encoder as a timm classifier (MAE recipe; GPU/DDP, CPU)",
             "bridges.commands:add_finetune_arguments", "bridges.commands:cmd_finetune"),

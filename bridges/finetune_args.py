@@ -25,14 +25,14 @@ AUTO_BATCH_CAP = {"finetune": 64, "linprobe": 512}
 EXAMPLES = """\
 examples:
   # ViT-B from the zoo on 8 GPUs (MAE recipe: 100 epochs, effective batch 1024, blr 5e-4, layer decay 0.65)
-  torchrun --nproc_per_node 8 -m bridges.finetune vit_base/in1k/1600 --data-path /data/imagenet \\
+  torchrun --nproc_per_node 8 -m bridges finetune vit_base/in1k/1600 --data-path /data/imagenet \\
       --output-dir runs/ft_vitb
   # one GPU, ViT-L at 448px: the 1024 images of an update as 16 per step x 64 accumulation steps
   lsmae finetune vit_large/in1k/1600 --data-path /data/imagenet --input-size 448 --batch-size 16 \
       --grad-checkpointing --output-dir runs/ft_vitl
   # a checkpoint of your own (release format or `lsmae export`), fewer epochs
   lsmae finetune vitb_mine.pth --data-path /data/imagenet --epochs 50 --output-dir runs/ft_mine
-  # linear probing (LARS, effective batch 16384, 90 epochs); under torchrun use `-m bridges.cli linprobe`
+  # linear probing (LARS, effective batch 16384, 90 epochs); under torchrun use `-m bridges linprobe`
   lsmae linprobe vit_large/in1k/1600 --data-path /data/imagenet --output-dir runs/lin_vitl
   # top-1/top-5 of a run's best checkpoint on DATA/val
   lsmae eval runs/ft_vitb/best.pth --data-path /data/imagenet

@@ -13,7 +13,7 @@ DESCRIPTION = ("Fine-tune a long-seq MAE encoder as UperNet semantic segmentatio
                "every N iterations; runs resume where they stopped. The result is an ordinary transformers folder.")
 EXAMPLES = """examples:
   lsmae segment vit_base/coco/4000 --config upernet_vit_b_ade20k_160k --data-path /data/ADEChallengeData2016
-  torchrun --nproc_per_node 8 -m bridges.segment vit_base/coco/4000 --config upernet_vit_b_ade20k_160k \\
+  torchrun --nproc_per_node 8 -m bridges segment vit_base/coco/4000 --config upernet_vit_b_ade20k_160k \\
       --data-path /data/ADEChallengeData2016 --output-dir runs/seg_vitb
   lsmae segment vit_large/coco/4000 --config upernet_vit_l_ade20k_160k --data-path ... --batch-size 8 \\
       --grad-checkpointing --dry-run          # the plan (lr, iterations, periods) for 8 images per step

@@ -86,3 +86,16 @@ def test_unsafe_file_is_refused_by_the_console_script(tmp_path):
     assert result.returncode == 1 and "refused to load" in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("command", ["segment", "finetune", "eval"])
+def test_python_m_bridges_is_the_lsmae_command(command):
+    """``python -m bridges COMMAND`` (what torchrun starts) is ``lsmae COMMAND``, usage line included."""
+    lsmae = Path(sys.executable).with_name("lsmae")
+    if not lsmae.exists():
+        pytest.skip("the lsmae console script is not installed beside this interpreter")
+    via_module = subprocess.run([sys.executable, "-m", "bridges", command, "--help"], capture_output=True, text=True,
+                                timeout=120)
+    via_script = subprocess.run([str(lsmae), command, "--help"], capture_output=True, text=True, timeout=120)
+    assert via_module.returncode == via_script.returncode == 0
+    assert via_module.stdout == via_script.stdout and via_module.stdout.startswith(f"usage: lsmae {command}")

@@ -339,7 +339,7 @@ def test_help_has_examples_and_every_command_is_registered(capsys):
             cli_parser().parse_args([name, "--help"])
         assert done.value.code == 0
         out = capsys.readouterr().out
-        assert out.startswith(f"usage: lsmae {name}") and "torchrun --nproc_per_node 8 -m bridges.finetune" in out
+        assert out.startswith(f"usage: lsmae {name}") and "torchrun --nproc_per_node 8 -m bridges finetune" in out
     assert "--data-path" in finetune.build_parser().format_help()
 
 

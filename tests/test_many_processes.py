@@ -60,7 +60,7 @@ def torchrun(nproc: int, *argv: str) -> list[str]:
 
 
 def lsmae(*argv: str) -> list[str]:
-    return [sys.executable, "-m", "bridges.cli", *argv]
+    return [sys.executable, "-m", "bridges", *argv]
 
 
 def child_env(home: Path, watch: Path | None = None, journal: Path | None = None, **extra: str) -> dict[str, str]:
@@ -222,7 +222,7 @@ def train_losses(out: Path) -> list[float]:
 @pytest.fixture(scope="module")
 def finetuned_in_two(digits, home, tmp_path_factory) -> tuple[Path, Run]:
     out = tmp_path_factory.mktemp("finetune2")
-    return out, launch(torchrun(2, "-m", "bridges.finetune", *classifier_argv("finetune", digits, out)), home, out)
+    return out, launch(torchrun(2, "-m", "bridges", "finetune", *classifier_argv("finetune", digits, out)), home, out)
 
 
 @pytest.mark.parametrize("mode", ["finetune", "linprobe"])
@@ -231,7 +231,7 @@ def test_classifier_in_two_processes_writes_once_and_resumes_after_sigkill(mode,
         out, whole = request.getfixturevalue("finetuned_in_two")
     else:
         out = tmp_path / "whole"
-        whole = launch(torchrun(2, "-m", "bridges.cli", mode, *classifier_argv(mode, digits, out)), home, out)
+        whole = launch(torchrun(2, "-m", "bridges", mode, *classifier_argv(mode, digits, out)), home, out)
     assert_one_writer(whole)
     assert whole.renames("last.pth") == 3  # once an epoch
     assert 1 <= whole.renames("best.pth") <= 3
@@ -239,7 +239,7 @@ def test_classifier_in_two_processes_writes_once_and_resumes_after_sigkill(mode,
     assert len(train_losses(out)) == 3 * 10  # 80 images, 8 a step: 10 steps an epoch, each logged once
 
     killed = tmp_path / "killed"
-    module = ["-m", "bridges.finetune"] if mode == "finetune" else ["-m", "bridges.cli", mode]
+    module = ["-m", "bridges", mode]
     launch_and_kill(torchrun(2, *module, *classifier_argv(mode, digits, killed)), home, killed / "last.pth")
     assert load(killed / "last.pth")["epoch"] < 2
     launch(torchrun(2, *module, *classifier_argv(mode, digits, killed)), home, killed)
@@ -263,7 +263,7 @@ def test_eval_in_two_processes_counts_each_image_once(finetuned_in_two, digits, 
     out, _ = finetuned_in_two
     results = {}
     for n in (1, 2):
-        run = launch(torchrun(n, "-m", "bridges.cli", "eval", str(out / "best.pth"), "--data-path", str(digits),
+        run = launch(torchrun(n, "-m", "bridges", "eval", str(out / "best.pth"), "--data-path", str(digits),
                               "--num-workers", "0", "--device", "cpu", "--precision", "fp32", "--batch-size", "4"),
                      home, tmp_path)
         [results[n]] = run.starting("top-1")
@@ -281,7 +281,7 @@ def textures(tmp_path_factory) -> Path:
 
 
 def segment_argv(data: Path, out: Path) -> list[str]:
-    return ["-m", "bridges.segment", "demo", "--data-path", str(data), "--output-dir", str(out), "--device", "cpu",
+    return ["-m", "bridges", "segment", "demo", "--data-path", str(data), "--output-dir", str(out), "--device", "cpu",
             "--num-workers", "0", "--precision", "fp32", "--max-iter", "6", "--eval-period", "3",
             "--checkpoint-period", "3", "--print-freq", "1"]
 
@@ -309,7 +309,7 @@ def test_segmentation_in_two_processes_writes_once_resumes_and_evaluates_each_im
 
     metrics = {}
     for n in (1, 2):
-        run = launch(torchrun(n, "-m", "bridges.segment", "--eval-only", str(tmp_path / "whole" / "model_final"),
+        run = launch(torchrun(n, "-m", "bridges", "segment", "--eval-only", str(tmp_path / "whole" / "model_final"),
                               "--data-path", str(textures), "--device", "cpu", "--precision", "fp32"),
                      home, tmp_path / "eval")
         [metrics[n]] = run.starting("mIoU")

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from bridges import finetune
 from bridges.cli import build_parser, main
 from pretrain import main_pretrain
 from zoo.registry import get_entry
@@ -46,7 +45,7 @@ def indented_commands(text: str) -> list[str]:
 
 
 def lsmae_invocations(command: str) -> list[tuple[str, list[str]]]:
-    """(program, argv) for each lsmae (also ``-m bridges.cli``) / ``-m pretrain`` / ``-m bridges.finetune`` call,
+    """(program, argv) for each lsmae (also ``-m bridges``) / ``-m pretrain`` call,
     also inside quoted remote commands (gcloud ... --command="... lsmae pretrain ...")."""
     lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
     lexer.whitespace_split = True
@@ -62,9 +61,8 @@ def lsmae_invocations(command: str) -> list[tuple[str, list[str]]]:
             if token == "lsmae" or token.endswith("/lsmae"):
                 found.append(("lsmae", tokens[i + 1:]))
                 break
-            if token == "-m" and i + 1 < len(tokens) and tokens[i + 1] in ("pretrain", "bridges.finetune",
-                                                                           "bridges.cli"):
-                found.append(("lsmae" if tokens[i + 1] == "bridges.cli" else tokens[i + 1], tokens[i + 2:]))
+            if token == "-m" and i + 1 < len(tokens) and tokens[i + 1] in ("pretrain", "bridges"):
+                found.append(("lsmae" if tokens[i + 1] == "bridges" else tokens[i + 1], tokens[i + 2:]))
                 break
             if token.startswith("--command="):
                 found += lsmae_invocations(token.split("=", 1)[1])
@@ -84,13 +82,12 @@ def test_the_first_lines_are_the_two_commands_ci_runs():
 def test_every_command_in_the_readme_parses():
     invocations = [inv for c in indented_commands(README) for inv in lsmae_invocations(c)]
     programs = {program for program, _ in invocations}
-    assert programs == {"lsmae", "pretrain", "bridges.finetune"}
+    assert programs == {"lsmae", "pretrain"}
     seen_subcommands = set()
     for program, argv in invocations:
         if "..." in argv:  # "lsmae detect ... --resume": an elided command, options shown alone
             continue
-        parser = {"lsmae": build_parser(), "pretrain": main_pretrain.build_parser(),
-                  "bridges.finetune": finetune.build_parser("finetune")}[program]
+        parser = {"lsmae": build_parser(), "pretrain": main_pretrain.build_parser()}[program]
         try:
             args = parser.parse_args(argv)
         except SystemExit:
@@ -100,7 +97,7 @@ def test_every_command_in_the_readme_parses():
             if isinstance(value, str) and ID_PATTERN.match(value):
                 get_entry(value)
     assert {"demo", "list", "fetch", "verify", "inspect", "cache", "pretrain", "export", "visualize", "convert",
-            "finetune", "linprobe", "eval", "detect", "bench"} <= seen_subcommands
+            "finetune", "linprobe", "eval", "detect", "segment", "bench"} <= seen_subcommands
 
 
 def test_lsmae_list_and_help_of_every_subcommand(lsmae_home, capsys):

@@ -1,0 +1,7 @@
+"""``python -m bridges COMMAND`` is ``lsmae COMMAND`` (same parser, same ``usage: lsmae COMMAND``): the
+form to hand torchrun, ``torchrun --nproc_per_node 8 -m bridges segment ...``."""
+import sys
+
+from .cli import main
+
+sys.exit(main())
