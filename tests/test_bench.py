@@ -12,6 +12,7 @@ from PIL import Image
 
 from pretrain.bench_data import pipeline_rates, write_coco_like_jpegs
 from pretrain.flops import blocks_flops, pretrain_flops
+from tests.conftest import TINY_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 VIT_B, VIT_L = "mae_vit_base_patch16_dec384d12h8b", "mae_vit_large_patch16_dec512d16h8b"
@@ -51,7 +52,7 @@ def test_pipeline_rates_of_one_worker(photos):
 
 def test_bench_runs_all_three_parts(tmp_path):
     """The micro model: two configurations taking turns, the pipeline, end to end (JSON lines)."""
-    cmd = [sys.executable, "-W", "ignore", "-m", "pretrain.bench", "--model", "mae_vit_micro_patch8_dec64d4h2b",
+    cmd = [sys.executable, "-W", "ignore", "-m", "pretrain.bench", "--model", TINY_MODEL,
            "--input-size", "64", "--batch-size", "4", "--rounds", "2", "--warmup", "1", "--configs", "release,fp32",
            "--images", "8", "--workers", "0", "--threads", "1", "--json"]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
@@ -61,7 +62,7 @@ def test_bench_runs_all_three_parts(tmp_path):
     assert [r["config"] for r in steps] == ["release", "fp32"] and all(len(r["rounds"]) == 2 for r in steps)
     assert steps[0]["speed_up"] == 1.0 and all(r["images_per_s"] > 0 and r["tflops"] > 0 for r in steps)
     (flops,) = [r for r in records if r["part"] == "flops"]
-    assert flops["analytic_train"] == pretrain_flops("mae_vit_micro_patch8_dec64d4h2b", 64).train
+    assert flops["analytic_train"] == pretrain_flops(TINY_MODEL, 64).train
     assert list(flops["counted"]) == ["fp32"]  # the counter runs on this code's model, not the release's
     (pipeline,) = [r for r in records if r["part"] == "pipeline"]
     assert pipeline["images"] == 8

@@ -28,6 +28,7 @@ from bridges.vitdet_convert import (
     save_vitdet,
 )
 from zoo.checkpoint import expected_shapes
+from tests.conftest import TINY_MODEL
 
 REPO = Path(__file__).resolve().parent.parent
 KEYS_DIR = Path(__file__).parent / "data" / "vitdet_keys"
@@ -39,7 +40,6 @@ GOLDEN = {
     "vit_large_mask_rcnn": ("mask_rcnn_vitdet_l_100ep", "mae_vit_large_patch16_dec512d16h8b"),
     "vit_large_cascade_mask_rcnn": ("cascade_mask_rcnn_vitdet_l_100ep", "mae_vit_large_patch16_dec512d16h8b"),
 }
-DEMO_MODEL = "mae_vit_micro_patch8_dec64d4h2b"
 DEMO_CONFIG = "mask_rcnn_vitdet_demo"  # the shipped config shrunk to the demo checkpoint, CPU, 128 px
 
 
@@ -107,7 +107,7 @@ def test_convert_demo_to_vitdet(lsmae_home, tmp_path, capsys):
     for dropped in ("cls_token", "norm.", "mask_token", "decoder"):
         assert not any(k[len(BACKBONE_PREFIX):].startswith(dropped) for k in keys), dropped
     # the meta-device mapping the golden tests use is what the converter does
-    assert {k: tuple(v.shape) for k, v in ckpt["model"].items()} == converted_shapes(DEMO_MODEL, img_size=64)
+    assert {k: tuple(v.shape) for k, v in ckpt["model"].items()} == converted_shapes(TINY_MODEL, img_size=64)
 
 
 def test_detect_arguments_intermix():

@@ -11,16 +11,10 @@ import torch.nn.functional as F
 
 import pretrain
 
-MICRO = "mae_vit_micro_patch8_dec64d4h2b"  # 64x64 images, patch 8 -> 8x8 grid, width 96, decoder 64
+from tests.conftest import TINY_MODEL as MICRO  # 64x64 images, patch 8 -> 8x8 grid, width 96, decoder 64
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one thread is several times faster than contended intra-op threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# these models are tiny: one thread is several times faster than contended intra-op threads
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------- helpers

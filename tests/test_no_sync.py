@@ -25,8 +25,8 @@ from pretrain import trainer as trainer_module
 from pretrain.engine import MaskedPretraining
 from pretrain.main_pretrain import build_parser, run
 from pretrain.masking import block_mask_indices
+from tests.conftest import TINY_MODEL
 
-TINY = "mae_vit_micro_patch8_dec64d4h2b"
 HOST_READS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__", "__index__")
 aten = torch.ops.aten
 SYNC_OPS = {aten._local_scalar_dense.default, aten.nonzero.default, aten.masked_select.default, aten.is_nonzero.default,
@@ -108,7 +108,7 @@ def host_syncs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
 
 def _train(data: Path, out: Path, *extra: str) -> None:
     run(build_parser().parse_args([
-        "--model", TINY, "--input-size", "64", "--data-path", str(data), "--epochs", "1", "--warmup-epochs", "1",
+        "--model", TINY_MODEL, "--input-size", "64", "--data-path", str(data), "--epochs", "1", "--warmup-epochs", "1",
         "--effective-batch-size", "8", "--num-workers", "0", "--output-dir", str(out), "--ckpt-interval", "1",
         "--print-freq", "1000", "--lr", "1e-3", *extra]))
 

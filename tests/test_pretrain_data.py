@@ -18,8 +18,8 @@ from torchvision import transforms
 from pretrain import data as pdata
 from pretrain.data import (MAX_CONSECUTIVE_BAD, DataError, PILTransform, PretrainImages, collate, crop_box,
                            list_images, normalize, pretrain_dataset, pretrain_transform, read_rgb, release_dataset)
+from tests.conftest import TINY_MODEL
 
-TINY = "mae_vit_micro_patch8_dec64d4h2b"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -302,7 +302,7 @@ def _run(data: Path, out: Path, *extra: str) -> Path:
     from pretrain.main_pretrain import build_parser, run
 
     args = build_parser().parse_args([
-        "--model", TINY, "--input-size", "64", "--data-path", str(data), "--epochs", "2",
+        "--model", TINY_MODEL, "--input-size", "64", "--data-path", str(data), "--epochs", "2",
         "--warmup-epochs", "1", "--effective-batch-size", "8", "--num-workers", "0", "--device", "cpu",
         "--output-dir", str(out), "--ckpt-interval", "1", "--print-freq", "1", "--precision", "fp32",
         "--lr", "1e-3", *extra,
@@ -325,7 +325,7 @@ def test_same_seed_same_weights_other_seed_other_weights(photos, tmp_path):
     # not merely a different initialisation: the trained weights moved away from it
     torch.manual_seed(3)
     from pretrain import create_model
-    init = create_model(TINY, img_size=64).state_dict()
+    init = create_model(TINY_MODEL, img_size=64).state_dict()
     assert not torch.equal(init["blocks.0.attn.qkv.weight"], a["blocks.0.attn.qkv.weight"])
 
 

@@ -27,8 +27,8 @@ from pretrain.checkpoints import export_release
 from pretrain.errors import LsmaeError, NonFiniteLossError
 from pretrain.main_pretrain import build_parser, main, run
 from pretrain.trainer import resolve_batch
+from tests.conftest import TINY_MODEL
 
-TINY = "mae_vit_micro_patch8_dec64d4h2b"
 REPO = Path(__file__).resolve().parents[1]
 E = 8  # epochs of the resume runs (4 steps each)
 
@@ -38,7 +38,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def argv(data: Path, out: Path, epochs: int, *extra: str) -> list[str]:
     """The tiny recipe; ``extra`` options come last and so override these."""
-    return ["--model", TINY, "--input-size", "64", "--data-path", str(data), "--epochs", str(epochs),
+    return ["--model", TINY_MODEL, "--input-size", "64", "--data-path", str(data), "--epochs", str(epochs),
             "--warmup-epochs", "1", "--effective-batch-size", "8", "--num-workers", "0", "--device", "cpu",
             "--output-dir", str(out), "--ckpt-interval", "1", "--print-freq", "1", "--precision", "fp32",
             "--lr", "1e-3", *extra]
@@ -196,8 +196,8 @@ def test_export_release_round_trip(reference_run, tmp_path):
     assert list(raw) == ["model"]  # no optimizer, scaler, epoch or args
     sd = zoo.checkpoint.model_state_dict(zoo.load_checkpoint(out))
     info = zoo.checkpoint.check_structure(sd)
-    assert info.model == TINY and info.img_size == 64 and info.has_decoder
-    model = pretrain.create_model(TINY, img_size=64)
+    assert info.model == TINY_MODEL and info.img_size == 64 and info.has_decoder
+    model = pretrain.create_model(TINY_MODEL, img_size=64)
     model.load_state_dict(sd, strict=True)
     last = load(reference_run / f"checkpoint-{E - 1}.pth")["model"]
     assert model.state_dict().keys() == last.keys()
@@ -288,7 +288,7 @@ def test_compile_compiles_the_model_in_place(photos, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(type(self).__name__))
     train(*argv(photos, tmp_path, 1, "--compile"))
     assert compiled == ["MaskedAutoencoderViT"]
-    assert load(tmp_path / "checkpoint-0.pth")["model"].keys() == pretrain.create_model(TINY).state_dict().keys()
+    assert load(tmp_path / "checkpoint-0.pth")["model"].keys() == pretrain.create_model(TINY_MODEL).state_dict().keys()
 
 
 def test_cli_errors(photos, tmp_path):
