@@ -2,6 +2,6 @@
 form to hand torchrun, ``torchrun --nproc_per_node 8 -m bridges segment ...``."""
 import sys
 
-from .cli import main
+from bridges.cli import main
 
 sys.exit(main())

@@ -114,7 +114,7 @@ def load_mae_weights(source: str | Path | dict[str, torch.Tensor]) -> tuple[dict
 def untrained_mae_weights(source: str | Path | dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Provenance]:
     """The MAE code's own initialisation of ``source``'s architecture (seeded by the caller), with the
     source's provenance: the from-scratch baseline differs from the pretrained run only in the weights."""
-    from pretrain.models_mae import create_model
+    from pretrain.models.mae import create_model
     from zoo.checkpoint import check_structure
 
     sd, provenance = load_mae_weights(source)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .segment_recipes import ADE20K_CLASSES
+from bridges.segmentation.recipes import ADE20K_CLASSES
 
 
 # --------------------------------------------------------------------------- results
@@ -59,7 +59,7 @@ class Conversion:
 # --------------------------------------------------------------------------- functions
 def export(run: str | Path, output: str | Path) -> Exported:
     """Write the newest checkpoint of a run folder (or one checkpoint file) in the release format."""
-    from pretrain.checkpoints import export_release
+    from pretrain.engine.checkpoints import export_release
     from zoo.checkpoint import check_structure, load_checkpoint, model_state_dict
 
     out = export_release(Path(run), Path(output))
@@ -88,25 +88,25 @@ def convert(source: str | Path, to: str, output: str | Path, img_size: int | Non
     (``to='timm'``), ViTDet (``'vitdet'``), UperNet segmentation (``'upernet'``, a transformers folder),
     transformers (``'hf-mae'``, ``'hf-vit'``: a folder), or into the release format (``'release'``)."""
     if to in ("hf-mae", "hf-vit"):
-        from .hf_export import export_hf
+        from bridges.hf.export import export_hf
 
         exported = export_hf(source, to, output)
         return Conversion(exported.path, to, exported.report(), exported.load_hint)
     if to == "release":
         return _to_release(source, Path(output))
     if to == "upernet":
-        from .upernet import convert_to_upernet, save_upernet
+        from bridges.segmentation.model import convert_to_upernet, save_upernet
 
         converted = convert_to_upernet(source, img_size=img_size or 512, num_labels=num_labels)
         folder = save_upernet(converted.model, output, "initialised here (train them with lsmae segment)")
         return Conversion(folder, to, converted.report(),
-                          f"load with: bridges.upernet.model_class().from_pretrained('{folder}')")
+                          f"load with: bridges.segmentation.model.model_class().from_pretrained('{folder}')")
     if to == "vitdet":
-        from .vitdet_convert import convert_to_vitdet, save_vitdet
+        from bridges.detection.convert import convert_to_vitdet, save_vitdet
 
         converted = convert_to_vitdet(source)
         return Conversion(save_vitdet(converted, output), to, converted.report())
-    from .timm_convert import convert_to_timm, save_safetensors
+    from bridges.classification.convert import convert_to_timm, save_safetensors
 
     img_size = img_size or 224
     converted = convert_to_timm(source, img_size=img_size, global_pool=global_pool)
@@ -120,7 +120,7 @@ def convert(source: str | Path, to: str, output: str | Path, img_size: int | Non
 
 def _to_release(source: str | Path, output: Path) -> Conversion:
     """The weights of any source (e.g. a transformers folder) as a release-format file ``{'model': ...}``."""
-    from pretrain.serialization import atomic_save
+    from pretrain.engine.serialization import atomic_save
     from zoo.cache import load_verified
 
     sd, info = load_verified(source)

@@ -6,7 +6,7 @@ ViT with 14x14 window attention and four global blocks, a simple feature pyramid
 the heads, AdamW with layer-wise lr decay, and 184375 iterations at 64 images per batch.
 
 The configs import from here with ``from .common import ...``; ``LazyConfig.load`` resolves that
-relative to this file (no package needed). Importing :mod:`bridges.vitdet_paths` registers the
+relative to this file (no package needed). Importing :mod:`bridges.detection.paths` registers the
 ``lsmae://ID`` scheme for ``train.init_checkpoint`` in every process that loads a config.
 """
 from functools import partial
@@ -16,7 +16,7 @@ from fvcore.common.param_scheduler import MultiStepParamScheduler
 from omegaconf import OmegaConf
 from torch import nn
 
-import bridges.vitdet_paths  # noqa: F401  (registers lsmae:// on detectron2's PathManager)
+import bridges.detection.paths  # noqa: F401  (registers lsmae:// on detectron2's PathManager)
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 from detectron2.data import (

@@ -1,15 +1,15 @@
-"""Long-sequence MAE: architectures (:mod:`.archs`), models, block masking, and the pretraining
+"""Long-sequence MAE: architectures (:mod:`.models.archs`), models, block masking, and the pretraining
 engine (GPU/CPU DDP and TPU) with the training skeleton the fine-tuning bridges share.
 
 Names are handed on lazily: ``import pretrain`` (or ``pretrain.errors``) costs no torch import.
 """
-from .lazy_exports import lazy_getattr
+from pretrain.lazy_exports import lazy_getattr
 
 _EXPORTS = {
     "errors": ("LsmaeError",),
-    "archs": ("list_models", "model_config", "resolve_model_name"),
-    "models_mae": ("MaskedAutoencoderViT", "create_model"),
-    "masking": ("block_mask_indices",),
+    "models.archs": ("list_models", "model_config", "resolve_model_name"),
+    "models.mae": ("MaskedAutoencoderViT", "create_model"),
+    "models.masking": ("block_mask_indices",),
 }
 __all__ = sorted(name for names in _EXPORTS.values() for name in names)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

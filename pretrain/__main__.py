@@ -1,6 +1,6 @@
 """``python -m pretrain`` (also under torchrun): the pretraining engine."""
 import sys
 
-from .main_pretrain import main
+from pretrain.main_pretrain import main
 
 sys.exit(main())

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset, default_collate
 from torchvision import transforms
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
-from .errors import DataError
+from pretrain.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 JPEG_EXTENSIONS = (".jpg", ".jpeg")

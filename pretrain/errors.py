@@ -27,7 +27,7 @@ class VerificationError(CheckpointError):
 
 
 class UnknownModelError(LsmaeError, KeyError):
-    """An architecture name that is not in :mod:`pretrain.archs`."""
+    """An architecture name that is not in :mod:`pretrain.models.archs`."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])

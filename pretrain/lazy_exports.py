@@ -10,7 +10,7 @@ from typing import Any
 
 def lazy_getattr(package: str, exports: dict[str, tuple[str, ...]]) -> Callable[[str], Any]:
     """A module ``__getattr__`` for ``package``: ``exports`` maps each submodule to the public names
-    it provides; any other submodule is reachable as an attribute too (``pretrain.engine``)."""
+    it provides; any other submodule is reachable as an attribute too (``pretrain.pretraining``)."""
     home = {name: module for module, names in exports.items() for name in names}
 
     def __getattr__(name: str) -> Any:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from .archs import list_models
-from .errors import report_errors
+from pretrain.models.archs import list_models
+from pretrain.errors import report_errors
 
 EXAMPLES = """\
 examples:
@@ -90,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> None:
     """Train on the chosen backend (XLA: this process drives every device of its host, SPMD)."""
-    from .backends import check_compile, make_backend
-    from .engine import train
+    from pretrain.engine.backends import check_compile, make_backend
+    from pretrain.pretraining import train
 
     check_compile(args.device, args.compile)
     backend = make_backend(args.device)

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from bridges import demo
-from bridges.demo_args import DEFAULT_WORKDIR
-from bridges.hf_support import transformers_available
+from bridges.demo import chain as demo
+from bridges.demo.args import DEFAULT_WORKDIR
+from bridges.hf.support import transformers_available
 from bridges.cli import main
-from bridges.timm_convert import create_timm_model, convert_to_timm
+from bridges.classification.convert import create_timm_model, convert_to_timm
 
 REPO = Path(__file__).resolve().parents[1]
 

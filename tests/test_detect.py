@@ -17,8 +17,8 @@ import torch
 
 import pretrain
 from bridges.cli import build_parser, main
-from bridges.sample_data import write_shapes_coco
-from bridges.vitdet_convert import (
+from bridges.demo.sample_data import write_shapes_coco
+from bridges.detection.convert import (
     BACKBONE_PREFIX,
     REL_POS,
     VITDET_KEEP,
@@ -119,7 +119,7 @@ def test_detect_arguments_intermix():
 
 
 def test_shipped_configs_are_found_and_self_contained():
-    from bridges.detect_args import config_dir, config_names, resolve_config
+    from bridges.detection.args import config_dir, config_names, resolve_config
 
     assert config_dir() == CONFIG_DIR
     assert set(config_names()) == {c for c, _ in GOLDEN.values()} | {DEMO_CONFIG}
@@ -127,7 +127,7 @@ def test_shipped_configs_are_found_and_self_contained():
     for path in CONFIG_DIR.glob("*.py"):
         text = path.read_text()
         assert "model_zoo" not in text and "projects/ViTDet" not in text, path
-    assert "import bridges.vitdet_paths" in (CONFIG_DIR / "common.py").read_text()
+    assert "import bridges.detection.paths" in (CONFIG_DIR / "common.py").read_text()
 
 
 def test_detect_user_mistakes_are_one_line(lsmae_home, monkeypatch, capsys):
@@ -191,7 +191,7 @@ def vit_b_converted():
 def test_converted_vit_base_loads_under_contract(d2, vit_b_converted, tmp_path):
     from detectron2.checkpoint import DetectionCheckpointer
 
-    from bridges.detect import enforce_load_contract
+    from bridges.detection.detect import enforce_load_contract
 
     assert vit_b_converted.pretrain_img_size == 448
     ckpt = vit_b_converted.checkpoint["model"]
@@ -209,7 +209,7 @@ def test_converted_vit_base_loads_under_contract(d2, vit_b_converted, tmp_path):
 
 
 def test_pretrain_img_size_224_breaks_contract(d2, vit_b_converted):
-    from bridges.detect import enforce_load_contract
+    from bridges.detection.detect import enforce_load_contract
 
     shapes = {k: tuple(v.shape) for k, v in vit_b_converted.checkpoint["model"].items()}
     cfg = load_config("mask_rcnn_vitdet_b_100ep", ["model.backbone.net.pretrain_img_size=224", "train.device=cpu"])
@@ -235,7 +235,7 @@ def test_missing_dataset_names_the_folder(d2, tmp_path):
     from detectron2.data import DatasetCatalog
     from detectron2.data.datasets import register_coco_instances
 
-    from bridges.detect import DetectError, check_datasets
+    from bridges.detection.detect import DetectError, check_datasets
 
     name = "lsmae_test_missing_coco"
     if name not in DatasetCatalog:
@@ -333,8 +333,8 @@ def test_overrides_apply_after_the_scaling(d2, lsmae_home, capsys):
 
 
 def test_grad_checkpointing_reaches_the_vit(d2, lsmae_home, capsys, monkeypatch):
-    from bridges.detect import ACT_CHECKPOINT_KEY, DetectError, check_act_checkpoint, resolve_plan
-    from bridges.detect_args import resolve_config
+    from bridges.detection.detect import ACT_CHECKPOINT_KEY, DetectError, check_act_checkpoint, resolve_plan
+    from bridges.detection.args import resolve_config
 
     args = build_parser().parse_args(["detect", "vit_large/coco/4000", "--config", "mask_rcnn_vitdet_l_100ep",
                                       "--grad-checkpointing"])
@@ -354,14 +354,14 @@ def test_grad_checkpointing_reaches_the_vit(d2, lsmae_home, capsys, monkeypatch)
 
 
 def test_dry_run_fetches_and_reads_nothing(d2, lsmae_home, capsys, monkeypatch, tmp_path):
-    import bridges.vitdet_paths
+    import bridges.detection.paths
 
     def refuse(*_args, **_kwargs):
         raise AssertionError("a dry run fetched or converted")
 
     monkeypatch.setenv("LSMAE_MIRROR", "http://127.0.0.1:9/unreachable")
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "no_datasets"))
-    monkeypatch.setattr(bridges.vitdet_paths, "vitdet_checkpoint", refuse)
+    monkeypatch.setattr(bridges.detection.paths, "vitdet_checkpoint", refuse)
     plan = dry_run(capsys, "vit_large/coco/4000", "--config", "mask_rcnn_vitdet_l_100ep", "--batch-size", "16")
     assert plan["pretrain_img_size"] == 448 and plan["max_iter"] == 737500 and plan["devices"] >= 1
     assert not lsmae_home.exists() or not any(lsmae_home.rglob("*"))

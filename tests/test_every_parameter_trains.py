@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 import pretrain
-from bridges import finetune
-from bridges.segment_engine import build_model as build_upernet
-from bridges.segment_recipes import get_recipe
-from pretrain.masking import block_mask_indices
+from bridges.classification import finetune
+from bridges.segmentation.training import build_model as build_upernet
+from bridges.segmentation.recipes import get_recipe
+from pretrain.models.masking import block_mask_indices
 from tests.conftest import TINY_MODEL
 
 
@@ -62,7 +62,7 @@ def test_vitdet_detection_step(lsmae_home):
     from detectron2.structures import BitMasks, Boxes, Instances
     from detectron2.utils.events import EventStorage
 
-    from bridges.detect_args import resolve_config
+    from bridges.detection.args import resolve_config
 
     torch.manual_seed(0)
     cfg = LazyConfig.load(str(resolve_config("mask_rcnn_vitdet_demo")))

@@ -5,7 +5,7 @@ from PIL import Image
 
 import pretrain
 from bridges.cli import main
-from pretrain.masking import block_mask_indices
+from pretrain.models.masking import block_mask_indices
 from tests.conftest import TINY_MODEL
 
 

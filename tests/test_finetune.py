@@ -20,14 +20,14 @@ import timm
 import torch
 from PIL import Image
 
-from bridges import finetune
-from bridges.finetune_args import add_arguments
+from bridges.classification import finetune
+from bridges.classification.args import add_arguments
 from bridges.cli import build_parser as cli_parser
-from bridges.sample_data import write_digits
+from bridges.demo.sample_data import write_digits
 from bridges.cli import main as cli_main
 from pretrain import main_pretrain
-from pretrain.checkpoints import export_release
-from pretrain.trainer import resolve_batch
+from pretrain.engine.checkpoints import export_release
+from pretrain.engine.trainer import resolve_batch
 from tests.conftest import TINY_MODEL
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -344,8 +344,8 @@ def test_help_has_examples_and_every_command_is_registered(capsys):
 
 
 def test_module_entry_point_for_torchrun_reports_errors_in_one_line(tmp_path):
-    """``python -m bridges.finetune`` (what torchrun runs) in a fresh interpreter."""
-    done = subprocess.run([sys.executable, "-m", "bridges.finetune", "demo", "--data-path", str(tmp_path / "none"),
+    """``python -m bridges.classification.finetune`` (what torchrun runs) in a fresh interpreter."""
+    done = subprocess.run([sys.executable, "-m", "bridges.classification.finetune", "demo", "--data-path", str(tmp_path / "none"),
                            "--device", "cpu"], capture_output=True, text=True, cwd=REPO, timeout=120,
                           env={**os.environ, "LSMAE_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"})
     assert done.returncode == 1 and "Traceback" not in done.stderr

@@ -17,7 +17,7 @@ from bridges.cli import main
 from bridges.mae_weights import ConversionError, load_mae_weights
 from bridges.operations import convert, visualize
 from pretrain.errors import CheckpointError, LsmaeError
-from pretrain.masking import block_mask_indices, block_mask_noise
+from pretrain.models.masking import block_mask_indices, block_mask_noise
 from tests.conftest import TINY_MODEL, perturbed_mae
 from zoo.cache import sha256_file
 from zoo.checkpoint import load_checkpoint, model_state_dict, read_checkpoint
@@ -266,8 +266,8 @@ def test_both_key_generations_are_read(micro, tmp_path):
 
 
 def test_a_folder_is_a_source_everywhere(micro, tmp_path, capsys):
-    from bridges.detect import prepare_source
-    from bridges.finetune import _source_width
+    from bridges.detection.detect import prepare_source
+    from bridges.classification.finetune import _source_width
     from zoo.cache import load_state_dict
     from zoo.commands import verify
     from zoo.models import load_model
@@ -321,7 +321,7 @@ def test_without_transformers_the_export_says_how_to_install(micro, tmp_path, mo
 
 def test_demo_loss_in_transformers_is_the_visualize_loss(lsmae_home, photos, tmp_path):
     """What `lsmae demo` prints: transformers' loss on visualize's images and block masks equals ours."""
-    from bridges.hf_export import hf_mae_loss
+    from bridges.hf.export import hf_mae_loss
 
     images = sorted(photos.glob("*.jpg"))[:3]
     folder = convert("demo", "hf-mae", tmp_path / "demo_hf").path

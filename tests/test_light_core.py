@@ -13,7 +13,7 @@ import torch
 
 import zoo
 from bridges.cli import COMMANDS, main
-from pretrain.archs import list_models, num_weights
+from pretrain.models.archs import list_models, num_weights
 from zoo.cache import CacheError
 from zoo.checkpoint import expected_shapes
 

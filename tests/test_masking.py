@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pretrain import block_mask_indices
-from pretrain.masking import block_mask_noise, host_block_masks
+from pretrain.models.masking import block_mask_noise, host_block_masks
 
 
 def _shuffle_from_restore(ids_restore: torch.Tensor) -> torch.Tensor:
@@ -191,7 +191,7 @@ def test_vitmae_keeps_the_block_mask_with_block_mask_noise(grid, ds, ratio):
 
 def _release_block_mask(batch, grid, ratio, k, generator):
     """The earlier implementation (boolean-mask indexing: a host sync per call on a GPU)."""
-    from pretrain.masking import _block_patch_table
+    from pretrain.models.masking import _block_patch_table
 
     table = _block_patch_table(grid, k, None)
     order = torch.argsort(torch.rand(batch, table.shape[0], generator=generator), dim=1)

@@ -240,7 +240,7 @@ def test_pos_embed_is_fixed_2d_sincos(name, img):
     if name == MICRO:
         model = pretrain.create_model(name, img_size=img)
     else:  # real init of the two position tables only, without building 100M parameters
-        from pretrain.pos_embed import sincos_2d_pos_embed
+        from pretrain.models.pos_embed import sincos_2d_pos_embed
 
         with torch.device("meta"):
             model = pretrain.create_model(name, img_size=img)

@@ -22,9 +22,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from pretrain import trainer as trainer_module
-from pretrain.engine import MaskedPretraining
+from pretrain.pretraining import MaskedPretraining
 from pretrain.main_pretrain import build_parser, run
-from pretrain.masking import block_mask_indices
+from pretrain.models.masking import block_mask_indices
 from tests.conftest import TINY_MODEL
 
 HOST_READS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__", "__index__")
@@ -174,9 +174,9 @@ def test_fine_tuning_steps_do_not_wait_for_the_device(tmp_path, monkeypatch, lsm
     """The same skeleton under the classification bridge (mixup/cutmix, label smoothing; frozen encoder)."""
     import argparse
 
-    from bridges import finetune
-    from bridges.finetune_args import add_arguments
-    from bridges.sample_data import write_digits
+    from bridges.classification import finetune
+    from bridges.classification.args import add_arguments
+    from bridges.demo.sample_data import write_digits
     from tests.conftest import tiny_checkpoint_bytes
 
     data = write_digits(tmp_path / "digits", 4, 1, size=32)
@@ -198,7 +198,7 @@ def test_segmentation_steps_do_not_wait_for_the_device(tmp_path, monkeypatch, ls
     pytest.importorskip("skimage")
     pytest.importorskip("transformers")
     from bridges.cli import main
-    from bridges.sample_data import write_textures_ade20k
+    from bridges.demo.sample_data import write_textures_ade20k
 
     data = write_textures_ade20k(tmp_path / "ade", train_images=8, val_images=2)
     with host_syncs(monkeypatch) as seen:

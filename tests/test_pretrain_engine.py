@@ -23,10 +23,10 @@ import torch
 
 import pretrain
 import zoo
-from pretrain.checkpoints import export_release
+from pretrain.engine.checkpoints import export_release
 from pretrain.errors import LsmaeError, NonFiniteLossError
 from pretrain.main_pretrain import build_parser, main, run
-from pretrain.trainer import resolve_batch
+from pretrain.engine.trainer import resolve_batch
 from tests.conftest import TINY_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
@@ -329,8 +329,8 @@ def test_help_shows_examples(capsys):
 
 
 def test_finished_run_is_not_trained_again(photos, reference_run, tmp_path):
-    from pretrain.backends import make_backend
-    from pretrain.engine import train as engine_train
+    from pretrain.engine.backends import make_backend
+    from pretrain.pretraining import train as engine_train
 
     out = tmp_path / "again"
     shutil.copytree(reference_run, out)

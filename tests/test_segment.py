@@ -11,14 +11,14 @@ from PIL import Image
 
 import pretrain
 from bridges.cli import main
-from bridges.segment_recipes import RECIPES, default_taps, get_recipe, scale_to_batch
+from bridges.segmentation.recipes import RECIPES, default_taps, get_recipe, scale_to_batch
 
 transformers = pytest.importorskip("transformers")
 
-from bridges.segment_data import ADE20K, reduce_zero_label, train_transform  # noqa: E402
-from bridges.segment_eval import SegMetrics, predict, slide_logits  # noqa: E402
+from bridges.segmentation.data import ADE20K, reduce_zero_label, train_transform  # noqa: E402
+from bridges.segmentation.evaluation import SegMetrics, predict, slide_logits  # noqa: E402
 from pretrain.data import normalize  # noqa: E402
-from bridges.upernet import IGNORE_INDEX, convert_to_upernet, model_class, save_upernet  # noqa: E402
+from bridges.segmentation.model import IGNORE_INDEX, convert_to_upernet, model_class, save_upernet  # noqa: E402
 from tests.conftest import perturbed_mae  # noqa: E402
 
 
@@ -220,7 +220,7 @@ def test_scaling_rule_and_bad_batch():
 @pytest.fixture(scope="module")
 def texture_set(tmp_path_factory):
     pytest.importorskip("skimage")
-    from bridges.sample_data import write_textures_ade20k
+    from bridges.demo.sample_data import write_textures_ade20k
 
     return write_textures_ade20k(tmp_path_factory.mktemp("ade"), train_images=16, val_images=4)
 
@@ -233,7 +233,7 @@ def _segment(data, out, *extra):
 
 def test_training_resumes_bit_identically_and_saves_transformers_folders(texture_set, tmp_path, lsmae_home,
                                                                          monkeypatch, capsys):
-    from pretrain import trainer
+    from pretrain.engine import trainer
 
     assert _segment(texture_set, tmp_path / "whole") == 0
     original = trainer.Trainer._after_update
@@ -275,7 +275,7 @@ def test_eval_only_of_a_converted_folder_uses_its_depth_recipe_at_its_crop(textu
     assert main(["convert", "demo", "--to", "upernet", "--img-size", "64", "--num-labels", "4", "-o",
                  str(folder)]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(folder)
-    from bridges.segment_engine import load_segmentation_model, recipe_of
+    from bridges.segmentation.training import load_segmentation_model, recipe_of
 
     recipe = recipe_of(load_segmentation_model(folder))
     assert (recipe.name, recipe.crop_size, recipe.eval_stride, recipe.num_labels) == ("demo", 64, 43, 4)

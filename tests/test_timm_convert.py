@@ -17,14 +17,14 @@ from torch import nn
 import pretrain
 from bridges.cli import main
 from bridges.mae_weights import ConversionError, merge_qv_bias, split_qkv_bias
-from bridges.timm_convert import (
+from bridges.classification.convert import (
     HEAD_INIT_STD,
     convert_to_timm,
     create_timm_model,
     save_safetensors,
     timm_model_args,
 )
-from pretrain.checkpoints import export_release
+from pretrain.engine.checkpoints import export_release
 from pretrain.errors import LsmaeError
 from tests.conftest import TINY_MODEL, perturbed_mae
 from zoo.checkpoint import check_structure, describe, expected_shapes

@@ -1,4 +1,4 @@
-"""The training skeleton (:mod:`pretrain.trainer`) driven directly, counted in iterations as a
+"""The training skeleton (:mod:`pretrain.engine.trainer`) driven directly, counted in iterations as a
 segmentation recipe is: a run stopped in mid-epoch and resumed from its last checkpoint ends with the
 same weights and optimizer state, bit for bit, as a run that was not stopped.
 
@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from pretrain.backends import TorchBackend
-from pretrain.trainer import LoopConfig, Progress, Trainer
+from pretrain.engine.backends import TorchBackend
+from pretrain.engine.trainer import LoopConfig, Progress, Trainer
 
 # 40 samples in batches of 4 with 2 accumulation steps: 10 batches, 5 optimizer updates per epoch
 SAMPLES, BATCH, ACCUM, STEPS = 40, 4, 2, 12

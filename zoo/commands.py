@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pretrain.archs import num_weights
+from pretrain.models.archs import num_weights
 from pretrain.errors import CheckpointError, LsmaeError
 
 from . import cache

@@ -24,10 +24,10 @@ from pretrain.errors import CheckpointError
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-PROVENANCE_KEY = "lsmae"  # our provenance block in config.json (bridges.hf_export writes it)
+PROVENANCE_KEY = "lsmae"  # our provenance block in config.json (bridges.hf.export writes it)
 Q_V_BIAS = "q_bias/v_bias"  # CheckpointInfo.k_bias of the no-k-bias layout, recorded as provenance "attention"
 MODEL_TYPES = {"vit_mae": "ViTMAE", "vit": "ViT"}
-SEGMENTATION_KEY = "lsmae_block_taps"  # in the config of our UperNet folders (bridges.upernet)
+SEGMENTATION_KEY = "lsmae_block_taps"  # in the config of our UperNet folders (bridges.segmentation.model)
 
 _LAYER = re.compile(r"^(encoder\.layer|layers|decoder\.decoder_layers|decoder\.decoder_encoder\.layer)\.(\d+)\."
                     r"(.+)\.(weight|bias)$")

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from pretrain.errors import CheckpointError
-from pretrain.models_mae import MaskedAutoencoderViT, create_model
+from pretrain.models.mae import MaskedAutoencoderViT, create_model
 
 from .cache import load_verified
 

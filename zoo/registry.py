@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pretrain.archs import model_config
+from pretrain.models.archs import model_config
 from pretrain.errors import LsmaeError
 
 from . import settings

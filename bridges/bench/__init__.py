@@ -1,0 +1,1 @@
+"""lsmae bench zoo and cli: fetch/verify/convert throughput, and look-up commands vs import torch."""

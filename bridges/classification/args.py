@@ -1,0 +1,136 @@
+"""Options and recipe defaults of ``lsmae finetune``, ``lsmae linprobe`` and ``lsmae eval``.
+
+Data and argparse only (no torch): the ``lsmae`` parser registers these without importing the
+training code, which :mod:`bridges.classification.finetune` holds.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import textwrap
+
+# MAE's FINETUNE.md, by encoder width: ViT-L (1024) has its own column, every other width the ViT-B one
+FINETUNE_BY_WIDTH = {
+    1024: dict(epochs=50, blr=1e-3, layer_decay=0.75, drop_path=0.2),
+    None: dict(epochs=100, blr=5e-4, layer_decay=0.65, drop_path=0.1),
+}
+FINETUNE_COMMON = dict(
+    effective_batch_size=1024, weight_decay=0.05, warmup_epochs=5, min_lr=1e-6, smoothing=0.1,
+    aa="rand-m9-mstd0.5-inc1", reprob=0.25, mixup=0.8, cutmix=1.0,
+)
+LINPROBE = dict(epochs=90, blr=0.1, effective_batch_size=16384, warmup_epochs=10, weight_decay=0.0, min_lr=0.0)
+# the per-device batch when only the effective batch is given (the rest is gradient accumulation)
+AUTO_BATCH_CAP = {"finetune": 64, "linprobe": 512}
+
+EXAMPLES = """\
+examples:
+  # ViT-B from the zoo on 8 GPUs (MAE recipe: 100 epochs, effective batch 1024, blr 5e-4, layer decay 0.65)
+  torchrun --nproc_per_node 8 -m bridges finetune vit_base/in1k/1600 --data-path /data/imagenet \\
+      --output-dir runs/ft_vitb
+  # one GPU, ViT-L at 448px: the 1024 images of an update as 16 per step x 64 accumulation steps
+  lsmae finetune vit_large/in1k/1600 --data-path /data/imagenet --input-size 448 --batch-size 16 \
+      --grad-checkpointing --output-dir runs/ft_vitl
+  # a checkpoint of your own (release format or `lsmae export`), fewer epochs
+  lsmae finetune vitb_mine.pth --data-path /data/imagenet --epochs 50 --output-dir runs/ft_mine
+  # linear probing (LARS, effective batch 16384, 90 epochs); under torchrun use `-m bridges linprobe`
+  lsmae linprobe vit_large/in1k/1600 --data-path /data/imagenet --output-dir runs/lin_vitl
+  # top-1/top-5 of a run's best checkpoint on DATA/val
+  lsmae eval runs/ft_vitb/best.pth --data-path /data/imagenet
+DATA holds ImageFolder splits DATA/train/CLASS/*.jpg and DATA/val/CLASS/*.jpg.
+Runs resume by default (--resume auto) from OUTPUT_DIR/last.pth: rerun the same command.
+"""
+
+DEVICE_HELP = "default: cuda when available, else cpu (on TPUs, through XLA, only pretraining runs)"
+
+
+# --------------------------------------------------------------------------- command line
+def add_arguments(p: argparse.ArgumentParser, mode: str = "finetune") -> None:
+    """Options of ``lsmae finetune`` (``mode='finetune'``) or ``lsmae linprobe``; recipe defaults
+    left as None here are filled in by :func:`resolve_recipe` from the architecture."""
+    ft = mode == "finetune"
+    p.add_argument("source", help="zoo id (e.g. vit_base/in1k/1600) or MAE checkpoint file (release format or "
+                                   "`lsmae export`)")
+    g = p.add_argument_group("data")
+    g.add_argument("--data-path", required=True, metavar="DATA", help="ImageFolder root with train/ and val/")
+    g.add_argument("--input-size", type=int, default=224,
+                   help="image size; the position embeddings are resampled to its grid (default %(default)s)")
+    g.add_argument("--num-workers", type=int, default=min(10, os.cpu_count() or 1),
+                   help="data loader processes per device (default %(default)s)")
+    g.add_argument("--min-crop-scale", type=float, default=0.08,
+                   help="RandomResizedCrop's smallest area fraction (default %(default)s, timm's and MAE's; "
+                        "raise it for small or low-resolution images)")
+    g.add_argument("--hflip", type=float, default=0.5,
+                   help="horizontal flip probability of the training images (default %(default)s)")
+
+    g = p.add_argument_group("recipe (defaults: MAE's " + ("FINETUNE.md, ViT-B column; ViT-L has its own)"
+                                                           if ft else "main_linprobe.py)"))
+    r = {**FINETUNE_COMMON, **FINETUNE_BY_WIDTH[None]} if ft else LINPROBE
+    g.add_argument("--epochs", type=int, default=None,
+                   help=f"default {r['epochs']}" + (" (ViT-L 50)" if ft else ""))
+    g.add_argument("--warmup-epochs", type=int, default=None, help=f"default {r['warmup_epochs']}")
+    g.add_argument("--effective-batch-size", type=int, default=None,
+                   help=f"images per optimizer update over all devices (default {r['effective_batch_size']})")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="per-device batch (default: the largest divisor of the per-device share up to "
+                        f"{AUTO_BATCH_CAP[mode]}; the rest is gradient accumulation)")
+    g.add_argument("--accum-iter", type=int, default=None, help="gradient accumulation steps (inferred if omitted)")
+    g.add_argument("--blr", type=float, default=None,
+                   help=f"base lr: lr = blr * effective batch / 256 (default {r['blr']:g}" + (", ViT-L 1e-3)"
+                                                                                            if ft else ")"))
+    g.add_argument("--lr", type=float, default=None, help="absolute lr (overrides --blr)")
+    g.add_argument("--min-lr", type=float, default=None, help=f"cosine floor (default {r['min_lr']:g})")
+    g.add_argument("--weight-decay", type=float, default=None, help=f"default {r['weight_decay']:g}")
+    if ft:
+        g.add_argument("--layer-decay", type=float, default=None, help="layer-wise lr decay (default 0.65, ViT-L 0.75)")
+        g.add_argument("--drop-path", type=float, default=None, help="stochastic depth (default 0.1, ViT-L 0.2)")
+        g.add_argument("--smoothing", type=float, default=None, help=f"label smoothing (default {r['smoothing']})")
+        g.add_argument("--aa", default=None, metavar="POLICY",
+                       help=f"timm auto-augment policy, 'none' to disable (default {r['aa']})")
+        g.add_argument("--reprob", type=float, default=None, help=f"random erasing probability (default {r['reprob']})")
+        g.add_argument("--mixup", type=float, default=None, help=f"mixup alpha, 0 = off (default {r['mixup']})")
+        g.add_argument("--cutmix", type=float, default=None, help=f"cutmix alpha, 0 = off (default {r['cutmix']})")
+        g.add_argument("--grad-checkpointing", action="store_true", help="recompute activations to save memory")
+        g.add_argument("--from-scratch", action="store_true",
+                       help="random initialisation of SOURCE's architecture (timm's): the baseline that shows what "
+                            "pretraining adds for the same budget")
+        g.add_argument("--global-pool", choices=["avg", "token"], default="avg",
+                       help="avg (MAE fine-tuning: patch-token average + fc_norm) or token (default %(default)s)")
+    g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="autocast dtype; auto = bf16 where supported, else fp16 on GPUs (with a grad scaler) "
+                        "and fp32 on CPUs")
+    g.add_argument("--seed", type=int, default=0)
+
+    g = p.add_argument_group("run")
+    g.add_argument("--device", choices=["cuda", "cpu"], default=None, help=DEVICE_HELP)
+    g.add_argument("--output-dir", default=f"runs/{mode}", help="checkpoints and logs (default %(default)s)")
+    g.add_argument("--resume", default="auto",
+                   help="'auto' (OUTPUT_DIR/last.pth if there is one), a checkpoint path, or '' to start fresh")
+    g.add_argument("--print-freq", type=int, default=20, help="progress line every N steps (default %(default)s)")
+
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="best.pth/last.pth of a finetune or linprobe run (or the run folder: best.pth)")
+    p.add_argument("--data-path", required=True, metavar="DATA", help="ImageFolder root; DATA/val is measured")
+    p.add_argument("--batch-size", type=int, default=64, help="per-device batch (default %(default)s)")
+    p.add_argument("--num-workers", type=int, default=min(10, os.cpu_count() or 1))
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+    p.add_argument("--device", choices=["cuda", "cpu"], default=None, help=DEVICE_HELP)
+
+
+def build_parser(mode: str = "finetune") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bridges.classification.finetune" if mode == "finetune" else f"lsmae {mode}",
+        description=DESCRIPTIONS[mode], epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p, mode)
+    return p
+
+
+DESCRIPTIONS = {k: textwrap.fill(v, 100) for k, v in {
+    "finetune": "Fine-tune an MAE encoder as a timm ViT classifier with MAE's recipe (RandAugment, mixup/cutmix, "
+                "label smoothing, layer-wise lr decay, drop path, AdamW, cosine schedule), evaluating top-1/top-5 "
+                "on DATA/val every epoch. Defaults follow the architecture (ViT-B or ViT-L column of MAE's "
+                "FINETUNE.md); every one can be overridden.",
+    "linprobe": "Linear probing of an MAE encoder (MAE's main_linprobe.py): frozen timm ViT, cls-token features, "
+                "BatchNorm (no affine) + linear head trained with LARS, evaluated on DATA/val every epoch.",
+    "eval": "Top-1/top-5 accuracy of a finetune/linprobe checkpoint on DATA/val.",
+}.items()}

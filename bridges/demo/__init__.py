@@ -1,0 +1,1 @@
+"""lsmae demo: the whole chain offline on the embedded checkpoint, and its generated data sets."""

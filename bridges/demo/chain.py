@@ -1,0 +1,335 @@
+"""``lsmae demo``: the whole chain, offline, on the embedded ``demo`` checkpoint, in a few minutes on a CPU.
+
+fetch -> verify -> visualize reconstructions of held-out photographs -> export to transformers (the
+same loss from ViTMAEForPreTraining, when transformers is installed) -> convert to timm ->
+fine-tune on scikit-learn's digits next to the same model trained from scratch -> convert to
+ViTDet -> ``lsmae detect`` on a generated COCO-format set when detectron2 is installed.
+
+Each step calls the library function behind its ``lsmae`` command and prints one line from the
+result it returns, after the equivalent command line (to copy). Output a step would print goes
+to ``WORKDIR/logs/STEP.log``. Detection runs as a child ``lsmae detect`` process: detectron2's
+launcher owns its processes and logging; its result is the ``eval_results.json`` it writes.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pretrain.errors import LsmaeError
+
+# digits: 1797 images, the smallest class has 174: 140 per class to train, 34 to measure
+DIGITS_TRAIN, DIGITS_VAL = 140, 34
+FINETUNE_SIZE = 64  # the pretraining's resolution and 8x8 grid
+# flips and small crops change what a digit is: whole, unflipped digits, no mixing
+FINETUNE_RECIPE = ("--input-size", str(FINETUNE_SIZE), "--warmup-epochs", "1", "--effective-batch-size", "64",
+                   "--lr", "2e-3", "--mixup", "0", "--cutmix", "0", "--aa", "none", "--reprob", "0",
+                   "--hflip", "0", "--min-crop-scale", "0.7", "--drop-path", "0", "--print-freq", "1000")
+DETECT_CONFIG = "mask_rcnn_vitdet_demo"
+EPOCH_DONE = re.compile(r"epoch \d+/\d+ done")
+EVALUATED = re.compile(r"iteration \d+/\d+: ")
+
+
+class DemoError(LsmaeError):
+    pass
+
+
+@dataclass
+class Demo:
+    """The state of one demo run: where things go and what was made."""
+
+    workdir: Path
+    artefacts: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def logs(self) -> Path:
+        return self.workdir / "logs"
+
+    def log_path(self, name: str) -> Path:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        return self.logs / f"{name}.log"
+
+    def step(self, number: str, title: str, action: Callable[[], str]) -> None:
+        """Run ``action`` (which returns its one-line result) and print the result with the time taken."""
+        print(f"[{number}] {title}", flush=True)
+        start = time.perf_counter()
+        try:
+            result = action()
+        except (LsmaeError, OSError):  # the user's to fix: `lsmae` prints them as one line
+            raise
+        except Exception:  # a bug, not a user mistake: keep the traceback for the report, say where it is
+            log = self.log_path("traceback")
+            log.write_text(traceback.format_exc())
+            raise DemoError(f"step {number} ({title}) broke: {sys.exc_info()[1]!r}; traceback in {log}") from None
+        print(f"      {result} ({time.perf_counter() - start:.1f} s)", flush=True)
+
+    @contextlib.contextmanager
+    def logged(self, name: str, argv: list[str], logger: logging.Logger | None = None,
+               echo: re.Pattern[str] = EPOCH_DONE):
+        """Print the command line a step stands for; send what the step prints (and ``logger``'s
+        records, echoing those matching ``echo``) to the step's log. Yields the log's path."""
+        print(f"      $ lsmae {shlex.join(argv)}", flush=True)
+        log = self.log_path(name)
+        console = sys.stdout
+        with open(log, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+            handler = _EchoingHandler(f, console, echo)
+            if logger is not None:
+                logger.addHandler(handler)
+            try:
+                yield log
+            except SystemExit as e:  # argparse refused the options (usage is in the log)
+                raise DemoError(f"`lsmae {shlex.join(argv)}` failed (exit {e.code}): {_last_error(log)} "
+                                f"(log: {log})") from None
+            except LsmaeError as e:
+                raise type(e)(f"{e} (log: {log})") from None
+            finally:
+                if logger is not None:
+                    logger.removeHandler(handler)
+
+    def lsmae_child(self, name: str, argv: list[str], progress: str, env: dict[str, str] | None = None) -> None:
+        """``lsmae ARGV`` as a child process; lines matching ``progress`` are echoed, all go to the step's log."""
+        log = self.log_path(name)
+        print(f"      $ lsmae {shlex.join(argv)}", flush=True)
+        cmd = [sys.executable, "-m", "bridges.cli", *argv]
+        with open(log, "w") as f, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                                   env={**os.environ, **(env or {})}) as child:
+            for line in child.stdout or ():
+                f.write(line)
+                f.flush()
+                if re.search(progress, line):
+                    print(f"        {line.strip()}", flush=True)
+        if child.returncode != 0:
+            raise DemoError(f"`lsmae {shlex.join(argv)}` failed (exit {child.returncode}): {_last_error(log)} "
+                            f"(log: {log})")
+
+
+class _EchoingHandler(logging.StreamHandler):
+    """Writes every record to the step's log; prints those matching ``pattern`` on the console."""
+
+    def __init__(self, stream: Any, console: Any, pattern: re.Pattern[str]) -> None:
+        super().__init__(stream)
+        self.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+        self.console = console
+        self.pattern = pattern
+
+    def emit(self, record: logging.LogRecord) -> None:
+        super().emit(record)
+        message = record.getMessage()
+        if self.pattern.search(message):
+            print(f"        {message}", file=self.console, flush=True)
+
+
+def _last_error(log: Path) -> str:
+    lines = log.read_text().splitlines()
+    errors = [line for line in lines if "error" in line.lower()]
+    return (errors or lines or ["no output"])[-1].strip()
+
+
+# --------------------------------------------------------------------------- data
+def write_data(data: Path) -> dict[str, Path]:
+    """Photographs (pretraining set and held-out), digits, and a COCO-format set when detectron2 is there."""
+    from bridges.demo import sample_data
+
+    folders = {"pretrain photos": data / "photos" / "pretrain", "held-out photos": data / "photos" / "heldout",
+               "digits": data / "digits"}
+    sample_data.write_photos(folders["pretrain photos"], sample_data.PRETRAIN_PHOTOS)
+    sample_data.write_photos(folders["held-out photos"], sample_data.HELDOUT_PHOTOS)
+    sample_data.write_digits(folders["digits"], DIGITS_TRAIN, DIGITS_VAL, size=FINETUNE_SIZE)
+    if detectron2_available():
+        sample_data.write_shapes_coco(data)
+        folders["COCO-format set"] = data / "coco"
+    folders["ADE20K-layout textures"] = sample_data.write_textures_ade20k(data)
+    return folders
+
+
+def detectron2_available() -> bool:
+    return importlib.util.find_spec("detectron2") is not None
+
+
+
+
+# --------------------------------------------------------------------------- steps
+def run(args: argparse.Namespace) -> None:
+    """Run every step; raises :class:`DemoError` (or the failing step's own error) at the first failure."""
+    from bridges.demo import sample_data
+
+    sample_data.require("skimage.data", "scikit-image")
+    sample_data.require("sklearn.datasets", "scikit-learn")
+    from zoo.cache import fetch
+    from zoo.commands import verify
+
+    from bridges.classification import finetune
+    from bridges.operations import convert, visualize
+    from bridges.classification.args import build_parser as finetune_parser
+
+    workdir = Path(args.workdir).expanduser().resolve()
+    demo = Demo(workdir)
+    total_start = time.perf_counter()
+    data = workdir / "data"
+
+    def data_step() -> str:
+        folders = write_data(data)
+        return ", ".join(f"{k}: {v}" for k, v in folders.items())
+
+    demo.step("data", "write the data sets (scikit-image photographs, scikit-learn digits)", data_step)
+    if args.data_only:
+        return
+    heldout = sorted((data / "photos" / "heldout").glob("*.png"))
+    from bridges.hf.support import transformers_available
+
+    with_hf = transformers_available()
+    total = 6 + 2 * with_hf + detectron2_available()
+    numbers = iter(range(1, total + 1))
+
+    def number() -> str:
+        return f"{next(numbers)}/{total}"
+
+    out = {"reconstructions": workdir / "reconstructions.png", "hf": workdir / "hf" / "demo_vitmae",
+           "timm": workdir / "timm" / f"demo_vit_micro_{FINETUNE_SIZE}.safetensors",
+           "vitdet": workdir / "vitdet" / "demo_vitdet.pth"}
+
+    def fetch_step() -> str:
+        with demo.logged("fetch", ["fetch", "demo"]):
+            return f"cached at {fetch('demo')}"
+
+    def verify_step() -> str:
+        with demo.logged("verify", ["verify", "demo"]):
+            return verify("demo")
+
+    demo.step(number(), "fetch the demo checkpoint (package file, same download and verification as a release file)",
+              fetch_step)
+    demo.step(number(), "verify it (SHA-256 read again against the pin + keys and shapes of its architecture)",
+              verify_step)
+
+    losses = {}
+
+    def visualize_step() -> str:
+        with demo.logged("visualize", ["visualize", "demo", *map(str, heldout), "-o", str(out["reconstructions"])]):
+            result = visualize("demo", heldout, out["reconstructions"])
+        demo.artefacts["reconstructions of held-out photographs"] = result.path
+        losses["lsmae"] = result.loss
+        return result.summary
+
+    demo.step(number(), f"reconstruct held-out photographs ({', '.join(p.stem for p in heldout)}) "
+                        "with 75% of their patches masked", visualize_step)
+
+    def to_hf() -> str:
+        from bridges.hf.export import hf_mae_loss
+
+        with demo.logged("convert-hf", ["convert", "demo", "--to", "hf-mae", "-o", str(out["hf"])]):
+            result = convert("demo", "hf-mae", out["hf"])
+            loss = hf_mae_loss(result.path, heldout)  # visualize's images, block masks and seed
+        demo.artefacts["transformers ViTMAE folder"] = result.path
+        return (f"transformers' ViTMAEForPreTraining, same images and masks: loss {loss:.6f} "
+                f"(lsmae: {losses['lsmae']:.6f})")
+
+    if with_hf:
+        demo.step(number(), "export to transformers (ViTMAEForPreTraining) and compute its loss there", to_hf)
+    else:
+        from bridges.hf.support import TRANSFORMERS_INSTALL
+
+        print(f"[skip] transformers export: transformers is not installed; to add this step, {TRANSFORMERS_INSTALL}")
+
+    def to_timm() -> str:
+        argv = ["convert", "demo", "--to", "timm", "--img-size", str(FINETUNE_SIZE), "-o", str(out["timm"])]
+        with demo.logged("convert-timm", argv):
+            result = convert("demo", "timm", out["timm"], img_size=FINETUNE_SIZE)
+        demo.artefacts["timm weights"] = result.path
+        return result.report.splitlines()[0]
+
+    demo.step(number(), "convert to a timm ViT classifier", to_timm)
+
+    def finetune_step() -> str:
+        common = ["--data-path", str(data / "digits"), "--epochs", str(args.epochs), *FINETUNE_RECIPE,
+                  "--resume", ""] + (["--device", args.device] if args.device else [])
+        top1 = {}
+        for init, extra in (("pretrained", []), ("scratch", ["--from-scratch"])):
+            run_dir = workdir / "finetune" / init
+            argv = ["demo", *common, *extra, "--output-dir", str(run_dir)]
+            with demo.logged(f"finetune-{init}", ["finetune", *argv], logger=finetune.log):
+                result = finetune.run(finetune_parser("finetune").parse_args(argv), "finetune")
+            top1[init] = 100 * result["best_top1"]
+            demo.artefacts[f"digits classifier ({init})"] = result["best"]
+        gain = top1["pretrained"] - top1["scratch"]
+        return (f"digits val top-1 after {args.epochs} epochs: pretrained {top1['pretrained']:.1f}% vs from scratch "
+                f"{top1['scratch']:.1f}% ({gain:+.1f} points, {DIGITS_VAL * 10} images)")
+
+    demo.step(number(), f"fine-tune on scikit-learn's digits ({DIGITS_TRAIN * 10} train images, "
+                        f"{FINETUNE_SIZE} px), and the same model from scratch", finetune_step)
+
+    def to_vitdet() -> str:
+        with demo.logged("convert-vitdet", ["convert", "demo", "--to", "vitdet", "-o", str(out["vitdet"])]):
+            result = convert("demo", "vitdet", out["vitdet"])
+        demo.artefacts["ViTDet backbone weights"] = result.path
+        return "; ".join(result.report.splitlines())
+
+    demo.step(number(), "convert to a Detectron2 ViTDet backbone", to_vitdet)
+
+    def segment_step() -> str:
+        from bridges.segmentation import command as segment
+        from bridges.segmentation.args import build_parser as segment_parser
+        from bridges.segmentation.recipes import get_recipe
+
+        recipe = get_recipe("demo")
+        upernet = workdir / "upernet" / "demo_upernet"
+        with demo.logged("convert-upernet", ["convert", "demo", "--to", "upernet", "--img-size", str(recipe.crop_size),
+                                             "--num-labels", str(recipe.num_labels), "-o", str(upernet)]):
+            convert("demo", "upernet", upernet, img_size=recipe.crop_size, num_labels=recipe.num_labels)
+        demo.artefacts["UperNet folder (initialised)"] = upernet
+        miou = {}
+        for init, extra in (("pretrained", []), ("scratch", ["--from-scratch"])):
+            run_dir = workdir / "segment" / init
+            argv = ["demo", "--data-path", str(data / "ade"), "--output-dir", str(run_dir), "--num-workers", "0",
+                    "--resume", "", *extra] + (["--device", args.device] if args.device else [])
+            with demo.logged(f"segment-{init}", ["segment", *argv], logger=logging.getLogger("bridges.segmentation.command"),
+                             echo=EVALUATED):
+                result = segment.run(segment_parser().parse_args(argv))
+            miou[init] = 100 * result["best_mIoU"]
+            demo.artefacts[f"segmentation model ({init})"] = result["final"]
+        return (f"texture val mIoU after {recipe.max_iter} iterations: pretrained {miou['pretrained']:.1f} vs from "
+                f"scratch {miou['scratch']:.1f} ({miou['pretrained'] - miou['scratch']:+.1f} points)")
+
+    if with_hf:
+        demo.step(number(), "segment textures: convert --to upernet, then lsmae segment (UperNet) from the demo "
+                            "checkpoint and from scratch", segment_step)
+
+    if detectron2_available():
+        def detect() -> str:
+            run_dir = workdir / "detect"
+            demo.lsmae_child("detect", ["detect", str(out["vitdet"]), "--config", DETECT_CONFIG,
+                                        f"train.output_dir={run_dir}"],
+                             progress=r"iter: \d+ |Total inference time",
+                             env={"DETECTRON2_DATASETS": str(data)})
+            results = json.loads((run_dir / "eval_results.json").read_text())
+            demo.artefacts["detector"] = run_dir / "model_final.pth"
+            demo.artefacts["detection metrics"] = run_dir / "eval_results.json"
+            return (f"box AP {_ap(results, 'bbox')}, mask AP {_ap(results, 'segm')} on the generated val set "
+                    f"(a few iterations: this checks the chain, not the accuracy)")
+
+        demo.step(number(), f"train and evaluate ViTDet Mask R-CNN ({DETECT_CONFIG}) through `lsmae detect`", detect)
+    else:
+        from bridges.detection.args import DETECTRON2_INSTALL
+
+        print(f"[skip] detection: detectron2 is not installed; to add this step, {DETECTRON2_INSTALL}")
+
+    print(f"done in {time.perf_counter() - total_start:.0f} s; artefacts:")
+    for what, path in {**demo.artefacts, "logs": demo.logs}.items():
+        print(f"  {what:40s} {path}")
+
+
+def _ap(results: dict, task: str) -> str:
+    ap = results.get(task, {}).get("AP")
+    return "n/a" if ap is None or ap != ap else f"{ap:.1f}"

@@ -1,0 +1,1 @@
+"""Detectron2 ViTDet: MAE -> backbone conversion, the lsmae:// path handler, plans and launch."""

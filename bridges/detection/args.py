@@ -1,0 +1,128 @@
+"""Options of ``lsmae detect`` and the Detectron2 LazyConfig files shipped in ``detection_configs``.
+
+Standard library only: the ``lsmae`` parser registers these without importing torch or
+detectron2, which :mod:`bridges.detection.detect` imports when the command runs.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+from pathlib import Path
+
+from pretrain.errors import LsmaeError
+
+CONFIG_PACKAGE = "detection_configs"
+DETECTRON2_INSTALL = ("install it from source: pip install --no-build-isolation "
+                      "'git+https://github.com/facebookresearch/detectron2.git', then "
+                      "pip install 'setuptools<81' shapely pycocotools")
+
+DESCRIPTION = ("Fine-tune a long-seq MAE encoder as a ViTDet (Cascade) Mask R-CNN on COCO with Detectron2. SOURCE "
+               "is fetched, verified and converted; train.init_checkpoint and model.backbone.net.pretrain_img_size "
+               "are set from it; the checkpoint must load into the model without gaps (load contract) before "
+               "anything is launched.")
+EXAMPLES = """examples:
+  lsmae detect vit_large/coco/4000 --config mask_rcnn_vitdet_l_100ep --num-gpus 8 \\
+      train.output_dir=out/vitl
+  lsmae detect vit_large/coco/4000 --config mask_rcnn_vitdet_l_100ep --num-gpus 4 --batch-size 16 \\
+      --grad-checkpointing train.output_dir=out/vitl-b16 --dry-run      (the plan: lr, schedule, devices)
+  lsmae detect vit_large/coco/4000 --config mask_rcnn_vitdet_l_100ep --eval-only \\
+      train.init_checkpoint=out/vitl/model_final.pth
+  lsmae detect vit_base/coco/4000 --config mask_rcnn_vitdet_b_100ep train.device=cpu train.max_iter=2 \\
+      dataloader.train.total_batch_size=1 train.output_dir=out/smoke      (CPU: for testing only)
+
+COCO is read from $DETECTRON2_DATASETS/coco/{train2017,val2017,annotations} (Detectron2's builtin
+coco_2017_train / coco_2017_val). Overrides are KEY=VALUE on the LazyConfig (prefix + to add a key
+the config does not have), applied after the --batch-size scaling. In a LazyConfig of your own,
+train.init_checkpoint = "lsmae://ID" loads a zoo entry converted for ViTDet.
+"""
+
+
+class DetectError(LsmaeError):
+    """A detection run that cannot start as asked (config, data, GPUs, source)."""
+
+
+# --------------------------------------------------------------------------- configs
+def config_dir() -> Path:
+    """The shipped LazyConfig folder: the installed ``detection_configs`` package, else the one
+    beside ``bridges`` in a source checkout (editable installs made before it existed)."""
+    try:
+        spec = importlib.util.find_spec(CONFIG_PACKAGE)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        for location in spec.submodule_search_locations:
+            if (Path(location) / "common.py").is_file():
+                return Path(location)
+    return Path(__file__).resolve().parent.parent / CONFIG_PACKAGE
+
+
+def config_names() -> list[str]:
+    folder = config_dir()
+    if not folder.is_dir():
+        return []
+    return sorted(p.stem for p in folder.glob("*.py") if p.stem not in ("__init__", "common"))
+
+
+def resolve_config(name_or_path: str) -> Path:
+    """A shipped config by name (``mask_rcnn_vitdet_l_100ep``, with or without ``.py``) or a file."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path.resolve()
+    name = name_or_path.removesuffix(".py")
+    if "/" not in name and os.sep not in name:
+        candidate = config_dir() / f"{name}.py"
+        if candidate.is_file() and name in config_names():
+            return candidate
+    names = ", ".join(config_names()) or f"none found in {config_dir()}"
+    raise DetectError(f"--config {name_or_path}: neither a config file nor a shipped config name ({names})")
+
+
+# --------------------------------------------------------------------------- arguments
+class _IntermixedParser(argparse.ArgumentParser):
+    """Lets SOURCE and the KEY=VALUE overrides come before, between or after the options."""
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if self._intermixing:  # parse_known_intermixed_args calls back into parse_known_args
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.__class__ = _IntermixedParser
+    p.add_argument("source", metavar="SOURCE",
+                   help="zoo id (e.g. vit_large/coco/4000), demo, an MAE checkpoint file, or a file written by "
+                        "`lsmae convert --to vitdet`")
+    p.add_argument("--config", required=True, metavar="NAME|PATH",
+                   help="a shipped config (" + (", ".join(config_names()) or "see detection_configs/")
+                        + ") or a LazyConfig .py file")
+    p.add_argument("--num-gpus", type=int, default=None,
+                   help="processes per machine (default: the visible GPUs; 1 on CPU)")
+    p.add_argument("--num-machines", type=int, default=1)
+    p.add_argument("--machine-rank", type=int, default=0, help="rank of this machine (0 .. num-machines-1)")
+    p.add_argument("--dist-url", default=None,
+                   help="rendezvous URL, e.g. tcp://HOST:PORT (needed with several machines; default: a free "
+                        "local port)")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="total images per step over all GPUs and machines (the shipped recipes: 64): lr x N/recipe; "
+                        "max_iter, lr steps, eval and checkpoint periods x recipe/N (the warmup, a fraction of "
+                        "max_iter, follows)")
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="activation checkpointing in the ViT blocks (model.backbone.net.use_act_checkpoint=True): "
+                        "recomputed in the backward pass, less GPU memory, slower steps; needs fairscale")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved plan (batch, lr, schedule, devices) and exit: nothing is fetched or "
+                        "converted, no dataset is read")
+    p.add_argument("--json", action="store_true", help="with --dry-run: the plan as one JSON object")
+    p.add_argument("--eval-only", action="store_true",
+                   help="evaluate train.init_checkpoint (e.g. OUTPUT/model_final.pth) on the test set")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the last checkpoint in train.output_dir when there is one")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="LazyConfig overrides, applied last, e.g. train.output_dir=out/vitl train.eval_period=10000")

@@ -1,0 +1,62 @@
+"""Options of ``lsmae segment`` (argparse only: registering them imports no torch)."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from bridges.classification.args import DEVICE_HELP
+from bridges.segmentation.recipes import RECIPES
+
+DESCRIPTION = ("Fine-tune a long-seq MAE encoder as UperNet semantic segmentation on ADE20K (transformers' BEiT "
+               "pieces, the recipe's block taps), evaluating mIoU/mAcc/aAcc as mmsegmentation does (sliding window, "
+               "logits at the annotation's resolution). Progress counts iterations; evaluation and checkpoints "
+               "every N iterations; runs resume where they stopped. The result is an ordinary transformers folder.")
+EXAMPLES = """examples:
+  lsmae segment vit_base/coco/4000 --config upernet_vit_b_ade20k_160k --data-path /data/ADEChallengeData2016
+  torchrun --nproc_per_node 8 -m bridges segment vit_base/coco/4000 --config upernet_vit_b_ade20k_160k \\
+      --data-path /data/ADEChallengeData2016 --output-dir runs/seg_vitb
+  lsmae segment vit_large/coco/4000 --config upernet_vit_l_ade20k_160k --data-path ... --batch-size 8 \\
+      --grad-checkpointing --dry-run          # the plan (lr, iterations, periods) for 8 images per step
+  lsmae segment --eval-only runs/seg_vitb/model_final --data-path /data/ADEChallengeData2016 [--aug-test]
+
+DATA is the ADE20K scene-parsing layout: images/{training,validation}/*.jpg and
+annotations/{training,validation}/*.png (150 classes; annotation 0 = "other" is ignored).
+--batch-size N scales the recipe to N images per step: lr x N/16, iterations, warmup and periods x 16/N.
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", nargs="?", metavar="SOURCE",
+                   help="zoo id (e.g. vit_base/coco/4000), demo, or an MAE checkpoint file (not with --eval-only)")
+    p.add_argument("--config", choices=sorted(RECIPES), default=None,
+                   help="recipe (default: by the encoder width, upernet_vit_b/l_ade20k_160k; demo for the demo model)")
+    p.add_argument("--data-path", metavar="DATA", default=None, help="ADE20K-layout root (ADEChallengeData2016)")
+    p.add_argument("--output-dir", default="runs/segment", help="checkpoints, logs, model_final (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="total images per step (default: the recipe's 16); lr and iteration counts are scaled")
+    p.add_argument("--max-iter", type=int, default=None, help="override the (scaled) number of iterations")
+    p.add_argument("--eval-period", type=int, default=None, help="override the (scaled) evaluation period")
+    p.add_argument("--checkpoint-period", type=int, default=None, help="override the (scaled) checkpoint period")
+    p.add_argument("--grad-checkpointing", action="store_true", help="recompute block activations to save memory")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="the untrained MAE initialisation of SOURCE's architecture: the baseline for the same budget")
+    p.add_argument("--eval-only", metavar="MODEL_DIR", default=None,
+                   help="evaluate a folder written by `lsmae segment` or `lsmae convert --to upernet`")
+    p.add_argument("--aug-test", action="store_true", help="evaluate at scales 0.5..1.75 with flips")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit (no data, no weights)")
+    p.add_argument("--json", action="store_true", help="with --dry-run: the plan as one JSON object")
+    p.add_argument("--device", choices=["cuda", "cpu"], default=None, help=DEVICE_HELP)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="autocast dtype; auto = bf16 where supported, else fp16 on GPUs and fp32 on CPUs")
+    p.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="data loader processes per device (default %(default)s)")
+    p.add_argument("--resume", default="auto", help="'auto' (OUTPUT_DIR/last.pth if there is one) or '' to start fresh")
+    p.add_argument("--print-freq", type=int, default=50, help="progress line every N iterations (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bridges.segmentation.command", description=DESCRIPTION, epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    return p

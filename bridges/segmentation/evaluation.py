@@ -1,0 +1,111 @@
+"""Segmentation evaluation as mmsegmentation does it, so the numbers compare with published ones.
+
+Each image is resized to the recipe's test scale (short side 512, long side at most 2048),
+segmented with a sliding window (512, stride 341; windows average their logits; an image smaller
+than the window is padded), and its logits are resized back to the annotation's own resolution
+before scoring. ``aug_test`` adds scales 0.5..1.75 and flips, averaging the logits. Metrics are
+accumulated over the whole set: mIoU over the classes present in the prediction or the ground
+truth, mAcc (mean per-class recall), aAcc (correct / labelled pixels).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from pretrain.data import normalize
+
+from bridges.segmentation.data import test_size
+from bridges.segmentation.recipes import SegRecipe
+from bridges.segmentation.model import IGNORE_INDEX
+
+Logits = Callable[[torch.Tensor], torch.Tensor]  # normalised [B, 3, h, w] -> [B, C, h', w']
+
+
+def _window_starts(size: int, crop: int, stride: int) -> list[int]:
+    steps = max(size - crop + stride - 1, 0) // stride + 1
+    return sorted({max(min(i * stride + crop, size) - crop, 0) for i in range(steps)})
+
+
+def slide_logits(logits_of: Logits, image: torch.Tensor, crop: int, stride: int, num_classes: int) -> torch.Tensor:
+    """Logits [1, C, H, W] of a normalised image [1, 3, H, W] from crop x crop windows every ``stride``
+    pixels, averaged where they overlap; an image smaller than a window is zero-padded (in pixel
+    space: the padding is black) and the padding's logits dropped."""
+    _, _, h, w = image.shape
+    ph, pw = max(crop - h, 0), max(crop - w, 0)
+    if ph or pw:
+        black = normalize(torch.zeros(1, 3, 1, 1, dtype=torch.uint8, device=image.device)).to(image.dtype)
+        image = F.pad(image - black, (0, pw, 0, ph)) + black
+    H, W = image.shape[-2:]
+    total = image.new_zeros((1, num_classes, H, W), dtype=torch.float32)
+    count = image.new_zeros((1, 1, H, W), dtype=torch.float32)
+    for y in _window_starts(H, crop, stride):
+        for x in _window_starts(W, crop, stride):
+            window = image[:, :, y:y + crop, x:x + crop]
+            out = F.interpolate(logits_of(window).float(), size=window.shape[-2:], mode="bilinear",
+                                align_corners=False)
+            total[:, :, y:y + crop, x:x + crop] += out
+            count[:, :, y:y + crop, x:x + crop] += 1
+    return (total / count)[:, :, :h, :w]
+
+
+def predict(logits_of: Logits, image: torch.Tensor, recipe: SegRecipe, out_size: Sequence[int],
+            aug_test: bool = False) -> torch.Tensor:
+    """Class per pixel [H, W] at ``out_size`` for a uint8 image [3, h, w] (already on its device)."""
+    scales = recipe.aug_test_scales if aug_test else (1.0,)
+    flips = (False, True) if aug_test else (False,)
+    summed = None
+    for ratio in scales:
+        size = test_size(*image.shape[-2:], recipe, ratio)
+        resized = normalize(F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)
+                            .round().clamp(0, 255).to(torch.uint8))
+        for flip in flips:
+            x = resized.flip(-1) if flip else resized
+            logits = slide_logits(logits_of, x, recipe.crop_size, recipe.eval_stride, recipe.num_labels)
+            logits = logits.flip(-1) if flip else logits
+            logits = F.interpolate(logits, size=tuple(out_size), mode="bilinear", align_corners=False)
+            summed = logits if summed is None else summed + logits
+    return summed[0].argmax(0)
+
+
+@dataclass
+class SegMetrics:
+    """Per-class areas accumulated over a set (sum them across processes before reading)."""
+
+    intersect: torch.Tensor
+    union: torch.Tensor
+    label: torch.Tensor
+
+    @classmethod
+    def empty(cls, num_classes: int, device: torch.device | str = "cpu") -> "SegMetrics":
+        zeros = torch.zeros(num_classes, dtype=torch.float64, device=device)
+        return cls(zeros.clone(), zeros.clone(), zeros.clone())
+
+    def add(self, pred: torch.Tensor, label: torch.Tensor) -> None:
+        """Count one image; pixels labelled with the ignore index are not scored."""
+        n = len(self.intersect)
+        keep = label != IGNORE_INDEX
+        pred, label = pred[keep].long(), label[keep].long()
+        area_pred = torch.bincount(pred, minlength=n)[:n].double()
+        area_label = torch.bincount(label, minlength=n)[:n].double()
+        area_inter = torch.bincount(label[pred == label], minlength=n)[:n].double()
+        self.intersect += area_inter
+        self.union += area_pred + area_label - area_inter
+        self.label += area_label
+
+    def as_tensor(self) -> torch.Tensor:
+        return torch.stack([self.intersect, self.union, self.label])
+
+    @classmethod
+    def from_tensor(cls, t: torch.Tensor) -> "SegMetrics":
+        return cls(*t.unbind(0))
+
+    def summary(self) -> dict[str, float | list[float]]:
+        """mIoU and mAcc over the classes that occur (NaN classes left out), aAcc, per-class IoU."""
+        iou = self.intersect / self.union  # NaN where a class is in neither prediction nor labels
+        acc = self.intersect / self.label
+        return {"mIoU": float(iou.nanmean()), "mAcc": float(acc.nanmean()),
+                "aAcc": float(self.intersect.sum() / self.label.sum().clamp(min=1)),
+                "IoU": [float(v) for v in iou.cpu()]}

@@ -1,0 +1,244 @@
+"""MAE checkpoint -> UperNet semantic segmentation on transformers' BEiT pieces (``lsmae convert --to upernet``).
+
+The model is transformers' ``BeitForSemanticSegmentation`` (absolute position embeddings from
+the checkpoint, per-layer relative position bias initialised to zero, layer scale initialised
+to 1, four-scale pyramid, UperNet head, FCN auxiliary head) under a forward of ours: the stock
+forward reads ``hidden_states[i - 1]`` per ``out_indices`` entry, which taps zero-based blocks
+1, 3, 5, 9 for ``[3, 5, 7, 11]`` and cannot reach the last block. :class:`MaeUperNetForSemanticSegmentation` taps the
+blocks in ``config.lsmae_block_taps`` (zero-based, the recipe's), round-trips with
+``save_pretrained``/``from_pretrained``, and loads with ``MaeUperNetForSemanticSegmentation.from_pretrained(DIR)``.
+
+The conversion is exact: with the pretraining grid (no resampling) every block's output equals
+the MAE encoder's. The MAE key bias is dropped: it adds the same ``q . b_k`` to every logit of a
+query, which softmax ignores.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from zoo.checkpoint import CheckpointInfo, check_structure
+
+from bridges.segmentation.recipes import ADE20K_CLASSES
+from bridges.hf.support import (card_license, encoder_config, layer_tensors, provenance_record, require_transformers,
+                         write_folder, zoo_entry_of)
+from bridges.mae_weights import (ENCODER_KEYS, ConversionError, Provenance, key_groups, load_mae_weights,
+                          resample_pos_embed, split_qkv_bias, untrained_mae_weights)
+
+IGNORE_INDEX = 255
+
+
+def model_class() -> type:
+    """:class:`MaeUperNetForSemanticSegmentation`, defined on first use so that importing this module costs no transformers import."""
+    global _MODEL_CLASS
+    if _MODEL_CLASS is None:
+        require_transformers()
+        from transformers.models.beit import modeling_beit
+
+        _MODEL_CLASS = _define_model_class(modeling_beit)
+    return _MODEL_CLASS
+
+
+_MODEL_CLASS: type | None = None
+
+
+def _define_model_class(beit: Any) -> type:
+    class MaeUperNetForSemanticSegmentation(beit.BeitForSemanticSegmentation):
+        """BEiT UperNet that taps the blocks in ``config.lsmae_block_taps`` (zero-based). The class name
+        ends like transformers' own: it picks the semantic-segmentation loss by that suffix."""
+
+        def block_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            """The tapped blocks' outputs as [B, C, H/p, W/p] maps (cls token dropped)."""
+            hidden = self.beit(pixel_values, output_hidden_states=True).hidden_states  # [0] = embeddings
+            b, _, h, w = pixel_values.shape
+            p = self.config.patch_size
+            return tuple(hidden[k + 1][:, 1:].transpose(1, 2).reshape(b, -1, h // p, w // p)
+                         for k in self.config.lsmae_block_taps)
+
+        def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None,  # type: ignore[override]
+                    **kwargs: Any) -> Any:
+            from transformers.modeling_outputs import SemanticSegmenterOutput
+
+            features = self.fpn(self.block_features(pixel_values))
+            logits = self.decode_head(features)
+            auxiliary = self.auxiliary_head(features) if self.auxiliary_head is not None else None
+            loss = None
+            if labels is not None:
+                loss = self.loss_function(logits, labels, ignore_index=self.config.semantic_loss_ignore_index,
+                                          auxiliary_logits=auxiliary,
+                                          auxiliary_loss_weight=self.config.auxiliary_loss_weight)
+            return SemanticSegmenterOutput(loss=loss, logits=logits)
+
+    return MaeUperNetForSemanticSegmentation
+
+
+def upernet_config(info: CheckpointInfo, img_size: int, num_labels: int, block_taps: list[int],
+                   drop_path: float = 0.0, provenance: dict[str, Any] | None = None) -> Any:
+    """A ``BeitConfig`` for the MAE encoder ``info`` describes, with the recipe's options."""
+    from transformers import BeitConfig
+
+    if len(block_taps) != 4 or not all(0 <= k < info.depth for k in block_taps):
+        raise ConversionError(f"block taps {block_taps}: need 4 zero-based blocks of the {info.depth}")
+    # use_mean_pooling: BEiT's switch for "no final LayerNorm"; the tapped blocks do not pass through one, and
+    # a parameter without a gradient stops DDP at its second step
+    return BeitConfig(
+        **encoder_config(info), image_size=img_size, use_absolute_position_embeddings=True,
+        use_relative_position_bias=True, layer_scale_init_value=1.0, use_mean_pooling=True,
+        drop_path_rate=drop_path, out_indices=list(block_taps), pool_scales=[1, 2, 3, 6], use_auxiliary_head=True,
+        auxiliary_loss_weight=0.4, auxiliary_channels=256, auxiliary_num_convs=1, auxiliary_concat_input=False,
+        semantic_loss_ignore_index=IGNORE_INDEX, num_labels=num_labels, lsmae_block_taps=list(block_taps),
+        architectures=["MaeUperNetForSemanticSegmentation"], lsmae=provenance or {},
+    )
+
+
+@dataclass
+class UperNetConversion:
+    """A segmentation model initialised from an MAE encoder, and what the conversion did."""
+
+    model: nn.Module
+    info: CheckpointInfo
+    provenance: Provenance
+    kept: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    new: list[str] = field(default_factory=list)
+    resampled: str = ""
+
+    def report(self) -> str:
+        lines = [f"kept {len(self.kept)} encoder tensors; dropped {len(self.dropped)} ({key_groups(self.dropped)}); "
+                 f"new {len(self.new)} ({_new_groups(self.new)})",
+                 f"taps after blocks {self.model.config.lsmae_block_taps} (zero-based)"]
+        if self.resampled:
+            lines.append(self.resampled)
+        return "\n".join(lines)
+
+
+def _new_groups(keys: list[str]) -> str:
+    groups = {"relative position tables" if "relative_position" in k else "layer scale" if ".lambda_" in k
+              else k.split(".")[0] for k in keys}
+    return ", ".join(sorted(groups)) or "nothing"
+
+
+def _beit_state(model: nn.Module, encoder: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The MAE encoder's tensors under the BEiT state-dict names, read off the model's modules
+    (so they follow the installed transformers). ``encoder`` has q/v biases (no key bias)."""
+    names = {module: name for name, module in model.named_modules()}
+    out: dict[str, torch.Tensor] = {}
+
+    def put(module: nn.Module, param: str, value: torch.Tensor) -> None:
+        out[f"{names[module]}.{param}"] = value.reshape(getattr(module, param).shape)
+
+    emb = model.beit.embeddings
+    put(emb, "cls_token", encoder["cls_token"])
+    put(emb, "position_embeddings", encoder["pos_embed"])
+    put(emb.patch_embeddings.projection, "weight", encoder["patch_embed.proj.weight"])
+    put(emb.patch_embeddings.projection, "bias", encoder["patch_embed.proj.bias"])
+    for i, layer in enumerate(model.beit.layers):
+        prefix = f"blocks.{i}."
+        (q, _, v), tensors = layer_tensors(layer, encoder, prefix)
+        for module, param, value in tensors:
+            put(module, param, value)
+        put(q, "bias", encoder[prefix + "attn.q_bias"])
+        put(v, "bias", encoder[prefix + "attn.v_bias"])
+    return out
+
+
+def convert_to_upernet(source: str | Path | dict[str, torch.Tensor], img_size: int = 512,
+                       num_labels: int = ADE20K_CLASSES, block_taps: list[int] | None = None,
+                       drop_path: float = 0.0, pretrained: bool = True) -> UperNetConversion:
+    """An UperNet segmentation model whose backbone is the MAE encoder of ``source`` (heads newly
+    initialised), pos_embed resampled bicubically to the ``img_size`` grid (cls slot kept).
+    ``pretrained=False``: the untrained MAE of the source's architecture instead (a from-scratch
+    baseline), recorded with the source's provenance."""
+    from bridges.segmentation.recipes import default_taps
+
+    sd, provenance = load_mae_weights(source) if pretrained else untrained_mae_weights(source)
+    info = check_structure(sd)
+    pos_embed, resampled = resample_pos_embed(sd["pos_embed"], info, img_size)
+    taps = list(block_taps) if block_taps is not None else default_taps(info.depth)
+    record = {**provenance_record(provenance, info), "pretrain_img_size": info.img_size,
+              **({} if pretrained else {"init": "untrained (from scratch)"})}
+    model = model_class()(upernet_config(info, img_size, num_labels, taps, drop_path, record))
+    kept = sorted(k for k in sd if k.startswith(ENCODER_KEYS))
+    encoder = {**split_qkv_bias({k: sd[k] for k in kept}), "pos_embed": pos_embed}
+    missing, unexpected = model.load_state_dict(_beit_state(model, encoder), strict=False)
+    if unexpected:
+        raise ConversionError(f"the segmentation model does not take {unexpected[:3]}")
+    return UperNetConversion(model, info, provenance, kept=kept, dropped=sorted(set(sd) - set(kept)),
+                             new=sorted(missing), resampled=resampled)
+
+
+def revert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Inverse of ``nn.SyncBatchNorm.convert_sync_batchnorm``: plain BatchNorm2d for ``save_pretrained``."""
+    if isinstance(module, nn.SyncBatchNorm):
+        plain = nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
+                               module.track_running_stats)
+        plain.load_state_dict(module.state_dict())
+        return plain
+    for name, child in module.named_children():
+        setattr(module, name, revert_sync_batchnorm(child))
+    return module
+
+
+MODEL_CARD = """---
+license: {license_id}
+library_name: transformers
+tags: [semantic-segmentation, upernet, beit, mae, long-seq-mae]
+---
+# {title}
+
+UperNet semantic segmentation with a ViT backbone initialised from a long-sequence MAE checkpoint
+("Exploring Long-Sequence Masked Autoencoders", Hu et al. 2022). Converted by long-seq-mae
+{version} from `{source}`{sha}.
+
+- backbone: `{arch}` pretrained at {pretrain_px}px ({pretrain_grid}x{pretrain_grid} tokens), here at {img_size}px
+  (position embeddings resampled bicubically), {dataset}{epochs}
+- features after blocks {taps} (zero-based), x4 / x2 / x1 / x0.5 pyramid, UperNet head (pool scales 1,2,3,6),
+  FCN auxiliary head (loss weight 0.4), {num_labels} classes, ignore index {ignore}
+- heads: {state}
+
+## Load
+
+```python
+from bridges.segmentation.model import model_class
+model = model_class().from_pretrained("{folder}")
+logits = model(pixel_values).logits        # ImageNet-normalised images, [B, {num_labels}, H/4, W/4]
+```
+
+Load it with this class: the weights also load into `transformers.BeitForSemanticSegmentation`,
+but its forward taps other blocks (`hidden_states[i - 1]`) than the recipe's.
+
+## License
+
+The weights derive from `{source}`; {license_text}.
+"""
+
+
+def save_upernet(model: nn.Module, folder: str | Path, state: str) -> Path:
+    """``save_pretrained`` (safetensors) plus a README.md model card, written atomically (a run killed
+    while saving ``model_best`` leaves the previous folder whole)."""
+    folder = Path(folder)
+    model = revert_sync_batchnorm(model)
+    record = dict(model.config.lsmae)
+    source = record.get("source", "an MAE checkpoint")
+    license_id, license_text = card_license(zoo_entry_of(source))
+    cfg = model.config
+    pretrain_px = int(record.get("pretrain_img_size", 0))
+    card = MODEL_CARD.format(
+        license_id=license_id, title=f"UperNet from {source}", version=record.get("lsmae_version", ""),
+        source=source, sha=f" (SHA-256 {record['source_sha256']})" if record.get("source_sha256") else "",
+        arch=record.get("arch", ""), pretrain_px=pretrain_px, pretrain_grid=pretrain_px // cfg.patch_size,
+        img_size=cfg.image_size, dataset=record.get("dataset", "data of its own"),
+        epochs=f", {record['epochs']} epochs" if record.get("epochs") else "", taps=cfg.lsmae_block_taps,
+        num_labels=cfg.num_labels, ignore=cfg.semantic_loss_ignore_index, state=state, folder=folder,
+        license_text=license_text)
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+
+    write_folder(folder, write)
+    return folder

@@ -1,0 +1,252 @@
+"""Training and evaluation of ``lsmae segment``: a :class:`pretrain.engine.trainer.Task` counted in iterations.
+
+Checkpoints: ``OUTPUT_DIR/last.pth`` (resume: weights, optimizer, position, best so far) every
+``checkpoint_period`` iterations; ``OUTPUT_DIR/model_best`` and ``OUTPUT_DIR/model_final`` are
+``save_pretrained`` folders (plain transformers weights, BatchNorm not Sync).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pretrain.engine.backends import TorchBackend, make_backend
+from pretrain.data import normalize
+from pretrain.errors import LsmaeError
+from pretrain.engine.run_logging import setup_logging
+from pretrain.engine.serialization import load_checkpoint
+from pretrain.engine.trainer import LoopConfig, Progress, Trainer, precision_name, resolve_precision
+
+from bridges.segmentation.data import ADE20K, train_transform
+from bridges.segmentation.evaluation import SegMetrics, predict
+from bridges.segmentation.recipes import SegRecipe, get_recipe, recipe_for_depth
+from bridges.segmentation.model import convert_to_upernet, model_class, save_upernet
+
+CKPT_FORMAT = "lsmae segmentation"
+log = logging.getLogger("bridges.segmentation.command")
+
+
+def param_groups(model: Any, weight_decay: float, layer_decay: float) -> list[dict[str, Any]]:
+    """Layer-wise lr decay over the ViT (embeddings = layer 0, block i = i + 1, pyramid and heads =
+    last) and no weight decay on norms, biases, layer scales, position embeddings, cls token and
+    relative position tables (BEiT's LayerDecayOptimizerConstructor)."""
+    depth = model.config.num_hidden_layers
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if name.startswith("beit.embeddings."):
+            layer = 0
+        elif name.startswith("beit.layers."):
+            layer = int(name.split(".")[2]) + 1
+        else:
+            layer = depth + 1
+        no_decay = p.ndim == 1 or name.endswith((".bias", "position_embeddings", "cls_token")) \
+            or "relative_position_bias_table" in name
+        group = groups.setdefault((layer, no_decay), {
+            "params": [], "weight_decay": 0.0 if no_decay else weight_decay,
+            "lr_scale": layer_decay ** (depth + 1 - layer)})
+        group["params"].append(p)
+    return list(groups.values())
+
+
+def build_model(args: argparse.Namespace, recipe: SegRecipe) -> tuple[Any, str]:
+    """The UperNet model from SOURCE (or its untrained architecture) and the conversion report."""
+
+    conversion = convert_to_upernet(args.source, img_size=recipe.crop_size, num_labels=recipe.num_labels,
+                                    block_taps=list(recipe.out_indices), drop_path=recipe.drop_path,
+                                    pretrained=not args.from_scratch)
+    return conversion.model, conversion.report()
+
+
+# --------------------------------------------------------------------------- evaluation
+def evaluate(model: Any, dataset: ADE20K, recipe: SegRecipe, backend: Any, dtype: Any,
+             aug_test: bool = False) -> dict[str, Any]:
+    """mIoU/mAcc/aAcc on the validation split; under DDP each image is measured by one process."""
+    metrics = SegMetrics.empty(recipe.num_labels, backend.device)
+    was_training = model.training
+    model.eval()
+
+    def logits_of(x: torch.Tensor) -> torch.Tensor:
+        with backend.autocast(dtype):
+            return model(x).logits
+
+    with torch.no_grad():
+        for i in backend.eval_sampler(dataset):
+            image, label = dataset[i]
+            pred = predict(logits_of, image.to(backend.device), recipe, label.shape, aug_test)
+            metrics.add(pred, label.to(backend.device))
+    model.train(was_training)
+    total = backend.all_reduce_sum(metrics.as_tensor())
+    return {**SegMetrics.from_tensor(total).summary(), "images": len(dataset)}
+
+
+def load_segmentation_model(folder: str | Path) -> Any:
+
+    folder = Path(folder).expanduser()
+    if not (folder / "config.json").is_file():
+        raise LsmaeError(f"{folder}: not a segmentation model folder (no config.json); give a folder written by "
+                         "`lsmae segment` (OUTPUT_DIR/model_final) or `lsmae convert --to upernet`")
+    model = model_class().from_pretrained(str(folder))
+    if not hasattr(model.config, "lsmae_block_taps"):
+        raise LsmaeError(f"{folder}: a BEiT model without lsmae_block_taps: not written by lsmae")
+    return model
+
+
+def recipe_of(model: Any) -> SegRecipe:
+    """The evaluation settings stored with a model folder (crop, stride, scale, classes); a folder
+    straight from ``convert --to upernet`` gets its depth's recipe at its own crop and classes."""
+    stored = dict(model.config.lsmae.get("recipe") or {})
+    if stored:
+        for key in ("out_indices", "betas", "scale", "ratio_range", "aug_test_scales"):
+            stored[key] = tuple(stored[key])
+        return SegRecipe(**stored)
+    base = get_recipe(recipe_for_depth(model.config.num_hidden_layers) or "upernet_vit_b_ade20k_160k")
+    return dataclasses.replace(base, crop_size=model.config.image_size, num_labels=model.config.num_labels,
+                               out_indices=tuple(model.config.lsmae_block_taps))
+
+
+def run_eval(args: argparse.Namespace) -> dict[str, Any]:
+    if args.data_path is None:
+        raise LsmaeError("--eval-only needs --data-path")
+    model = load_segmentation_model(args.eval_only)
+    recipe = recipe_of(model)
+    backend = make_backend(args.device)
+    try:
+        model.to(backend.device)
+        result = evaluate(model, ADE20K(args.data_path, "val"), recipe, backend,
+                          resolve_precision(args.precision, backend), args.aug_test)
+    finally:
+        backend.shutdown()
+    if backend.is_main:
+        print(f"mIoU {100 * result['mIoU']:.2f} mAcc {100 * result['mAcc']:.2f} aAcc {100 * result['aAcc']:.2f} "
+              f"on {result['images']} images" + (" (multi-scale + flip)" if args.aug_test else ""))
+    return result
+
+
+
+
+class SegmentationTask:
+    """UperNet training on uint8 crops (normalised on the device), evaluated every N iterations."""
+
+    def __init__(self, model: nn.Module, wrapped: nn.Module, val_set: ADE20K, args: argparse.Namespace,
+                 recipe: SegRecipe, backend: TorchBackend, dtype: torch.dtype | None, output_dir: Path,
+                 logger: logging.Logger) -> None:
+        self.plain, self.model, self.val_set = model, wrapped, val_set
+        self.args, self.recipe, self.backend, self.dtype = args, recipe, backend, dtype
+        self.output_dir, self.log = output_dir, logger
+        self.best = {"mIoU": -1.0, "step": -1}
+
+    def forward_loss(self, batch: Any, generator: torch.Generator) -> torch.Tensor:
+        images, labels = batch
+        with self.backend.autocast(self.dtype):
+            return self.model(normalize(images), labels=labels).loss
+
+    def evaluate(self, at: Progress, train_loss: float) -> dict[str, Any]:
+        result = evaluate(self.plain, self.val_set, self.recipe, self.backend, self.dtype)
+        improved = result["mIoU"] > self.best["mIoU"]
+        if improved:
+            self.best = {"mIoU": result["mIoU"], "step": at.step}
+            if self.backend.is_main:
+                self._save_folder("model_best", f"trained {at.step} iterations (best mIoU so far)")
+            self.backend.barrier()
+        self.log.info("iteration %d/%d: train loss %.4f, val mIoU %.2f mAcc %.2f aAcc %.2f (%d images); best mIoU "
+                      "%.2f at iteration %d", at.step, self.recipe.max_iter, train_loss, 100 * result["mIoU"],
+                      100 * result["mAcc"], 100 * result["aAcc"], result["images"], 100 * self.best["mIoU"],
+                      self.best["step"])
+        return {"kind": "eval", "step": at.step, "train_loss": train_loss, **result, "best_mIoU": self.best["mIoU"]}
+
+    def checkpoint_path(self, at: Progress) -> Path:
+        return self.output_dir / "last.pth"
+
+    def checkpoint_extra(self, at: Progress) -> dict[str, Any]:
+        return {"format": CKPT_FORMAT, "model": {k: v.detach().cpu() for k, v in self.plain.state_dict().items()},
+                "best": dict(self.best), "recipe": dataclasses.asdict(self.recipe),
+                "source": self.plain.config.lsmae, "from_scratch": bool(self.args.from_scratch)}
+
+    def _save_folder(self, name: str, state: str) -> Path:
+        import copy
+
+        model = copy.deepcopy(self.plain).cpu()
+        model.config.lsmae = {**model.config.lsmae, "recipe": dataclasses.asdict(self.recipe)}
+        return save_upernet(model, self.output_dir / name, state)
+
+
+def _resume_checkpoint(args: argparse.Namespace, output_dir: Path, recipe: SegRecipe
+                       ) -> tuple[Path, dict[str, Any]] | None:
+    path = output_dir / "last.pth" if args.resume == "auto" else (Path(args.resume) if args.resume else None)
+    if path is None or not path.is_file():
+        if args.resume not in ("auto", "") and path is not None:
+            raise LsmaeError(f"--resume {path}: no such file")
+        return None
+    ckpt = load_checkpoint(path)
+    if ckpt.get("format") != CKPT_FORMAT:
+        raise LsmaeError(f"{path} is not a segmentation checkpoint of lsmae segment")
+    if ckpt["recipe"] != dataclasses.asdict(recipe):
+        raise LsmaeError(f"{path} was written with another recipe (or batch size): use another --output-dir, or "
+                         "--resume '' to start over there")
+    if bool(ckpt.get("from_scratch")) != bool(args.from_scratch):
+        raise LsmaeError(f"{path} was trained {'from scratch' if ckpt.get('from_scratch') else 'from SOURCE'}: "
+                         "use another --output-dir")
+    return path, ckpt
+
+
+def train(args: argparse.Namespace, recipe: SegRecipe, plan: dict[str, Any]) -> dict[str, Any]:
+    """Train (or resume) and evaluate; returns ``{'best_mIoU', 'best_step', 'final', 'best'}``."""
+    backend = make_backend(args.device)
+    try:
+        return _train(args, recipe, plan, backend)
+    finally:
+        backend.shutdown()
+
+
+def _train(args: argparse.Namespace, recipe: SegRecipe, plan: dict[str, Any], backend: TorchBackend
+           ) -> dict[str, Any]:
+    setup_logging(log, backend.is_main)
+    output_dir = Path(args.output_dir)
+    dtype = resolve_precision(args.precision, backend)
+    per_device = plan["batch_per_device"]
+    dataset = ADE20K(args.data_path, "train", train_transform(recipe))
+    val_set = ADE20K(args.data_path, "val")  # a missing validation split fails now, not after the first period
+    torch.manual_seed(args.seed)
+    model, report = build_model(args, recipe)
+    if args.grad_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.to(backend.device)
+    wrapped = backend.wrap_model(backend.sync_batchnorm(model, log))
+    optimizer = torch.optim.AdamW(param_groups(model, recipe.weight_decay, recipe.layer_decay), lr=recipe.lr,
+                                  betas=recipe.betas, **backend.optimizer_options())
+    config = LoopConfig(seed=args.seed, min_lr=recipe.min_lr, print_freq=args.print_freq, max_steps=recipe.max_iter,
+                        warmup=recipe.warmup_iters, eval_every=recipe.eval_period, ckpt_every=recipe.checkpoint_period,
+                        schedule="poly", poly_power=recipe.poly_power, warmup_lr_init=recipe.lr * recipe.warmup_ratio)
+    trainer = Trainer(backend, optimizer, dataset, batch=per_device, accum=1, num_workers=args.num_workers,
+                      dtype=dtype, config=config, output_dir=output_dir, log=log,
+                      stop_hint=f"Resume from {output_dir / 'last.pth'} (the default) after lowering the lr or "
+                                "switching --precision")
+    task = SegmentationTask(model, wrapped, val_set, args, recipe, backend, dtype, output_dir, log)
+    resume = _resume_checkpoint(args, output_dir, recipe)
+    if resume is not None:
+        path, ckpt = resume
+        model.load_state_dict(ckpt["model"])
+        trainer.resume(ckpt)
+        task.best = dict(ckpt["best"])
+        log.info("resumed from %s at iteration %d (best mIoU %.2f)", path, trainer.step, 100 * task.best["mIoU"])
+    else:
+        log.info("%s", report.replace("\n", "; "))
+    log.info("segment %s: %d train images, %d devices x %d = %d per step, %d iterations, lr %.3g, precision %s",
+             recipe.name, len(dataset), backend.world_size, per_device, recipe.batch_size, recipe.max_iter,
+             recipe.lr, precision_name(dtype))
+    trainer.fit(task)
+    final = None
+    if backend.is_main:
+        final = task._save_folder("model_final", f"trained {recipe.max_iter} iterations")
+        print(f"best mIoU {100 * task.best['mIoU']:.2f} at iteration {task.best['step']}; final model: {final}")
+        print(final)
+    backend.barrier()
+    return {"best_mIoU": task.best["mIoU"], "best_step": task.best["step"], "final": output_dir / "model_final",
+            "best": output_dir / "model_best"}

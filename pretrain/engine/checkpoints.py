@@ -1,0 +1,66 @@
+"""Training checkpoints of a run folder: naming, finding the newest valid one, the arguments they
+record, export."""
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from pretrain.errors import LsmaeError
+from pretrain.engine.serialization import atomic_save, load_checkpoint
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)\.pth$")
+log = logging.getLogger(__name__)
+
+
+def checkpoint_path(output_dir: Path, epoch: int) -> Path:
+    """``checkpoint-{epoch}.pth``, epoch counted from 0 as in the release (the last is ``epochs - 1``)."""
+    return output_dir / f"checkpoint-{epoch}.pth"
+
+
+def load_training_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint written by the engine (plain tensors and numbers: ``weights_only`` suffices)."""
+    ckpt = load_checkpoint(path)
+    if "model" not in ckpt or "epoch" not in ckpt:
+        raise LsmaeError(f"{path}: not a training checkpoint of this engine (needs 'model' and 'epoch')")
+    return ckpt
+
+
+def newest_checkpoint(output_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint in ``output_dir`` that loads; damaged ones are logged and skipped."""
+    found = sorted(
+        ((int(m.group(1)), p) for p in Path(output_dir).glob("checkpoint-*.pth")
+         if (m := CHECKPOINT_RE.match(p.name))),
+        reverse=True,
+    )
+    for _, path in found:
+        try:
+            return path, load_training_checkpoint(path)
+        except LsmaeError as e:
+            log.warning("skipping unreadable checkpoint %s", e)
+    return None
+
+
+def json_safe_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The command line as plain values (paths as strings), as checkpoints record it."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+            if isinstance(v, (str, int, float, bool, list, tuple, Path, type(None)))}
+
+
+def export_release(source: Path, out: Path) -> Path:
+    """Write the weights of a run folder's newest checkpoint (or of one checkpoint file) in the
+    release format ``{'model': state_dict}``: no optimizer, scaler or arguments."""
+    source = Path(source)
+    if source.is_dir():
+        newest = newest_checkpoint(source)
+        if newest is None:
+            raise LsmaeError(f"{source}: no loadable checkpoint-*.pth in this folder")
+        ckpt = newest[1]
+    else:
+        ckpt = load_training_checkpoint(source)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save({"model": ckpt["model"]}, out)
+    return out

@@ -1,0 +1,127 @@
+"""Pretraining on every backend (see :mod:`pretrain.engine.backends`): the masked-autoencoder task that
+:class:`pretrain.engine.trainer.Trainer` runs, and its checkpoints ``checkpoint-{epoch}.pth``."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from timm.optim import create_optimizer_v2
+
+from pretrain.engine.backends import TorchBackend
+from pretrain.engine.checkpoints import checkpoint_path, json_safe_args, load_training_checkpoint, newest_checkpoint
+from pretrain.data import collate, normalize, pretrain_dataset
+from pretrain.models.masking import block_mask_indices, host_block_masks
+from pretrain.models.mae import MaskedAutoencoderViT, create_model
+from pretrain.engine.run_logging import setup_logging
+from pretrain.engine.trainer import (LoopConfig, Progress, Trainer, position_seed, precision_name, resolve_batch,
+                      resolve_precision)
+
+log = logging.getLogger("pretrain")
+
+
+MASK_STREAM = 0x6D61736B  # mixed into a position's seed for its masks: a stream apart from the augmentation's
+
+
+class MaskedPretraining:
+    """Reconstruction loss of block-masked images; each epoch reports its mean loss and the
+    unreadable images it skipped, and saves ``checkpoint-{epoch}.pth``. Batches arrive as uint8
+    and are normalised on the device; nothing in a step waits for the device.
+
+    Masks are drawn on the device from the loop's generator, except on XLA (no device generator):
+    there :meth:`host_inputs` draws them on the host, for the global batch, from the batch's
+    position, so that they do not depend on the number of devices or hosts, and a resumed run
+    draws the same ones."""
+
+    def __init__(self, model: MaskedAutoencoderViT, args: argparse.Namespace, backend: TorchBackend,
+                 dtype: torch.dtype | None) -> None:
+        self.raw, self.args, self.backend, self.dtype = model, args, backend, dtype
+        self.model = backend.wrap_model(model)
+        self.grid = args.input_size // model.patch_size
+        self.skipped = torch.zeros((), dtype=torch.long, device=backend.device)
+
+    def host_inputs(self, batch: Sequence[torch.Tensor], epoch: int, index: int) -> Any:
+        if self.backend.name != "xla":
+            return batch
+        imgs, n_bad = batch
+        seed = position_seed(self.args.seed, epoch, 0, index) ^ MASK_STREAM
+        ids_keep, ids_restore = host_block_masks(imgs.shape[0], self.backend.num_processes, self.backend.rank,
+                                                 self.grid, self.args.mask_ratio, self.args.mask_downsampling, seed)
+        return {"images": imgs, "skipped": n_bad, "ids_keep": ids_keep, "ids_restore": ids_restore}
+
+    def forward_loss(self, batch: Sequence[Any] | Mapping[str, torch.Tensor],
+                     generator: torch.Generator) -> torch.Tensor:
+        if isinstance(batch, Mapping):  # masks drawn by host_inputs
+            imgs, n_bad, ids_keep, ids_restore = (batch[k] for k in ("images", "skipped", "ids_keep", "ids_restore"))
+        else:
+            imgs, n_bad = batch
+            ids_keep, ids_restore = block_mask_indices(imgs.shape[0], self.grid, self.args.mask_ratio,
+                                                       self.args.mask_downsampling, generator=generator,
+                                                       device=generator.device)
+        self.skipped += n_bad.sum()
+        imgs = normalize(imgs)
+        with self.backend.autocast(self.dtype):
+            return self.model(imgs, ids_keep, ids_restore)[0]
+
+    def evaluate(self, at: Progress, train_loss: float) -> dict[str, Any]:
+        n_skipped = int(self.backend.all_reduce_sum(self.skipped).item())
+        self.skipped.zero_()
+        log.info("epoch %d/%d done: mean loss %.4f%s", at.epoch, self.args.epochs, train_loss,
+                 f", {n_skipped} unreadable images skipped (see warnings)" if n_skipped else "")
+        return {"kind": "epoch", "epoch": at.epoch - 1, "loss": train_loss, "skipped_images": n_skipped}
+
+    def checkpoint_path(self, at: Progress) -> Path:
+        return checkpoint_path(Path(self.args.output_dir), at.epoch - 1)
+
+    def checkpoint_extra(self, at: Progress) -> dict[str, Any]:
+        return {"model": self.raw.state_dict(), "args": json_safe_args(self.args)}
+
+
+def train(args: argparse.Namespace, backend: TorchBackend) -> Path:
+    """Run (or resume) pretraining; returns the last checkpoint written."""
+    output_dir = Path(args.output_dir)
+    setup_logging(log, backend.is_main)
+    dtype = resolve_precision(args.precision, backend)
+    batch, accum = resolve_batch(args.effective_batch_size, args.batch_size, args.accum_iter, backend.world_size)
+    lr = args.blr * args.effective_batch_size / 256 if args.lr is None else args.lr
+    dataset = pretrain_dataset(args.data_path, args.input_size, args.min_crop_scale, args.repeat)
+
+    torch.manual_seed(args.seed)
+    model = create_model(args.model, img_size=args.input_size, norm_pix_loss=args.norm_pix_loss,
+                         decoder_downsampling=args.decoder_downsampling, no_k_bias=args.no_k_bias)
+    model.set_grad_checkpointing(args.grad_checkpointing)
+    model.to(backend.device)
+    if args.compile:
+        model.compile()  # in place: the state dict keeps its keys
+    optimizer = create_optimizer_v2(model, "adamw", lr=lr, weight_decay=args.weight_decay, betas=(0.9, 0.95),
+                                    **backend.optimizer_options())
+    # --num-workers counts per device; a process feeding several devices (SPMD) loads for all of them
+    workers = min(args.num_workers * backend.local_devices, os.cpu_count() or 1) if backend.local_devices > 1 \
+        else args.num_workers
+    trainer = Trainer(
+        backend, optimizer, dataset, batch=batch, accum=accum, num_workers=workers, dtype=dtype,
+        collate_fn=collate,
+        config=LoopConfig(seed=args.seed, min_lr=args.min_lr, print_freq=args.print_freq, epochs=args.epochs,
+                          warmup=args.warmup_epochs, ckpt_every=args.ckpt_interval),
+        output_dir=output_dir, log=log,
+        stop_hint="Resume from the last checkpoint with --resume auto, after lowering --blr or switching "
+                  "--precision (fp16 overflows most)")
+
+    resume = newest_checkpoint(output_dir) if args.resume == "auto" else (
+        (Path(args.resume), load_training_checkpoint(Path(args.resume))) if args.resume else None)
+    if resume is not None:
+        path, ckpt = resume
+        model.load_state_dict(ckpt["model"])
+        trainer.resume(ckpt)
+        log.info("resumed from %s (epoch %d done)", path, ckpt["epoch"])
+    feeding = f" ({backend.num_processes} process{'es' if backend.num_processes > 1 else ''} x " \
+              f"{backend.local_devices}, {workers} loader workers per process)" if backend.local_devices > 1 else ""
+    log.info("%s: %d images x %d repeat, %d devices%s x batch %d x %d accumulation = %d per update, lr %.3g, "
+             "precision %s, %d steps/epoch", args.model, len(dataset.files), args.repeat, backend.world_size, feeding,
+             batch, accum, batch * accum * backend.world_size, lr, precision_name(dtype), trainer.steps_per_epoch)
+    trainer.fit(MaskedPretraining(model, args, backend, dtype))
+    return checkpoint_path(output_dir, trainer.progress.epoch - 1)
