@@ -191,7 +191,7 @@ def vit_b_converted():
 def test_converted_vit_base_loads_under_contract(d2, vit_b_converted, tmp_path):
     from detectron2.checkpoint import DetectionCheckpointer
 
-    from bridges.detection.detect import enforce_load_contract
+    from bridges.detection.source import enforce_load_contract
 
     assert vit_b_converted.pretrain_img_size == 448
     ckpt = vit_b_converted.checkpoint["model"]
@@ -209,7 +209,7 @@ def test_converted_vit_base_loads_under_contract(d2, vit_b_converted, tmp_path):
 
 
 def test_pretrain_img_size_224_breaks_contract(d2, vit_b_converted):
-    from bridges.detection.detect import enforce_load_contract
+    from bridges.detection.source import enforce_load_contract
 
     shapes = {k: tuple(v.shape) for k, v in vit_b_converted.checkpoint["model"].items()}
     cfg = load_config("mask_rcnn_vitdet_b_100ep", ["model.backbone.net.pretrain_img_size=224", "train.device=cpu"])
@@ -235,7 +235,7 @@ def test_missing_dataset_names_the_folder(d2, tmp_path):
     from detectron2.data import DatasetCatalog
     from detectron2.data.datasets import register_coco_instances
 
-    from bridges.detection.detect import DetectError, check_datasets
+    from bridges.detection.plan import DetectError, check_datasets
 
     name = "lsmae_test_missing_coco"
     if name not in DatasetCatalog:
@@ -333,7 +333,7 @@ def test_overrides_apply_after_the_scaling(d2, lsmae_home, capsys):
 
 
 def test_grad_checkpointing_reaches_the_vit(d2, lsmae_home, capsys, monkeypatch):
-    from bridges.detection.detect import ACT_CHECKPOINT_KEY, DetectError, check_act_checkpoint, resolve_plan
+    from bridges.detection.plan import ACT_CHECKPOINT_KEY, DetectError, check_act_checkpoint, resolve_plan
     from bridges.detection.args import resolve_config
 
     args = build_parser().parse_args(["detect", "vit_large/coco/4000", "--config", "mask_rcnn_vitdet_l_100ep",

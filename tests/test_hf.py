@@ -266,7 +266,7 @@ def test_both_key_generations_are_read(micro, tmp_path):
 
 
 def test_a_folder_is_a_source_everywhere(micro, tmp_path, capsys):
-    from bridges.detection.detect import prepare_source
+    from bridges.detection.source import prepare_source
     from bridges.classification.finetune import _source_width
     from zoo.cache import load_state_dict
     from zoo.commands import verify
