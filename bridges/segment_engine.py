@@ -178,21 +178,23 @@ class SegmentationTask:
 
 
 def _load_resumable(path: Path) -> dict[str, Any]:
+    """A ``last.pth`` of ``lsmae segment``."""
     ckpt = load_checkpoint(path)
     if ckpt.get("format") != CKPT_FORMAT:
         raise CheckpointError(f"{path} is not a segmentation checkpoint of lsmae segment")
     return ckpt
 
 
-def _run_identity(args: argparse.Namespace, recipe: SegRecipe, source: dict[str, Any], images: int
+def _run_identity(args: argparse.Namespace, recipe: SegRecipe, provenance: dict[str, Any], images: int
                   ) -> dict[str, Any]:
     """This run's identity (:func:`pretrain.resume.run_identity`): the encoder, the digest of its
     source, the recipe at this batch size (not its length or cadence, ``max_iter``, ``eval_period``,
     ``checkpoint_period``: a rerun may extend it), the initialisation and seed, and the data."""
-    cadence = {"source", "max_iter", "eval_period", "checkpoint_period"}  # ``source``: the recipe's citation
+    left_out = {"source", "max_iter", "eval_period", "checkpoint_period"}  # ``source``: the recipe's citation
     return run_identity(
-        "segment", input_size=recipe.crop_size, source=source.get("source_sha256"), model={"arch": source.get("arch")},
-        recipe={**{k: v for k, v in dataclasses.asdict(recipe).items() if k not in cadence},
+        "segment", input_size=recipe.crop_size, source=provenance.get("source_sha256"),
+        model={"arch": provenance["arch"]},
+        recipe={**{k: v for k, v in dataclasses.asdict(recipe).items() if k not in left_out},
                 "init": "scratch" if args.from_scratch else "pretrained", "seed": args.seed},
         data={"path": str(Path(args.data_path).expanduser().resolve()), "images": images})
 
