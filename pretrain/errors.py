@@ -56,3 +56,8 @@ def report_errors(prog: str, func: Callable[..., Any], *args: Any) -> int:
         print(f"{prog}: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
         return 1
     return 0
+
+
+class ResumeError(LsmaeError):
+    """A run folder that cannot be continued: none of its checkpoints loads, or the checkpoint belongs to
+    another run (another model, data set or recipe)."""

@@ -13,10 +13,12 @@ import torch
 from timm.optim import create_optimizer_v2
 
 from pretrain.engine.backends import TorchBackend
-from pretrain.engine.checkpoints import checkpoint_path, json_safe_args, load_training_checkpoint, newest_checkpoint
+from pretrain.models.archs import resolve_model_name
+from pretrain.engine.checkpoints import checkpoint_path, json_safe_args, load_training_checkpoint, pretraining_checkpoints
 from pretrain.data import collate, normalize, pretrain_dataset
 from pretrain.models.masking import block_mask_indices, host_block_masks
 from pretrain.models.mae import MaskedAutoencoderViT, create_model
+from pretrain.engine.resume import resume_run, run_identity
 from pretrain.engine.run_logging import setup_logging
 from pretrain.engine.trainer import (LoopConfig, Progress, Trainer, position_seed, precision_name, resolve_batch,
                       resolve_precision)
@@ -25,6 +27,9 @@ log = logging.getLogger("pretrain")
 
 
 MASK_STREAM = 0x6D61736B  # mixed into a position's seed for its masks: a stream apart from the augmentation's
+# the options that shape the training (with the resolved lr): a checkpoint of other values is another run's
+RECIPE = ("mask_ratio", "mask_downsampling", "norm_pix_loss", "min_crop_scale", "effective_batch_size",
+          "warmup_epochs", "min_lr", "weight_decay", "seed")
 
 
 class MaskedPretraining:
@@ -109,14 +114,19 @@ def train(args: argparse.Namespace, backend: TorchBackend) -> Path:
                           warmup=args.warmup_epochs, ckpt_every=args.ckpt_interval),
         output_dir=output_dir, log=log,
         stop_hint="Resume from the last checkpoint with --resume auto, after lowering --blr or switching "
-                  "--precision (fp16 overflows most)")
+                  "--precision (fp16 overflows most)",
+        identity=run_identity(
+            "pretrain", input_size=args.input_size, source=None,
+            model={"name": resolve_model_name(args.model), "decoder_downsampling": args.decoder_downsampling,
+                   "no_k_bias": args.no_k_bias},
+            recipe={**{k: getattr(args, k) for k in RECIPE}, "lr": lr},
+            data={"paths": [str(Path(p).expanduser().resolve()) for p in args.data_path], "repeat": args.repeat,
+                  "images": len(dataset.files)}))
 
-    resume = newest_checkpoint(output_dir) if args.resume == "auto" else (
-        (Path(args.resume), load_training_checkpoint(Path(args.resume))) if args.resume else None)
-    if resume is not None:
-        path, ckpt = resume
-        model.load_state_dict(ckpt["model"])
-        trainer.resume(ckpt)
+    resumed = resume_run(trainer, model, args.resume, pretraining_checkpoints(output_dir),
+                         load=load_training_checkpoint, log=log)
+    if resumed is not None:
+        path, ckpt = resumed
         log.info("resumed from %s (epoch %d done)", path, ckpt["epoch"])
     feeding = f" ({backend.num_processes} process{'es' if backend.num_processes > 1 else ''} x " \
               f"{backend.local_devices}, {workers} loader workers per process)" if backend.local_devices > 1 else ""

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bridges.demo import chain as demo
-from bridges.demo.args import DEFAULT_WORKDIR
+from bridges.demo.chain import chain as demo
+from bridges.demo.chain.args import DEFAULT_WORKDIR
 from bridges.hf.support import transformers_available
 from bridges.cli import main
 from bridges.classification.convert import create_timm_model, convert_to_timm

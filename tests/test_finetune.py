@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ from PIL import Image
 from bridges.classification import finetune
 from bridges.classification.args import add_arguments
 from bridges.cli import build_parser as cli_parser
-from bridges.demo.sample_data import write_digits
+from bridges.demo.chain.sample_data import write_digits
 from bridges.cli import main as cli_main
 from pretrain import main_pretrain
 from pretrain.engine.checkpoints import export_release
@@ -91,13 +92,18 @@ def pretrained(digits, module_home, tmp_path_factory) -> Path:
     return export_release(out, out / "mae_digits.pth")
 
 
+def finetune_argv(pretrained: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    """The fine-tuning run of :func:`finetuned`; ``extra`` options come last."""
+    return [str(pretrained), *common(data, out, "--epochs", str(FT_EPOCHS), "--warmup-epochs", "1",
+                                     "--effective-batch-size", "8", "--lr", "2e-3", "--mixup", "0", "--cutmix", "0",
+                                     "--aa", "none", "--reprob", "0", *DIGIT_AUGMENTATION, *extra)]
+
+
 @pytest.fixture(scope="module")
 def finetuned(pretrained, digits, tmp_path_factory) -> tuple[Path, dict]:
     """A fine-tuning run interrupted during epoch 4 (after epoch 3's checkpoint), then rerun to the end."""
     out = tmp_path_factory.mktemp("finetune")
-    argv = [str(pretrained), *common(digits, out, "--epochs", str(FT_EPOCHS), "--warmup-epochs", "1",
-                                     "--effective-batch-size", "8", "--lr", "2e-3", "--mixup", "0", "--cutmix", "0",
-                                     "--aa", "none", "--reprob", "0", *DIGIT_AUGMENTATION)]
+    argv = finetune_argv(pretrained, digits, out)
     evaluations = []
     real_evaluate = finetune.evaluate
 
@@ -145,8 +151,7 @@ def test_finetuning_learns_and_resumes_after_an_interruption(finetuned):
 def test_rerunning_a_finished_run_does_nothing(finetuned, pretrained, digits):
     out, result = finetuned
     before = (out / "log.jsonl").read_text()
-    again = run_mode("finetune", [str(pretrained), *common(digits, out, "--epochs", str(FT_EPOCHS),
-                                                           "--effective-batch-size", "8")])
+    again = run_mode("finetune", finetune_argv(pretrained, digits, out))
     assert again["best_top1"] == result["best_top1"] and (out / "log.jsonl").read_text() == before
 
 
@@ -326,6 +331,24 @@ def test_a_checkpoint_that_is_not_an_mae_encoder_is_an_error(kind, tmp_path, pre
         torch.save({"model": {k: v for k, v in sd.items() if not k.startswith("blocks.3.")}}, source)
     err = _one_line_error(capsys, ["finetune", str(source), *common(digits, tmp_path / "out")])
     assert expected in err
+
+
+@pytest.mark.parametrize("change", ["lr", "data"])
+def test_resuming_another_runs_checkpoint_is_an_error(finetuned, pretrained, digits, tmp_path, capsys, change):
+    """Another lr or another data set than the run's last.pth: one line naming the field, nothing trained."""
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy(finetuned[0] / "last.pth", out / "last.pth")
+    data = digits
+    if change == "data":
+        data = write_digits(tmp_path / "other", 4, 2, size=64)
+    extra = ("--lr", "1e-3") if change == "lr" else ()
+    err = _one_line_error(capsys, ["finetune", *finetune_argv(pretrained, data, out, *extra)])
+    field = "recipe.lr 0.002 -> 0.001" if change == "lr" else \
+        f"data.path {str(digits.resolve())!r} -> {str(data.resolve())!r}"
+    assert err == f"lsmae finetune: error: {out / 'last.pth'} belongs to another run: {field}; use another " \
+                  "--output-dir, or --resume '' to start over there"
+    assert sorted(p.name for p in out.iterdir()) == ["last.pth"]
 
 
 def test_eval_of_a_non_classifier_is_an_error(pretrained, digits, capsys):

@@ -188,6 +188,42 @@ def test_resume_empty_starts_fresh(photos, reference_run, tmp_path, caplog):
     assert len(records(out, "epoch")) == E + 1
 
 
+@pytest.mark.parametrize("change, field", [
+    (("--model", "mae_vit_base_patch16_dec384d12h8b"),
+     f"model.name '{TINY_MODEL}' -> 'mae_vit_base_patch16_dec384d12h8b'"),
+    (("--data-path", "OTHER"), "data.paths ['PHOTOS'] -> ['OTHER']"),
+    (("--mask-ratio", "0.5"), "recipe.mask_ratio 0.75 -> 0.5"),
+])
+def test_resuming_another_runs_folder_stops_naming_the_field(photos, reference_run, tmp_path, capsys, change, field):
+    """Another model, data path or recipe value: one line, exit status 1, the folder left as it was."""
+    other = tmp_path / "other_photos"
+    if "OTHER" in change:
+        shutil.copytree(photos, other)
+    out = tmp_path / "out"
+    shutil.copytree(reference_run, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert main([*argv(photos, out, E + 1), *(str(other) if a == "OTHER" else a for a in change)]) == 1
+    err = capsys.readouterr().err.strip()
+    field = field.replace("PHOTOS", str(photos.resolve())).replace("OTHER", str(other.resolve()))
+    assert err == f"pretrain: error: {out / f'checkpoint-{E - 1}.pth'} belongs to another run: {field}; use " \
+                  "another --output-dir, or --resume '' to start over there"
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_resume_refuses_when_no_checkpoint_loads(photos, reference_run, tmp_path, capsys):
+    """Every checkpoint torn: refused in one line naming them, not a silent fresh start over them."""
+    torn = [tmp_path / f"checkpoint-{epoch}.pth" for epoch in (E - 1, E - 2)]
+    for path in torn:
+        data = (reference_run / path.name).read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    assert main(argv(photos, tmp_path, E)) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("pretrain: error: cannot resume: no checkpoint loads (")
+    assert all(f"{p}: damaged or truncated checkpoint" in err for p in torn)
+    assert err.endswith("move them away, or --resume '' to start over")
+    assert not (tmp_path / "checkpoint-0.pth").exists()
+
+
 # --- export --------------------------------------------------------------------------------------
 
 def test_export_release_round_trip(reference_run, tmp_path):

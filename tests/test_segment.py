@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -220,7 +221,7 @@ def test_scaling_rule_and_bad_batch():
 @pytest.fixture(scope="module")
 def texture_set(tmp_path_factory):
     pytest.importorskip("skimage")
-    from bridges.demo.sample_data import write_textures_ade20k
+    from bridges.demo.chain.sample_data import write_textures_ade20k
 
     return write_textures_ade20k(tmp_path_factory.mktemp("ade"), train_images=16, val_images=4)
 
@@ -263,6 +264,25 @@ def test_training_resumes_bit_identically_and_saves_transformers_folders(texture
     assert main(["segment", "--eval-only", str(tmp_path / "whole" / "model_final"), "--data-path", str(texture_set),
                  "--device", "cpu"]) == 0
     assert capsys.readouterr().out.startswith("mIoU ")
+
+
+def test_resuming_another_runs_checkpoint_is_a_one_line_error(texture_set, tmp_path, lsmae_home, capsys):
+    """Another lr (a batch size scales it) or another data set than the run's last.pth: refused, naming the field."""
+    out = tmp_path / "run"
+    assert _segment(texture_set, out, "--max-iter", "3") == 0
+    before = (out / "last.pth").read_bytes()
+    other = tmp_path / "other_ade"
+    shutil.copytree(texture_set, other)
+    demo = get_recipe("demo")
+    for data, extra, field in (
+            (texture_set, ("--batch-size", "4"), f"recipe.lr {demo.lr!r} -> {scale_to_batch(demo, 4).lr!r}"),
+            (other, (), f"data.path {str(texture_set.resolve())!r} -> {str(other.resolve())!r}")):
+        capsys.readouterr()
+        assert _segment(data, out, *extra) == 1
+        err = capsys.readouterr().err.strip()
+        assert err == f"lsmae segment: error: {out / 'last.pth'} belongs to another run: {field}; use another " \
+                      "--output-dir, or --resume '' to start over there"
+    assert (out / "last.pth").read_bytes() == before
 
 
 def test_eval_only_refuses_a_folder_that_is_not_a_segmentation_model(tmp_path, capsys):

@@ -19,11 +19,17 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from pretrain.engine.backends import TorchBackend
+from pretrain.errors import ResumeError
+from pretrain.engine.resume import resume_run, run_identity
+from pretrain.engine.serialization import load_checkpoint
 from pretrain.engine.trainer import LoopConfig, Progress, Trainer
 
 # 40 samples in batches of 4 with 2 accumulation steps: 10 batches, 5 optimizer updates per epoch
 SAMPLES, BATCH, ACCUM, STEPS = 40, 4, 2, 12
 CKPT_EVERY, EVAL_EVERY, STOP_AT = 3, 2, 8  # the run stopped at step 8 resumes from step 6: epoch 1, batch 2
+LOG = logging.getLogger("test_trainer")
+TOY_IDENTITY = run_identity("toy", model={"layers": [6, 16, 1]}, input_size=6, source=None,
+                            recipe={"lr": 0.05, "seed": 7}, data={"images": SAMPLES})
 
 
 class NoisySamples(Dataset):
@@ -74,8 +80,8 @@ def trainer_and_task(out: Path, workers: int, stop_at: int | None = None) -> tup
     config = LoopConfig(seed=7, min_lr=1e-4, print_freq=1, max_steps=STEPS, warmup=2, eval_every=EVAL_EVERY,
                         ckpt_every=CKPT_EVERY)
     trainer = Trainer(TorchBackend("cpu"), optimizer, NoisySamples(), batch=BATCH, accum=ACCUM, num_workers=workers,
-                      dtype=None, config=config, output_dir=out, log=logging.getLogger("test_trainer"),
-                      stop_hint="(toy)")
+                      dtype=None, config=config, output_dir=out, log=LOG,
+                      stop_hint="(toy)", identity=TOY_IDENTITY)
     return trainer, ToyRegression(model, out, stop_at)
 
 
@@ -135,3 +141,73 @@ def test_resume_keeps_this_backends_optimizer_implementation(tmp_path):
     for i, saved in ckpt["optimizer"]["state"].items():
         for k, v in saved.items():
             assert torch.equal(state[i][k], v), f"optimizer state {i}/{k} differs"
+
+
+# --- the resume contract (pretrain.engine.resume) on the toy run ------------------------------------------
+def stopped_run(out: Path) -> list[Path]:
+    """The run stopped at step 8: its checkpoints, newest first (iter_6, iter_3)."""
+    stopped, task = trainer_and_task(out, 0, stop_at=STOP_AT)
+    with pytest.raises(Stop):
+        stopped.fit(task)
+    return [out / "iter_6.pth", out / "iter_3.pth"]
+
+
+def tear(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_resume_run_skips_a_torn_newest_checkpoint_and_ends_bit_identical(tmp_path, caplog):
+    reference, task = trainer_and_task(tmp_path / "reference", 0)
+    reference.fit(task)
+    out = tmp_path / "stopped"
+    newest_first = stopped_run(out)
+    tear(newest_first[0])
+
+    resumed, task = trainer_and_task(out, 0)
+    with caplog.at_level(logging.WARNING):
+        path, _ = resume_run(resumed, task.model, "auto", newest_first, load=load_checkpoint, log=LOG)
+    assert path == out / "iter_3.pth" and resumed.progress == Progress(step=3, epoch=0, batch=6)
+    assert any(f"skipping unreadable checkpoint {newest_first[0]}" in r.getMessage() for r in caplog.records)
+    resumed.fit(task)
+    a, b = (torch.load(d / f"iter_{STEPS}.pth", weights_only=True) for d in (tmp_path / "reference", out))
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), f"weights {k} differ"
+    assert a["run"] == b["run"] == TOY_IDENTITY
+
+
+def test_resume_run_refuses_when_no_checkpoint_loads(tmp_path):
+    newest_first = stopped_run(tmp_path)
+    for path in newest_first:
+        tear(path)
+    trainer, task = trainer_and_task(tmp_path, 0)
+    with pytest.raises(ResumeError) as e:
+        resume_run(trainer, task.model, "auto", newest_first, load=load_checkpoint, log=LOG)
+    message = str(e.value)
+    assert len(message.splitlines()) == 1 and message.startswith("cannot resume: no checkpoint loads (")
+    assert all(f"{p}: damaged or truncated checkpoint" in message for p in newest_first)
+    assert message.endswith("move them away, or --resume '' to start over")
+    assert trainer.progress == Progress(step=0, epoch=0, batch=0)
+    with pytest.raises(ResumeError, match=r"^--resume nowhere.pth: no such file$"):
+        resume_run(trainer, task.model, "nowhere.pth", newest_first, load=load_checkpoint, log=LOG)
+    assert resume_run(trainer, task.model, "", newest_first, load=load_checkpoint, log=LOG) is None
+
+
+def test_resume_run_refuses_another_runs_checkpoint_naming_the_field(tmp_path, caplog):
+    newest_first = stopped_run(tmp_path)
+    trainer, task = trainer_and_task(tmp_path, 0)
+    trainer.identity = run_identity("toy", model={"layers": [6, 16, 1]}, input_size=6, source=None,
+                                    recipe={"lr": 0.1, "seed": 7}, data={"images": SAMPLES})
+    with pytest.raises(ResumeError) as e:
+        resume_run(trainer, task.model, "auto", newest_first, load=load_checkpoint, log=LOG)
+    assert str(e.value) == (f"{newest_first[0]} belongs to another run: recipe.lr 0.05 -> 0.1; use another "
+                            "--output-dir, or --resume '' to start over there")
+    assert trainer.progress == Progress(step=0, epoch=0, batch=0)
+
+    # a checkpoint written before runs recorded their identity resumes unchecked
+    ckpt = torch.load(newest_first[0], weights_only=True)
+    del ckpt["run"]
+    torch.save(ckpt, newest_first[0])
+    with caplog.at_level(logging.INFO, logger=LOG.name):
+        resume_run(trainer, task.model, "auto", newest_first, load=load_checkpoint, log=LOG)
+    assert trainer.progress == Progress(step=6, epoch=1, batch=2)
+    assert f"{newest_first[0]} records no run identity" in caplog.text

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 from pretrain.engine.backends import TorchBackend, make_backend
 from pretrain.engine.checkpoints import json_safe_args
 from pretrain.errors import CheckpointError, DataError, LsmaeError, report_errors
+from pretrain.engine.resume import resume_run, run_identity
 from pretrain.engine.run_logging import setup_logging
 from pretrain.engine.serialization import load_checkpoint
 from pretrain.engine.trainer import LoopConfig, Progress, Trainer, precision_name, resolve_batch, resolve_precision
@@ -256,32 +257,36 @@ def create_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
     return model
 
 
-def _resume_state(args: argparse.Namespace, output_dir: Path) -> tuple[Path, dict[str, Any]] | None:
-    if args.resume == "auto":
-        path = output_dir / "last.pth"
-        if not path.exists():
-            return None
-    elif args.resume:
-        path = Path(args.resume)
-    else:
-        return None
+def _load_resumable(path: Path) -> dict[str, Any]:
+    """A ``last.pth``: a classifier checkpoint with its optimizer state."""
     ckpt = load_classifier_checkpoint(path)
     if "optimizer" not in ckpt:
-        raise LsmaeError(f"{path}: holds no optimizer state (best.pth is weights only): resume from last.pth")
-    return path, ckpt
+        raise CheckpointError(f"{path}: holds no optimizer state (best.pth is weights only): resume from last.pth")
+    return ckpt
 
 
-def _check_resumable(path: Path, ckpt: dict[str, Any], meta: dict[str, Any], classes: list[str]) -> None:
-    for key in ("mode", "timm_model", "timm_kwargs", "num_classes", "img_size", "global_pool", "init"):
-        if ckpt.get(key, "pretrained" if key == "init" else None) != meta[key]:
-            raise LsmaeError(f"{path} was written by another run ({key} {ckpt.get(key)!r}, this run {meta[key]!r}): "
-                             "use another --output-dir, or --resume '' to start over there")
-    old, new = ckpt.get("source", {}).get("source_sha256"), meta["source"].get("source_sha256")
-    if old and new and old != new:
-        raise LsmaeError(f"{path} was fine-tuned from {ckpt['source'].get('source')} (sha256 {old[:12]}), not from "
-                         f"{meta['source'].get('source')} (sha256 {new[:12]}): use another --output-dir")
-    if ckpt.get("classes") != classes:
-        raise LsmaeError(f"{path} was trained on other classes than this data set: use another --output-dir")
+def _trained_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The trained model's state in a ``last.pth``: a linear probe's head unfolded from ``probe_head``."""
+    if "probe_head" not in ckpt:
+        return ckpt["model"]
+    state = {k: v for k, v in ckpt["model"].items() if not k.startswith("head.")}
+    state.update({f"head.{k}": v for k, v in ckpt["probe_head"].items()})
+    return state
+
+
+def _run_identity(args: argparse.Namespace, mode: str, meta: dict[str, Any], train_set: Any) -> dict[str, Any]:
+    """This run's identity (:func:`pretrain.engine.resume.run_identity`): the classifier, the digest of its
+    source, the resolved recipe (the lr, not the blr it came from; not the epochs: a rerun with more
+    continues the run) and the data (folder, classes, image count)."""
+    defaults = {**FINETUNE_COMMON, **FINETUNE_BY_WIDTH[None]} if mode == "finetune" else LINPROBE
+    keys = sorted(defaults.keys() - {"epochs", "blr"})
+    return run_identity(
+        mode, input_size=meta["img_size"], source=meta["source"].get("source_sha256"),
+        model={k: meta[k] for k in ("timm_model", "timm_kwargs", "num_classes", "global_pool")},
+        recipe={**{k: getattr(args, k) for k in keys}, "lr": args.lr, "seed": args.seed,
+                "min_crop_scale": args.min_crop_scale, "hflip": args.hflip, "init": meta["init"]},
+        data={"path": str(Path(args.data_path).expanduser().resolve()), "classes": meta["classes"],
+              "images": len(train_set)})
 
 
 # --------------------------------------------------------------------------- training
@@ -385,20 +390,14 @@ def train(args: argparse.Namespace, backend: TorchBackend, mode: str = "finetune
                           warmup=args.warmup_epochs),
         output_dir=output_dir, log=log,
         stop_hint=f"Resume from {output_dir / 'last.pth'} (the default) after lowering --blr or switching "
-                  "--precision (fp16 overflows most)")
+                  "--precision (fp16 overflows most)",
+        identity=_run_identity(args, mode, meta, train_set))
 
     best = {"top1": -1.0, "top5": 0.0, "epoch": -1}
-    resume = _resume_state(args, output_dir)
-    if resume is not None:
-        path, ckpt = resume
-        _check_resumable(path, ckpt, meta, meta["classes"])
-        if mode == "linprobe":
-            state = {k: v for k, v in ckpt["model"].items() if not k.startswith("head.")}
-            state.update({f"head.{k}": v for k, v in ckpt["probe_head"].items()})
-        else:
-            state = ckpt["model"]
-        model.load_state_dict(state, strict=True)
-        trainer.resume(ckpt)
+    resumed = resume_run(trainer, model, args.resume, [output_dir / "last.pth"], load=_load_resumable, log=log,
+                         weights=_trained_state)
+    if resumed is not None:
+        path, ckpt = resumed
         best = dict(ckpt["best"])
         log.info("resumed from %s (epoch %d done, best top-1 %.2f%% at epoch %d)", path, ckpt["epoch"] + 1,
                  100 * best["top1"], best["epoch"] + 1)

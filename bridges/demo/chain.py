@@ -141,7 +141,7 @@ def _last_error(log: Path) -> str:
 # --------------------------------------------------------------------------- data
 def write_data(data: Path) -> dict[str, Path]:
     """Photographs (pretraining set and held-out), digits, and a COCO-format set when detectron2 is there."""
-    from bridges.demo import sample_data
+    from bridges.demo.chain import sample_data
 
     folders = {"pretrain photos": data / "photos" / "pretrain", "held-out photos": data / "photos" / "heldout",
                "digits": data / "digits"}
@@ -164,7 +164,7 @@ def detectron2_available() -> bool:
 # --------------------------------------------------------------------------- steps
 def run(args: argparse.Namespace) -> None:
     """Run every step; raises :class:`DemoError` (or the failing step's own error) at the first failure."""
-    from bridges.demo import sample_data
+    from bridges.demo.chain import sample_data
 
     sample_data.require("skimage.data", "scikit-image")
     sample_data.require("sklearn.datasets", "scikit-learn")

@@ -17,7 +17,8 @@ from torch import nn
 
 from pretrain.engine.backends import TorchBackend, make_backend
 from pretrain.data import normalize
-from pretrain.errors import LsmaeError
+from pretrain.errors import CheckpointError, LsmaeError
+from pretrain.engine.resume import resume_run, run_identity
 from pretrain.engine.run_logging import setup_logging
 from pretrain.engine.serialization import load_checkpoint
 from pretrain.engine.trainer import LoopConfig, Progress, Trainer, precision_name, resolve_precision
@@ -166,8 +167,7 @@ class SegmentationTask:
 
     def checkpoint_extra(self, at: Progress) -> dict[str, Any]:
         return {"format": CKPT_FORMAT, "model": {k: v.detach().cpu() for k, v in self.plain.state_dict().items()},
-                "best": dict(self.best), "recipe": dataclasses.asdict(self.recipe),
-                "source": self.plain.config.lsmae, "from_scratch": bool(self.args.from_scratch)}
+                "best": dict(self.best), "recipe": dataclasses.asdict(self.recipe), "source": self.plain.config.lsmae}
 
     def _save_folder(self, name: str, state: str) -> Path:
         import copy
@@ -177,23 +177,26 @@ class SegmentationTask:
         return save_upernet(model, self.output_dir / name, state)
 
 
-def _resume_checkpoint(args: argparse.Namespace, output_dir: Path, recipe: SegRecipe
-                       ) -> tuple[Path, dict[str, Any]] | None:
-    path = output_dir / "last.pth" if args.resume == "auto" else (Path(args.resume) if args.resume else None)
-    if path is None or not path.is_file():
-        if args.resume not in ("auto", "") and path is not None:
-            raise LsmaeError(f"--resume {path}: no such file")
-        return None
+def _load_resumable(path: Path) -> dict[str, Any]:
+    """A ``last.pth`` of ``lsmae segment``."""
     ckpt = load_checkpoint(path)
     if ckpt.get("format") != CKPT_FORMAT:
-        raise LsmaeError(f"{path} is not a segmentation checkpoint of lsmae segment")
-    if ckpt["recipe"] != dataclasses.asdict(recipe):
-        raise LsmaeError(f"{path} was written with another recipe (or batch size): use another --output-dir, or "
-                         "--resume '' to start over there")
-    if bool(ckpt.get("from_scratch")) != bool(args.from_scratch):
-        raise LsmaeError(f"{path} was trained {'from scratch' if ckpt.get('from_scratch') else 'from SOURCE'}: "
-                         "use another --output-dir")
-    return path, ckpt
+        raise CheckpointError(f"{path} is not a segmentation checkpoint of lsmae segment")
+    return ckpt
+
+
+def _run_identity(args: argparse.Namespace, recipe: SegRecipe, provenance: dict[str, Any], images: int
+                  ) -> dict[str, Any]:
+    """This run's identity (:func:`pretrain.engine.resume.run_identity`): the encoder, the digest of its
+    source, the recipe at this batch size (not its length or cadence, ``max_iter``, ``eval_period``,
+    ``checkpoint_period``: a rerun may extend it), the initialisation and seed, and the data."""
+    left_out = {"source", "max_iter", "eval_period", "checkpoint_period"}  # ``source``: the recipe's citation
+    return run_identity(
+        "segment", input_size=recipe.crop_size, source=provenance.get("source_sha256"),
+        model={"arch": provenance["arch"]},
+        recipe={**{k: v for k, v in dataclasses.asdict(recipe).items() if k not in left_out},
+                "init": "scratch" if args.from_scratch else "pretrained", "seed": args.seed},
+        data={"path": str(Path(args.data_path).expanduser().resolve()), "images": images})
 
 
 def train(args: argparse.Namespace, recipe: SegRecipe, plan: dict[str, Any]) -> dict[str, Any]:
@@ -227,13 +230,12 @@ def _train(args: argparse.Namespace, recipe: SegRecipe, plan: dict[str, Any], ba
     trainer = Trainer(backend, optimizer, dataset, batch=per_device, accum=1, num_workers=args.num_workers,
                       dtype=dtype, config=config, output_dir=output_dir, log=log,
                       stop_hint=f"Resume from {output_dir / 'last.pth'} (the default) after lowering the lr or "
-                                "switching --precision")
+                                "switching --precision",
+                      identity=_run_identity(args, recipe, model.config.lsmae, len(dataset)))
     task = SegmentationTask(model, wrapped, val_set, args, recipe, backend, dtype, output_dir, log)
-    resume = _resume_checkpoint(args, output_dir, recipe)
-    if resume is not None:
-        path, ckpt = resume
-        model.load_state_dict(ckpt["model"])
-        trainer.resume(ckpt)
+    resumed = resume_run(trainer, model, args.resume, [output_dir / "last.pth"], load=_load_resumable, log=log)
+    if resumed is not None:
+        path, ckpt = resumed
         task.best = dict(ckpt["best"])
         log.info("resumed from %s at iteration %d (best mIoU %.2f)", path, trainer.step, 100 * task.best["mIoU"])
     else:

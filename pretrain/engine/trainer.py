@@ -4,10 +4,11 @@ recipes counted in iterations): what differs between them is a :class:`Task`.
 The loop owns what must agree for a run to resume bit for bit: the batch plan, the precision, the
 data order and the seeding of every random generator from (seed, epoch, rank), gradient
 accumulation, the learning rate per optimizer update, when to evaluate and save, and what a
-checkpoint records of where the run stands. A run is counted in epochs or, for recipes counted in
-iterations, in optimizer updates (``max_steps``); it resumes from any checkpoint, also one written
-in mid-epoch: the batches that epoch already consumed are drawn again and dropped (same order,
-same augmentation), and the generators are re-seeded from the position.
+checkpoint records of where the run stands and of which run it is (:mod:`pretrain.engine.resume` checks
+it). A run is counted in epochs or, for recipes counted in iterations, in optimizer updates
+(``max_steps``); it resumes from any checkpoint, also one written in mid-epoch: the batches that
+epoch already consumed are drawn again and dropped (same order, same augmentation), and the
+generators are re-seeded from the position.
 """
 from __future__ import annotations
 
@@ -194,10 +195,14 @@ class Trainer:
 
     def __init__(self, backend: TorchBackend, optimizer: torch.optim.Optimizer, dataset: Dataset, *, batch: int,
                  accum: int, num_workers: int, dtype: torch.dtype | None, config: LoopConfig, output_dir: Path,
-                 log: logging.Logger, stop_hint: str, collate_fn: Callable[[list], Any] | None = None) -> None:
+                 log: logging.Logger, stop_hint: str, identity: Mapping[str, Any],
+                 collate_fn: Callable[[list], Any] | None = None) -> None:
         """``stop_hint`` ends the error of a non-finite loss (how to resume, what to change);
-        ``collate_fn`` batches the data set's items (default: torch's)."""
+        ``identity`` is what makes the run this run (:func:`pretrain.engine.resume.run_identity`), saved in
+        each checkpoint as ``run`` and checked on resume; ``collate_fn`` batches the data set's items
+        (default: torch's)."""
         self.backend, self.optimizer, self.config, self.log = backend, optimizer, config, log
+        self.identity = identity
         self.batch_size, self.accum, self.stop_hint = batch, accum, stop_hint
         self.output_dir = Path(output_dir)
         # the data is split over the processes; each loads the rows of the devices it feeds
@@ -352,7 +357,7 @@ class Trainer:
             task.model.train()
         if save:
             path = task.checkpoint_path(at)
-            state = {**task.checkpoint_extra(at), "optimizer": self.optimizer.state_dict(),
+            state = {**task.checkpoint_extra(at), "run": self.identity, "optimizer": self.optimizer.state_dict(),
                      "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                      "epoch": at.epoch - 1, "progress": {"step": at.step, "epoch": at.epoch, "batch": at.batch}} \
                 if self.backend.is_main else None
