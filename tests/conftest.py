@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import pretrain
-from bridges.demo.chain.sample_data import skimage_photo
+from bridges.demo.sample_data import skimage_photo
 from tests.http_fault_server import FaultServer, fault_server  # noqa: F401  (fixture)
 
 TINY_MODEL = "mae_vit_micro_patch8_dec64d4h2b"

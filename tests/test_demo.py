@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bridges.demo.chain import chain as demo
-from bridges.demo.chain.args import DEFAULT_WORKDIR
+from bridges.demo import chain as demo
+from bridges.demo.args import DEFAULT_WORKDIR
 from bridges.hf.support import transformers_available
 from bridges.cli import main
 from bridges.classification.convert import create_timm_model, convert_to_timm
@@ -37,8 +37,9 @@ def quickstart(tmp_path_factory) -> tuple[Path, list[str]]:
 def test_quickstart_runs_every_step_and_reports_artefacts(quickstart):
     workdir, lines = quickstart
     steps = [line for line in lines if re.match(r"\[\d/\d\] ", line)]
-    with_detection, with_hf = demo.detectron2_available(), transformers_available()
-    assert len(steps) == 6 + with_detection + 2 * with_hf  # transformers: the HF export and segmentation
+    with_detection = demo.detectron2_available()
+    assert len(steps) == len(demo.planned_steps())  # those whose requirements (transformers, detectron2) are here
+    assert sum(line.startswith("[skip] ") for line in lines) == len(demo.STEPS) - len(steps)
     assert any(line.startswith("[skip] detection: detectron2 is not installed; to add this step, install it")
                for line in lines) != with_detection
     commands = [line.strip() for line in lines if line.strip().startswith("$ lsmae ")]
@@ -74,7 +75,7 @@ def test_a_failing_step_stops_with_its_log_and_exit_status(tmp_path, lsmae_home,
     monkeypatch.setattr(demo, "FINETUNE_RECIPE", (*demo.FINETUNE_RECIPE, "--lr", "fast"))
     assert main(["demo", "--workdir", str(tmp_path / "w"), "--epochs", "1"]) == 1
     out, err = capsys.readouterr()
-    finetune_step = 5 + transformers_available()
+    finetune_step = [step.run for step in demo.planned_steps()].index(demo.finetune_step) + 1
     assert f"[{finetune_step}/" in out and f"[{finetune_step + 1}/" not in out
     log = tmp_path / "w" / "logs" / "finetune-pretrained.log"
     assert err.strip().splitlines() == [err.strip()]  # one line, no traceback

@@ -17,7 +17,7 @@ import torch
 
 import pretrain
 from bridges.cli import build_parser, main
-from bridges.demo.chain.sample_data import write_shapes_coco
+from bridges.demo.sample_data import write_shapes_coco
 from bridges.detection.convert import (
     BACKBONE_PREFIX,
     REL_POS,

@@ -570,3 +570,49 @@ def test_same_basename_entries_are_cached_side_by_side(tiny_zoo):
     assert coco.read_bytes() == tiny_zoo.files["vit_micro/coco/4000"]
     assert in1k.read_bytes() == tiny_zoo.files["vit_micro/in1k/800"]
     assert zoo.fetch("tiny/imagenet/800", quiet=True) == in1k  # aliases resolve to the same cache path
+
+
+# --------------------------------------------------------------------------- the layers on their own
+def test_retry_policy_backs_off_honours_the_server_and_gives_up(sleeps):
+    import requests
+
+    from zoo.download import RetriesExhausted, RetryPolicy, _Retryable, with_retries
+
+    failures = [_Retryable("HTTP 500"), _Retryable("HTTP 503", wait=0.5), requests.ConnectionError("reset")]
+
+    def attempt() -> str:
+        if failures:
+            raise failures.pop(0)
+        return "done"
+
+    notes = []
+    assert with_retries(RetryPolicy(retries=3, backoff=1.0), attempt, lambda *a: notes.append(a[:2])) == "done"
+    assert sleeps.calls == [1.0, 0.5, 4.0] and notes == [(1, 1.0), (2, 0.5), (3, 4.0)]
+
+    def never() -> None:
+        raise _Retryable("HTTP 502")
+
+    with pytest.raises(RetriesExhausted, match="HTTP 502") as info:
+        with_retries(RetryPolicy(retries=2, backoff=0.25), never)
+    assert isinstance(info.value.failure, _Retryable)
+    assert sleeps.calls[3:] == [0.25, 0.5]
+
+    def broken() -> None:  # not a network failure: asking again would not cure it
+        raise DownloadError("HTTP 404")
+
+    with pytest.raises(DownloadError):
+        with_retries(RetryPolicy(), broken)
+    assert len(sleeps.calls) == 5
+
+
+def test_file_url_resumes_and_a_part_longer_than_the_file_starts_over(tmp_path):
+    data = bytes(range(256)) * 3000
+    source = tmp_path / "source.bin"
+    source.write_bytes(data)
+    dest = tmp_path / "cache" / "dest.bin"
+    dest.parent.mkdir()
+    for kept in (data[:1000], data + b"junk"):
+        partial_path(dest).write_bytes(kept)
+        assert zoo.download.download(source.as_uri(), dest, quiet=True) == sha256(data)
+        assert dest.read_bytes() == data and not partial_path(dest).exists()
+        dest.unlink()

@@ -24,7 +24,7 @@ from PIL import Image
 from bridges.classification import finetune
 from bridges.classification.args import add_arguments
 from bridges.cli import build_parser as cli_parser
-from bridges.demo.chain.sample_data import write_digits
+from bridges.demo.sample_data import write_digits
 from bridges.cli import main as cli_main
 from pretrain import main_pretrain
 from pretrain.engine.checkpoints import export_release

@@ -27,7 +27,7 @@ import torch
 
 from bridges.classification import finetune
 from bridges.classification.args import add_arguments
-from bridges.demo.chain.sample_data import write_digits
+from bridges.demo.sample_data import write_digits
 from tests.test_pretrain_engine import argv as pretrain_argv
 from tests.test_pretrain_engine import assert_same_state
 
@@ -275,7 +275,7 @@ def test_eval_in_two_processes_counts_each_image_once(finetuned_in_two, digits, 
 @pytest.fixture(scope="module")
 def textures(tmp_path_factory) -> Path:
     pytest.importorskip("skimage")
-    from bridges.demo.chain.sample_data import write_textures_ade20k
+    from bridges.demo.sample_data import write_textures_ade20k
 
     return write_textures_ade20k(tmp_path_factory.mktemp("ade"), train_images=16, val_images=5)
 
@@ -319,7 +319,7 @@ def test_segmentation_in_two_processes_writes_once_resumes_and_evaluates_each_im
 # --------------------------------------------------------------------------- detection
 def test_detection_in_two_processes_resumes_at_its_iteration(home, tmp_path):
     pytest.importorskip("detectron2")
-    from bridges.demo.chain.sample_data import write_shapes_coco
+    from bridges.demo.sample_data import write_shapes_coco
 
     data = tmp_path / "data"
     write_shapes_coco(data)

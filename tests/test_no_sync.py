@@ -176,7 +176,7 @@ def test_fine_tuning_steps_do_not_wait_for_the_device(tmp_path, monkeypatch, lsm
 
     from bridges.classification import finetune
     from bridges.classification.args import add_arguments
-    from bridges.demo.chain.sample_data import write_digits
+    from bridges.demo.sample_data import write_digits
     from tests.conftest import tiny_checkpoint_bytes
 
     data = write_digits(tmp_path / "digits", 4, 1, size=32)
@@ -198,7 +198,7 @@ def test_segmentation_steps_do_not_wait_for_the_device(tmp_path, monkeypatch, ls
     pytest.importorskip("skimage")
     pytest.importorskip("transformers")
     from bridges.cli import main
-    from bridges.demo.chain.sample_data import write_textures_ade20k
+    from bridges.demo.sample_data import write_textures_ade20k
 
     data = write_textures_ade20k(tmp_path / "ade", train_images=8, val_images=2)
     with host_syncs(monkeypatch) as seen:

@@ -221,7 +221,7 @@ def test_scaling_rule_and_bad_batch():
 @pytest.fixture(scope="module")
 def texture_set(tmp_path_factory):
     pytest.importorskip("skimage")
-    from bridges.demo.chain.sample_data import write_textures_ade20k
+    from bridges.demo.sample_data import write_textures_ade20k
 
     return write_textures_ade20k(tmp_path_factory.mktemp("ade"), train_images=16, val_images=4)
 

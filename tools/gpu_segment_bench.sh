@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 import pretrain
-from bridges.demo.chain.sample_data import write_textures_ade20k
+from bridges.demo.sample_data import write_textures_ade20k
 from bridges.segmentation.command import resolve_recipe, run
 from bridges.segmentation.args import build_parser
 

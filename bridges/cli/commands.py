@@ -75,7 +75,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from bridges.demo.chain.chain import run
+    from bridges.demo.chain import run
 
     run(args)
 
@@ -187,7 +187,7 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
-    from bridges.demo.chain import args as demo_args
+    from bridges.demo import args as demo_args
 
     p.description = demo_args.DESCRIPTION
     demo_args.add_arguments(p)

@@ -9,11 +9,15 @@ Each step calls the library function behind its ``lsmae`` command and prints one
 result it returns, after the equivalent command line (to copy). Output a step would print goes
 to ``WORKDIR/logs/STEP.log``. Detection runs as a child ``lsmae detect`` process: detectron2's
 launcher owns its processes and logging; its result is the ``eval_results.json`` it writes.
+
+The steps are the rows of :data:`STEPS` (name, title, the modules they need beyond the demo extra,
+the function that runs them); the step count and the ``[skip]`` lines come from that table.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import importlib.util
 import json
 import logging
@@ -49,14 +53,35 @@ class DemoError(LsmaeError):
 
 @dataclass
 class Demo:
-    """The state of one demo run: where things go and what was made."""
+    """What the steps of one demo run share: where things go, the options, and what earlier steps made."""
 
     workdir: Path
+    options: argparse.Namespace
     artefacts: dict[str, Path] = field(default_factory=dict)
+    losses: dict[str, float] = field(default_factory=dict)  # visualize's, for the transformers export to compare
 
     @property
     def logs(self) -> Path:
         return self.workdir / "logs"
+
+    @property
+    def data(self) -> Path:
+        return self.workdir / "data"
+
+    @property
+    def heldout(self) -> list[Path]:
+        return sorted((self.data / "photos" / "heldout").glob("*.png"))
+
+    @property
+    def outputs(self) -> dict[str, Path]:
+        """Where the conversions write (the detection step reads the ViTDet weights from there)."""
+        return {"reconstructions": self.workdir / "reconstructions.png", "hf": self.workdir / "hf" / "demo_vitmae",
+                "timm": self.workdir / "timm" / f"demo_vit_micro_{FINETUNE_SIZE}.safetensors",
+                "vitdet": self.workdir / "vitdet" / "demo_vitdet.pth",
+                "upernet": self.workdir / "upernet" / "demo_upernet"}
+
+    def device_option(self) -> list[str]:
+        return ["--device", self.options.device] if self.options.device else []
 
     def log_path(self, name: str) -> Path:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -138,10 +163,33 @@ def _last_error(log: Path) -> str:
     return (errors or lines or ["no output"])[-1].strip()
 
 
+# --------------------------------------------------------------------------- requirements
+# What a step may need beyond the demo extra: the module, and where the line saying how to install it lives.
+INSTALL_HINTS = {
+    "transformers": ("bridges.hf.support", "TRANSFORMERS_INSTALL"),
+    "detectron2": ("bridges.detection.args", "DETECTRON2_INSTALL"),
+}
+
+
+def available(requirement: str) -> bool:
+    """Whether a step's requirement is installed (found without importing it)."""
+    return importlib.util.find_spec(requirement) is not None
+
+
+def detectron2_available() -> bool:
+    return available("detectron2")
+
+
+def install_hint(requirement: str) -> str:
+    """How to install ``requirement``; imported only when a step is skipped (the hints' modules are light)."""
+    module, name = INSTALL_HINTS[requirement]
+    return getattr(importlib.import_module(module), name)
+
+
 # --------------------------------------------------------------------------- data
 def write_data(data: Path) -> dict[str, Path]:
     """Photographs (pretraining set and held-out), digits, and a COCO-format set when detectron2 is there."""
-    from bridges.demo.chain import sample_data
+    from bridges.demo import sample_data
 
     folders = {"pretrain photos": data / "photos" / "pretrain", "held-out photos": data / "photos" / "heldout",
                "digits": data / "digits"}
@@ -155,181 +203,200 @@ def write_data(data: Path) -> dict[str, Path]:
     return folders
 
 
-def detectron2_available() -> bool:
-    return importlib.util.find_spec("detectron2") is not None
-
-
-
-
 # --------------------------------------------------------------------------- steps
-def run(args: argparse.Namespace) -> None:
-    """Run every step; raises :class:`DemoError` (or the failing step's own error) at the first failure."""
-    from bridges.demo.chain import sample_data
+# Each takes the run's Demo (workdir, data, options, what earlier steps made) and returns its one-line result.
+def data_step(demo: Demo) -> str:
+    folders = write_data(demo.data)
+    return ", ".join(f"{k}: {v}" for k, v in folders.items())
 
-    sample_data.require("skimage.data", "scikit-image")
-    sample_data.require("sklearn.datasets", "scikit-learn")
+
+def fetch_step(demo: Demo) -> str:
     from zoo.cache import fetch
+
+    with demo.logged("fetch", ["fetch", "demo"]):
+        return f"cached at {fetch('demo')}"
+
+
+def verify_step(demo: Demo) -> str:
     from zoo.commands import verify
 
-    from bridges.classification import finetune
-    from bridges.operations import convert, visualize
+    with demo.logged("verify", ["verify", "demo"]):
+        return verify("demo")
+
+
+def visualize_step(demo: Demo) -> str:
+    from bridges.operations import visualize
+
+    out = demo.outputs["reconstructions"]
+    with demo.logged("visualize", ["visualize", "demo", *map(str, demo.heldout), "-o", str(out)]):
+        result = visualize("demo", demo.heldout, out)
+    demo.artefacts["reconstructions of held-out photographs"] = result.path
+    demo.losses["lsmae"] = result.loss
+    return result.summary
+
+
+def hf_export_step(demo: Demo) -> str:
+    from bridges.hf.export import hf_mae_loss
+    from bridges.operations import convert
+
+    out = demo.outputs["hf"]
+    with demo.logged("convert-hf", ["convert", "demo", "--to", "hf-mae", "-o", str(out)]):
+        result = convert("demo", "hf-mae", out)
+        loss = hf_mae_loss(result.path, demo.heldout)  # visualize's images, block masks and seed
+    demo.artefacts["transformers ViTMAE folder"] = result.path
+    return (f"transformers' ViTMAEForPreTraining, same images and masks: loss {loss:.6f} "
+            f"(lsmae: {demo.losses['lsmae']:.6f})")
+
+
+def timm_step(demo: Demo) -> str:
+    from bridges.operations import convert
+
+    out = demo.outputs["timm"]
+    with demo.logged("convert-timm", ["convert", "demo", "--to", "timm", "--img-size", str(FINETUNE_SIZE),
+                                      "-o", str(out)]):
+        result = convert("demo", "timm", out, img_size=FINETUNE_SIZE)
+    demo.artefacts["timm weights"] = result.path
+    return result.report.splitlines()[0]
+
+
+def finetune_step(demo: Demo) -> str:
+    from . import finetune
     from bridges.classification.args import build_parser as finetune_parser
 
-    workdir = Path(args.workdir).expanduser().resolve()
-    demo = Demo(workdir)
-    total_start = time.perf_counter()
-    data = workdir / "data"
+    common = ["--data-path", str(demo.data / "digits"), "--epochs", str(demo.options.epochs), *FINETUNE_RECIPE,
+              "--resume", "", *demo.device_option()]
+    top1 = {}
+    for init, extra in (("pretrained", []), ("scratch", ["--from-scratch"])):
+        argv = ["demo", *common, *extra, "--output-dir", str(demo.workdir / "finetune" / init)]
+        with demo.logged(f"finetune-{init}", ["finetune", *argv], logger=finetune.log):
+            result = finetune.run(finetune_parser("finetune").parse_args(argv), "finetune")
+        top1[init] = 100 * result["best_top1"]
+        demo.artefacts[f"digits classifier ({init})"] = result["best"]
+    gain = top1["pretrained"] - top1["scratch"]
+    return (f"digits val top-1 after {demo.options.epochs} epochs: pretrained {top1['pretrained']:.1f}% vs from "
+            f"scratch {top1['scratch']:.1f}% ({gain:+.1f} points, {DIGITS_VAL * 10} images)")
 
-    def data_step() -> str:
-        folders = write_data(data)
-        return ", ".join(f"{k}: {v}" for k, v in folders.items())
 
-    demo.step("data", "write the data sets (scikit-image photographs, scikit-learn digits)", data_step)
-    if args.data_only:
-        return
-    heldout = sorted((data / "photos" / "heldout").glob("*.png"))
-    from bridges.hf.support import transformers_available
+def vitdet_step(demo: Demo) -> str:
+    from bridges.operations import convert
 
-    with_hf = transformers_available()
-    total = 6 + 2 * with_hf + detectron2_available()
-    numbers = iter(range(1, total + 1))
+    out = demo.outputs["vitdet"]
+    with demo.logged("convert-vitdet", ["convert", "demo", "--to", "vitdet", "-o", str(out)]):
+        result = convert("demo", "vitdet", out)
+    demo.artefacts["ViTDet backbone weights"] = result.path
+    return "; ".join(result.report.splitlines())
 
-    def number() -> str:
-        return f"{next(numbers)}/{total}"
 
-    out = {"reconstructions": workdir / "reconstructions.png", "hf": workdir / "hf" / "demo_vitmae",
-           "timm": workdir / "timm" / f"demo_vit_micro_{FINETUNE_SIZE}.safetensors",
-           "vitdet": workdir / "vitdet" / "demo_vitdet.pth"}
+def segment_step(demo: Demo) -> str:
+    from . import segment
+    from bridges.operations import convert
+    from bridges.segmentation.args import build_parser as segment_parser
+    from bridges.segmentation.recipes import get_recipe
 
-    def fetch_step() -> str:
-        with demo.logged("fetch", ["fetch", "demo"]):
-            return f"cached at {fetch('demo')}"
+    recipe = get_recipe("demo")
+    upernet = demo.outputs["upernet"]
+    with demo.logged("convert-upernet", ["convert", "demo", "--to", "upernet", "--img-size", str(recipe.crop_size),
+                                         "--num-labels", str(recipe.num_labels), "-o", str(upernet)]):
+        convert("demo", "upernet", upernet, img_size=recipe.crop_size, num_labels=recipe.num_labels)
+    demo.artefacts["UperNet folder (initialised)"] = upernet
+    miou = {}
+    for init, extra in (("pretrained", []), ("scratch", ["--from-scratch"])):
+        argv = ["demo", "--data-path", str(demo.data / "ade"), "--output-dir", str(demo.workdir / "segment" / init),
+                "--num-workers", "0", "--resume", "", *extra, *demo.device_option()]
+        with demo.logged(f"segment-{init}", ["segment", *argv], logger=logging.getLogger("bridges.segmentation.command"),
+                         echo=EVALUATED):
+            result = segment.run(segment_parser().parse_args(argv))
+        miou[init] = 100 * result["best_mIoU"]
+        demo.artefacts[f"segmentation model ({init})"] = result["final"]
+    return (f"texture val mIoU after {recipe.max_iter} iterations: pretrained {miou['pretrained']:.1f} vs from "
+            f"scratch {miou['scratch']:.1f} ({miou['pretrained'] - miou['scratch']:+.1f} points)")
 
-    def verify_step() -> str:
-        with demo.logged("verify", ["verify", "demo"]):
-            return verify("demo")
 
-    demo.step(number(), "fetch the demo checkpoint (package file, same download and verification as a release file)",
-              fetch_step)
-    demo.step(number(), "verify it (SHA-256 read again against the pin + keys and shapes of its architecture)",
-              verify_step)
-
-    losses = {}
-
-    def visualize_step() -> str:
-        with demo.logged("visualize", ["visualize", "demo", *map(str, heldout), "-o", str(out["reconstructions"])]):
-            result = visualize("demo", heldout, out["reconstructions"])
-        demo.artefacts["reconstructions of held-out photographs"] = result.path
-        losses["lsmae"] = result.loss
-        return result.summary
-
-    demo.step(number(), f"reconstruct held-out photographs ({', '.join(p.stem for p in heldout)}) "
-                        "with 75% of their patches masked", visualize_step)
-
-    def to_hf() -> str:
-        from bridges.hf.export import hf_mae_loss
-
-        with demo.logged("convert-hf", ["convert", "demo", "--to", "hf-mae", "-o", str(out["hf"])]):
-            result = convert("demo", "hf-mae", out["hf"])
-            loss = hf_mae_loss(result.path, heldout)  # visualize's images, block masks and seed
-        demo.artefacts["transformers ViTMAE folder"] = result.path
-        return (f"transformers' ViTMAEForPreTraining, same images and masks: loss {loss:.6f} "
-                f"(lsmae: {losses['lsmae']:.6f})")
-
-    if with_hf:
-        demo.step(number(), "export to transformers (ViTMAEForPreTraining) and compute its loss there", to_hf)
-    else:
-        from bridges.hf.support import TRANSFORMERS_INSTALL
-
-        print(f"[skip] transformers export: transformers is not installed; to add this step, {TRANSFORMERS_INSTALL}")
-
-    def to_timm() -> str:
-        argv = ["convert", "demo", "--to", "timm", "--img-size", str(FINETUNE_SIZE), "-o", str(out["timm"])]
-        with demo.logged("convert-timm", argv):
-            result = convert("demo", "timm", out["timm"], img_size=FINETUNE_SIZE)
-        demo.artefacts["timm weights"] = result.path
-        return result.report.splitlines()[0]
-
-    demo.step(number(), "convert to a timm ViT classifier", to_timm)
-
-    def finetune_step() -> str:
-        common = ["--data-path", str(data / "digits"), "--epochs", str(args.epochs), *FINETUNE_RECIPE,
-                  "--resume", ""] + (["--device", args.device] if args.device else [])
-        top1 = {}
-        for init, extra in (("pretrained", []), ("scratch", ["--from-scratch"])):
-            run_dir = workdir / "finetune" / init
-            argv = ["demo", *common, *extra, "--output-dir", str(run_dir)]
-            with demo.logged(f"finetune-{init}", ["finetune", *argv], logger=finetune.log):
-                result = finetune.run(finetune_parser("finetune").parse_args(argv), "finetune")
-            top1[init] = 100 * result["best_top1"]
-            demo.artefacts[f"digits classifier ({init})"] = result["best"]
-        gain = top1["pretrained"] - top1["scratch"]
-        return (f"digits val top-1 after {args.epochs} epochs: pretrained {top1['pretrained']:.1f}% vs from scratch "
-                f"{top1['scratch']:.1f}% ({gain:+.1f} points, {DIGITS_VAL * 10} images)")
-
-    demo.step(number(), f"fine-tune on scikit-learn's digits ({DIGITS_TRAIN * 10} train images, "
-                        f"{FINETUNE_SIZE} px), and the same model from scratch", finetune_step)
-
-    def to_vitdet() -> str:
-        with demo.logged("convert-vitdet", ["convert", "demo", "--to", "vitdet", "-o", str(out["vitdet"])]):
-            result = convert("demo", "vitdet", out["vitdet"])
-        demo.artefacts["ViTDet backbone weights"] = result.path
-        return "; ".join(result.report.splitlines())
-
-    demo.step(number(), "convert to a Detectron2 ViTDet backbone", to_vitdet)
-
-    def segment_step() -> str:
-        from bridges.segmentation import command as segment
-        from bridges.segmentation.args import build_parser as segment_parser
-        from bridges.segmentation.recipes import get_recipe
-
-        recipe = get_recipe("demo")
-        upernet = workdir / "upernet" / "demo_upernet"
-        with demo.logged("convert-upernet", ["convert", "demo", "--to", "upernet", "--img-size", str(recipe.crop_size),
-                                             "--num-labels", str(recipe.num_labels), "-o", str(upernet)]):
-            convert("demo", "upernet", upernet, img_size=recipe.crop_size, num_labels=recipe.num_labels)
-        demo.artefacts["UperNet folder (initialised)"] = upernet
-        miou = {}
-        for init, extra in (("pretrained", []), ("scratch", ["--from-scratch"])):
-            run_dir = workdir / "segment" / init
-            argv = ["demo", "--data-path", str(data / "ade"), "--output-dir", str(run_dir), "--num-workers", "0",
-                    "--resume", "", *extra] + (["--device", args.device] if args.device else [])
-            with demo.logged(f"segment-{init}", ["segment", *argv], logger=logging.getLogger("bridges.segmentation.command"),
-                             echo=EVALUATED):
-                result = segment.run(segment_parser().parse_args(argv))
-            miou[init] = 100 * result["best_mIoU"]
-            demo.artefacts[f"segmentation model ({init})"] = result["final"]
-        return (f"texture val mIoU after {recipe.max_iter} iterations: pretrained {miou['pretrained']:.1f} vs from "
-                f"scratch {miou['scratch']:.1f} ({miou['pretrained'] - miou['scratch']:+.1f} points)")
-
-    if with_hf:
-        demo.step(number(), "segment textures: convert --to upernet, then lsmae segment (UperNet) from the demo "
-                            "checkpoint and from scratch", segment_step)
-
-    if detectron2_available():
-        def detect() -> str:
-            run_dir = workdir / "detect"
-            demo.lsmae_child("detect", ["detect", str(out["vitdet"]), "--config", DETECT_CONFIG,
-                                        f"train.output_dir={run_dir}"],
-                             progress=r"iter: \d+ |Total inference time",
-                             env={"DETECTRON2_DATASETS": str(data)})
-            results = json.loads((run_dir / "eval_results.json").read_text())
-            demo.artefacts["detector"] = run_dir / "model_final.pth"
-            demo.artefacts["detection metrics"] = run_dir / "eval_results.json"
-            return (f"box AP {_ap(results, 'bbox')}, mask AP {_ap(results, 'segm')} on the generated val set "
-                    f"(a few iterations: this checks the chain, not the accuracy)")
-
-        demo.step(number(), f"train and evaluate ViTDet Mask R-CNN ({DETECT_CONFIG}) through `lsmae detect`", detect)
-    else:
-        from bridges.detection.args import DETECTRON2_INSTALL
-
-        print(f"[skip] detection: detectron2 is not installed; to add this step, {DETECTRON2_INSTALL}")
-
-    print(f"done in {time.perf_counter() - total_start:.0f} s; artefacts:")
-    for what, path in {**demo.artefacts, "logs": demo.logs}.items():
-        print(f"  {what:40s} {path}")
+def detect_step(demo: Demo) -> str:
+    run_dir = demo.workdir / "detect"
+    demo.lsmae_child("detect", ["detect", str(demo.outputs["vitdet"]), "--config", DETECT_CONFIG,
+                                f"train.output_dir={run_dir}"],
+                     progress=r"iter: \d+ |Total inference time", env={"DETECTRON2_DATASETS": str(demo.data)})
+    results = json.loads((run_dir / "eval_results.json").read_text())
+    demo.artefacts["detector"] = run_dir / "model_final.pth"
+    demo.artefacts["detection metrics"] = run_dir / "eval_results.json"
+    return (f"box AP {_ap(results, 'bbox')}, mask AP {_ap(results, 'segm')} on the generated val set "
+            f"(a few iterations: this checks the chain, not the accuracy)")
 
 
 def _ap(results: dict, task: str) -> str:
     ap = results.get(task, {}).get("AP")
     return "n/a" if ap is None or ap != ap else f"{ap:.1f}"
+
+
+# --------------------------------------------------------------------------- the table
+@dataclass(frozen=True)
+class Step:
+    """One row of the demo. ``name`` labels its ``[skip]`` line; ``title`` is printed after its number
+    (``{heldout}``: the held-out photographs' names); ``needs``: modules beyond the demo extra."""
+
+    name: str
+    title: str
+    run: Callable[[Demo], str]
+    needs: tuple[str, ...] = ()
+
+    def missing(self) -> list[str]:
+        return [r for r in self.needs if not available(r)]
+
+
+DATA_STEP = Step("data", "write the data sets (scikit-image photographs, scikit-learn digits)", data_step)
+STEPS = (
+    Step("fetch", "fetch the demo checkpoint (package file, same download and verification as a release file)",
+         fetch_step),
+    Step("verify", "verify it (SHA-256 read again against the pin + keys and shapes of its architecture)",
+         verify_step),
+    Step("visualize", "reconstruct held-out photographs ({heldout}) with 75% of their patches masked",
+         visualize_step),
+    Step("transformers export", "export to transformers (ViTMAEForPreTraining) and compute its loss there",
+         hf_export_step, needs=("transformers",)),
+    Step("timm", "convert to a timm ViT classifier", timm_step),
+    Step("fine-tuning", f"fine-tune on scikit-learn's digits ({DIGITS_TRAIN * 10} train images, {FINETUNE_SIZE} "
+                        "px), and the same model from scratch", finetune_step),
+    Step("vitdet", "convert to a Detectron2 ViTDet backbone", vitdet_step),
+    Step("segmentation", "segment textures: convert --to upernet, then lsmae segment (UperNet) from the demo "
+                         "checkpoint and from scratch", segment_step, needs=("transformers",)),
+    Step("detection", f"train and evaluate ViTDet Mask R-CNN ({DETECT_CONFIG}) through `lsmae detect`",
+         detect_step, needs=("detectron2",)),
+)
+
+
+def planned_steps() -> list[Step]:
+    """The numbered steps this installation runs (those whose requirements are all installed)."""
+    return [s for s in STEPS if not s.missing()]
+
+
+def skip_line(step: Step) -> str:
+    """The one line that says a step is skipped and how to install what it needs."""
+    missing = step.missing()
+    verb = "is" if len(missing) == 1 else "are"
+    hints = "; ".join(install_hint(r) for r in missing)
+    return f"[skip] {step.name}: {' and '.join(missing)} {verb} not installed; to add this step, {hints}"
+
+
+def run(args: argparse.Namespace) -> None:
+    """Run every step; raises :class:`DemoError` (or the failing step's own error) at the first failure."""
+    from bridges.demo import sample_data
+
+    sample_data.require("skimage.data", "scikit-image")
+    sample_data.require("sklearn.datasets", "scikit-learn")
+    total_start = time.perf_counter()
+    demo = Demo(Path(args.workdir).expanduser().resolve(), args)
+    demo.step("data", DATA_STEP.title, lambda: DATA_STEP.run(demo))
+    if args.data_only:
+        return
+    heldout = ", ".join(p.stem for p in demo.heldout)
+    planned = planned_steps()
+    for step in STEPS:
+        if step not in planned:
+            print(skip_line(step))
+            continue
+        number = f"{planned.index(step) + 1}/{len(planned)}"
+        demo.step(number, step.title.format(heldout=heldout), lambda: step.run(demo))
+    print(f"done in {time.perf_counter() - total_start:.0f} s; artefacts:")
+    for what, path in {**demo.artefacts, "logs": demo.logs}.items():
+        print(f"  {what:40s} {path}")
