@@ -303,7 +303,7 @@ def segment_step(demo: Demo) -> str:
     for init, extra in (("pretrained", []), ("scratch", ["--from-scratch"])):
         argv = ["demo", "--data-path", str(demo.data / "ade"), "--output-dir", str(demo.workdir / "segment" / init),
                 "--num-workers", "0", "--resume", "", *extra, *demo.device_option()]
-        with demo.logged(f"segment-{init}", ["segment", *argv], logger=logging.getLogger("bridges.segmentation.command"),
+        with demo.logged(f"segment-{init}", ["segment", *argv], logger=logging.getLogger("bridges.segmentation"),
                          echo=EVALUATED):
             result = segment.run(segment_parser().parse_args(argv))
         miou[init] = 100 * result["best_mIoU"]

@@ -29,7 +29,7 @@ from bridges.segmentation.recipes import SegRecipe, get_recipe, recipe_for_depth
 from bridges.segmentation.model import convert_to_upernet, model_class, save_upernet
 
 CKPT_FORMAT = "lsmae segmentation"
-log = logging.getLogger("bridges.segmentation.command")
+log = logging.getLogger("bridges.segmentation")
 
 
 def param_groups(model: Any, weight_decay: float, layer_decay: float) -> list[dict[str, Any]]:
