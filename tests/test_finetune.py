@@ -21,7 +21,9 @@ import timm
 import torch
 from PIL import Image
 
+from bridges.classification import data as classification_data
 from bridges.classification import finetune
+from bridges.classification import model as classification_model
 from bridges.classification.args import add_arguments
 from bridges.cli import build_parser as cli_parser
 from bridges.demo.sample_data import write_digits
@@ -190,7 +192,7 @@ def test_best_checkpoint_loads_into_plain_timm(run, request, digits):
                               global_pool=ckpt["global_pool"], img_size=ckpt["img_size"])
     model.load_state_dict(ckpt["model"], strict=True)
     model.eval()
-    image = finetune.eval_transform(ckpt["img_size"])(Image.open(next((digits / "val" / "digit3").iterdir())))
+    image = classification_data.eval_transform(ckpt["img_size"])(Image.open(next((digits / "val" / "digit3").iterdir())))
     with torch.no_grad():
         assert model(image[None]).shape == (1, 10)
     assert ckpt["classes"] == [f"digit{c}" for c in range(10)]
@@ -254,22 +256,22 @@ def test_batch_plan():
 
 def test_transforms_are_timms_at_the_input_size():
     args = _resolved("finetune", 768, "--input-size", "96")
-    train = finetune.train_transform(args, "finetune")
+    train = classification_data.train_transform(args, "finetune")
     names = [type(t).__name__ for t in train.transforms]
     assert names[:3] == ["RandomResizedCropAndInterpolation", "RandomHorizontalFlip", "RandAugment"]
     assert names[-1] == "RandomErasing" and train.transforms[0].size == (96, 96)
-    probe = finetune.train_transform(_resolved("linprobe", 768, "--input-size", "96"), "linprobe")
+    probe = classification_data.train_transform(_resolved("linprobe", 768, "--input-size", "96"), "linprobe")
     assert [type(t).__name__ for t in probe.transforms][:2] == ["RandomResizedCropAndInterpolation",
                                                                 "RandomHorizontalFlip"]
     assert not any("RandAugment" in type(t).__name__ or "Erasing" in type(t).__name__ for t in probe.transforms)
     image = Image.new("RGB", (150, 120), (90, 160, 30))
-    assert finetune.eval_transform(96)(image).shape == (3, 96, 96)
-    assert finetune.eval_transform(448)(image).shape == (3, 448, 448)
+    assert classification_data.eval_transform(96)(image).shape == (3, 96, 96)
+    assert classification_data.eval_transform(448)(image).shape == (3, 448, 448)
 
 
 def test_randaugment_posterize_at_full_magnitude_works():
     """RandAugment 'inc1' posterizes to 0 bits at magnitude 10, which Pillow >= 13 refuses."""
-    train = finetune.train_transform(_resolved("finetune", 768, "--input-size", "32"), "finetune")
+    train = classification_data.train_transform(_resolved("finetune", 768, "--input-size", "32"), "finetune")
     randaug = train.transforms[2]
     op = next(o for o in randaug.ops if o.name == "PosterizeIncreasing")
     op.prob, op.magnitude, op.magnitude_std = 1.0, 10, 0
@@ -284,7 +286,7 @@ def test_linear_probe_head_folding_is_exact():
     for _ in range(5):
         head(torch.randn(16, 6) * 3 + 1)
     head.eval()
-    folded = finetune.fold_probe_head({f"head.{k}": v for k, v in head.state_dict().items()})
+    folded = classification_model.fold_probe_head({f"head.{k}": v for k, v in head.state_dict().items()})
     linear = torch.nn.Linear(6, 3)
     linear.load_state_dict({"weight": folded["head.weight"], "bias": folded["head.bias"]})
     x = torch.randn(4, 6)

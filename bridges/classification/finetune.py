@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create_transform
+from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from timm.optim import Lars, create_optimizer_v2
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -31,15 +30,15 @@ from pretrain.engine.checkpoints import json_safe_args
 from pretrain.errors import CheckpointError, DataError, LsmaeError, report_errors
 from pretrain.engine.resume import resume_run, run_identity
 from pretrain.engine.run_logging import setup_logging
-from pretrain.engine.serialization import load_checkpoint
 from pretrain.engine.trainer import LoopConfig, Progress, Trainer, precision_name, resolve_batch, resolve_precision
 
 from bridges.classification.args import AUTO_BATCH_CAP, FINETUNE_BY_WIDTH, FINETUNE_COMMON, LINPROBE, build_parser
+from bridges.classification.data import differing, image_folder, eval_transform, load_splits, train_transform, val_loader
+from bridges.classification.model import (build_model, create_from_checkpoint, load_classifier_checkpoint,
+                                          make_optimizer, plain_state_dict)
 
 log = logging.getLogger("bridges.classification.finetune")
 
-CKPT_FORMAT = "lsmae classifier"
-LINPROBE_HEAD_INIT_STD = 0.01  # main_linprobe.py
 
 
 # --------------------------------------------------------------------------- recipe
@@ -65,145 +64,6 @@ def resolve_recipe(args: argparse.Namespace, mode: str, width: int | None) -> No
     if mode == "finetune" and str(args.aa).lower() in ("none", ""):
         args.aa = None
     args.lr = args.blr * args.effective_batch_size / 256 if args.lr is None else args.lr
-
-
-def eval_crop_pct(input_size: int) -> float:
-    """MAE's evaluation crop: resize to size/0.875 then centre-crop up to 224px, no crop above."""
-    return 224 / 256 if input_size <= 224 else 1.0
-
-
-def eval_transform(input_size: int) -> Any:
-    return create_transform(input_size, is_training=False, interpolation="bicubic", crop_pct=eval_crop_pct(input_size),
-                            mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
-
-
-def train_transform(args: argparse.Namespace, mode: str) -> Any:
-    if mode == "linprobe":  # RandomResizedCrop + flip only
-        return create_transform(args.input_size, is_training=True, scale=(args.min_crop_scale, 1.0),
-                                hflip=args.hflip, interpolation="bicubic", color_jitter=None, auto_augment=None, re_prob=0.0,
-                                mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
-    return _posterize_zero_bits(create_transform(
-        args.input_size, is_training=True, scale=(args.min_crop_scale, 1.0), hflip=args.hflip, interpolation="bicubic",
-        color_jitter=None, auto_augment=args.aa,
-        re_prob=args.reprob, re_mode="pixel", re_count=1, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD))
-
-
-def _posterize(img: Any, bits_to_keep: int, **_: Any) -> Any:
-    """timm's posterize with Pillow < 13's meaning of 0 bits (a black image) instead of Pillow 13's error."""
-    from PIL import ImageOps
-
-    if bits_to_keep >= 8:
-        return img
-    if bits_to_keep < 1:
-        return img.point([0] * 256 * len(img.getbands()))
-    return ImageOps.posterize(img, bits_to_keep)
-
-
-def _posterize_zero_bits(transform: Any) -> Any:
-    """RandAugment 'inc1' asks timm's posterize for 0 bits at magnitude >= 10 (m9 +- 0.5 reaches it), which
-    Pillow >= 13 refuses: give those ops of this transform the old behaviour (timm itself is left alone)."""
-    from timm.data import auto_augment
-
-    for t in getattr(transform, "transforms", []):
-        for op in getattr(t, "ops", []):
-            if getattr(op, "aug_fn", None) is auto_augment.posterize:
-                op.aug_fn = _posterize
-    return transform
-
-
-# --------------------------------------------------------------------------- data
-def _image_folder(root: Path, transform: Any) -> Any:
-    from torchvision.datasets import ImageFolder
-
-    if not root.is_dir():
-        raise DataError(f"data folder {root} " + ("is a file, not a folder" if root.exists() else "does not exist")
-                        + " (expected ImageFolder splits DATA/train/CLASS/* and DATA/val/CLASS/*)")
-    try:
-        return ImageFolder(str(root), transform=transform)
-    except (FileNotFoundError, RuntimeError) as e:
-        raise DataError(f"data folder {root}: {e}") from None
-
-
-def _differing(a: list[str], b: list[str]) -> str:
-    only = sorted(set(a) - set(b))
-    return f"{', '.join(only[:10])}{', ...' if len(only) > 10 else ''}" if only else "none"
-
-
-def load_splits(data_path: str | Path, train_tf: Any, val_tf: Any) -> tuple[Any, Any]:
-    """``DATA/train`` and ``DATA/val`` as ImageFolders with the same classes (or a clear error)."""
-    root = Path(data_path).expanduser()
-    train_set = _image_folder(root / "train", train_tf)
-    val_set = _image_folder(root / "val", val_tf)
-    if train_set.classes != val_set.classes:
-        raise DataError(
-            f"{root / 'val'} has other classes than {root / 'train'}: only in train: "
-            f"{_differing(train_set.classes, val_set.classes)}; only in val: "
-            f"{_differing(val_set.classes, train_set.classes)}")
-    return train_set, val_set
-
-
-def val_loader(dataset: Any, backend: TorchBackend, batch: int, workers: int) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch, sampler=backend.eval_sampler(dataset),
-                      num_workers=workers, pin_memory=backend.name == "cuda", drop_last=False)
-
-
-# --------------------------------------------------------------------------- model
-def fold_probe_head(state: dict[str, torch.Tensor], eps: float = 1e-6) -> dict[str, torch.Tensor]:
-    """``head = Sequential(BatchNorm1d(affine=False), Linear)`` -> one plain ``head`` Linear (exact in eval mode)."""
-    out = {k: v for k, v in state.items() if not k.startswith("head.")}
-    mean, var = state["head.0.running_mean"].double(), state["head.0.running_var"].double()
-    weight, bias = state["head.1.weight"].double(), state["head.1.bias"].double()
-    inv_std = (var + eps).rsqrt()
-    out["head.weight"] = (weight * inv_std).to(state["head.1.weight"].dtype)
-    out["head.bias"] = (bias - weight @ (mean * inv_std)).to(state["head.1.bias"].dtype)
-    return out
-
-
-def build_model(args: argparse.Namespace, mode: str, num_classes: int) -> tuple[nn.Module, Any, dict[str, Any]]:
-    """The timm classifier from the source, and the checkpoint metadata that rebuilds it."""
-    from bridges.classification.convert import create_timm_model
-
-    global_pool = args.global_pool if mode == "finetune" else "token"
-    drop_path = args.drop_path if mode == "finetune" else 0.0
-    scratch = mode == "finetune" and args.from_scratch
-    model, converted, missing = create_timm_model(args.source, num_classes, global_pool=global_pool,
-                                                  img_size=args.input_size, pretrained=not scratch,
-                                                  drop_path_rate=drop_path)
-    name, arch_kwargs = converted.timm_model, converted.timm_kwargs
-    if mode == "linprobe":
-        nn.init.trunc_normal_(model.head.weight, std=LINPROBE_HEAD_INIT_STD)
-        model.head = nn.Sequential(nn.BatchNorm1d(model.head.in_features, affine=False, eps=1e-6), model.head)
-        for n, p in model.named_parameters():
-            p.requires_grad = n.startswith("head.")
-        counts = [sum(p.numel() for p in model.parameters() if p.requires_grad is trained) for trained in (True, False)]
-        log.info("linear probe: training %d head parameters, %d encoder parameters frozen", *counts)
-    meta = {"format": CKPT_FORMAT, "mode": mode, "timm_model": name, "timm_kwargs": arch_kwargs,
-            "num_classes": num_classes, "img_size": args.input_size, "global_pool": global_pool,
-            "crop_pct": eval_crop_pct(args.input_size), "source": dict(converted.metadata),
-            "init": "scratch" if scratch else "pretrained"}
-    if scratch:
-        log.info("%s with the architecture of %s, randomly initialised (--from-scratch)", name, args.source)
-    else:
-        log.info("%s from %s: %s; initialised here: %s", name, args.source,
-                 converted.report().replace("\n", "; "), ", ".join(missing) or "nothing")
-    return model, converted, meta
-
-
-def plain_state_dict(model: nn.Module, mode: str) -> dict[str, torch.Tensor]:
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return fold_probe_head(state) if mode == "linprobe" else state
-
-
-def make_optimizer(model: nn.Module, args: argparse.Namespace, mode: str, backend: TorchBackend) -> torch.optim.Optimizer:
-    if mode == "finetune":
-        return create_optimizer_v2(model, "adamw", lr=args.lr, weight_decay=args.weight_decay,
-                                   layer_decay=args.layer_decay,
-                                   **backend.optimizer_options())
-    # MAE's LARS: trust ratio (and weight decay) on the weight, always; plain momentum SGD on the bias
-    head = model.head[1]
-    return Lars([{"params": [head.weight], "always_adapt": True},
-                 {"params": [head.bias], "always_adapt": False, "weight_decay": 0.0}],
-                lr=args.lr, momentum=0.9, weight_decay=args.weight_decay, trust_coeff=0.001)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -233,30 +93,7 @@ def evaluate(model: nn.Module, loader: DataLoader, backend: TorchBackend, dtype:
     return {"top1": c1 / n, "top5": c5 / n, "val_loss": loss / n, "images": int(n)}
 
 
-# --------------------------------------------------------------------------- checkpoints
-def load_classifier_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint of ``lsmae finetune``/``lsmae linprobe`` (of a run folder: its ``best.pth``), read by
-    the one safe loader; anything else is a :class:`CheckpointError`."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "best.pth"
-    ckpt = load_checkpoint(path)
-    if ckpt.get("format") != CKPT_FORMAT:
-        raise CheckpointError(f"{path}: not a checkpoint of `lsmae finetune`/`lsmae linprobe` (for an MAE "
-                              "checkpoint, fine-tune it first)")
-    return ckpt
-
-
-def create_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
-    """The plain timm model of a finetune/linprobe checkpoint, weights loaded strictly."""
-    import timm
-
-    model = timm.create_model(ckpt["timm_model"], pretrained=False, num_classes=ckpt["num_classes"],
-                              global_pool=ckpt["global_pool"], img_size=ckpt["img_size"], **ckpt["timm_kwargs"])
-    model.load_state_dict(ckpt["model"], strict=True)
-    return model
-
-
+# --------------------------------------------------------------------------- resume
 def _load_resumable(path: Path) -> dict[str, Any]:
     """A ``last.pth``: a classifier checkpoint with its optimizer state."""
     ckpt = load_classifier_checkpoint(path)
@@ -438,11 +275,11 @@ def evaluate_checkpoint(checkpoint: str | Path, data_path: str | Path, batch_siz
                         device: str | None = None, precision: str = "auto") -> dict[str, Any]:
     """Top-1/top-5 of a finetune/linprobe checkpoint on ``DATA/val`` (the classes must match its own)."""
     ckpt = load_classifier_checkpoint(checkpoint)
-    val_set = _image_folder(Path(data_path).expanduser() / "val", eval_transform(ckpt["img_size"]))
+    val_set = image_folder(Path(data_path).expanduser() / "val", eval_transform(ckpt["img_size"]))
     if ckpt.get("classes") and val_set.classes != ckpt["classes"]:
         raise DataError(f"{Path(data_path) / 'val'} has other classes than the checkpoint was trained on: only in "
-                        f"the checkpoint: {_differing(ckpt['classes'], val_set.classes)}; only in val: "
-                        f"{_differing(val_set.classes, ckpt['classes'])}")
+                        f"the checkpoint: {differing(ckpt['classes'], val_set.classes)}; only in val: "
+                        f"{differing(val_set.classes, ckpt['classes'])}")
     backend = make_backend(device)
     try:
         model = create_from_checkpoint(ckpt).to(backend.device)
