@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from pretrain.backends import TorchBackend, make_backend
 from pretrain.checkpoints import json_safe_args
-from pretrain.errors import CheckpointError, DataError, LsmaeError, report_errors
+from pretrain.errors import CheckpointError, DataError, LsmaeError, MissingDataError, report_errors
 from pretrain.run_logging import setup_logging
 from pretrain.serialization import load_checkpoint
 from pretrain.trainer import LoopConfig, Progress, Trainer, precision_name, resolve_batch, resolve_precision
@@ -115,8 +115,10 @@ def _image_folder(root: Path, transform: Any) -> Any:
     from torchvision.datasets import ImageFolder
 
     if not root.is_dir():
-        raise DataError(f"data folder {root} " + ("is a file, not a folder" if root.exists() else "does not exist")
-                        + " (expected ImageFolder splits DATA/train/CLASS/* and DATA/val/CLASS/*)")
+        expected = " (expected ImageFolder splits DATA/train/CLASS/* and DATA/val/CLASS/*)"
+        if root.exists():
+            raise DataError(f"data folder {root} is a file, not a folder{expected}")
+        raise MissingDataError(f"data folder {root} does not exist{expected}")
     try:
         return ImageFolder(str(root), transform=transform)
     except (FileNotFoundError, RuntimeError) as e:
