@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import importlib.util
 import inspect
 import json
 import logging
@@ -32,13 +31,14 @@ from typing import Any
 
 import torch
 
-from pretrain.errors import CheckpointError, LsmaeError
+from pretrain.errors import CheckpointError, DetectError, LsmaeError, UnknownEntryError
+from pretrain.optional import installed, missing, require
 from pretrain.pos_embed import grid_size_of
 from zoo.checkpoint import check_structure, load_checkpoint, model_state_dict, read_checkpoint
-from zoo.registry import UnknownEntryError, get_entry, local_source
+from zoo.registry import get_entry, local_source
 
 from .batch_scaling import scale_iterations
-from .detect_args import DETECTRON2_INSTALL, DetectError, resolve_config
+from .detect_args import resolve_config
 from .vitdet_convert import BACKBONE_PREFIX, check_load_contract, convert_to_vitdet, save_vitdet
 
 INIT_KEY = "train.init_checkpoint"
@@ -350,8 +350,8 @@ def check_act_checkpoint(cfg: Any) -> None:
     """Detectron2's ViT wraps its blocks with fairscale's checkpoint_wrapper, which detectron2 does not install."""
     from omegaconf import OmegaConf
 
-    if OmegaConf.select(cfg, ACT_CHECKPOINT_KEY, default=False) and importlib.util.find_spec("fairscale") is None:
-        raise DetectError(f"--grad-checkpointing ({ACT_CHECKPOINT_KEY}) needs fairscale: pip install fairscale")
+    if OmegaConf.select(cfg, ACT_CHECKPOINT_KEY, default=False) and not installed("fairscale"):
+        raise missing("fairscale", f"--grad-checkpointing ({ACT_CHECKPOINT_KEY})")
 
 
 def check_datasets(cfg: Any, eval_only: bool) -> None:
@@ -457,12 +457,7 @@ def run(args: argparse.Namespace) -> None:
     if args.batch_size is not None and BATCH_KEY in keys:
         raise DetectError(f"--batch-size and {BATCH_KEY}: give the batch once (--batch-size also scales the lr and "
                           "the schedule)")
-    try:
-        import detectron2  # noqa: F401
-        from detectron2.engine import launch
-    except ImportError as e:
-        raise DetectError(
-            f"detectron2 is needed for detection and is not importable ({e}); {DETECTRON2_INSTALL}") from None
+    launch = require("detectron2.engine", "lsmae detect").launch
     from omegaconf import OmegaConf
 
     from . import vitdet_paths  # noqa: F401  (lsmae:// in train.init_checkpoint, whatever the config imports)
