@@ -87,7 +87,7 @@ def test_demo_without_its_extra_says_how_to_install(tmp_path, monkeypatch, capsy
     monkeypatch.setitem(sys.modules, "skimage.data", None)
     assert main(["demo", "--workdir", str(tmp_path)]) == 1
     err = capsys.readouterr().err
-    assert "scikit-image is needed" in err and "pip install 'long-seq-mae[demo]'" in err
+    assert "lsmae demo needs scikit-image (not installed): pip install -e '.[demo]'" in err
     assert not any(tmp_path.iterdir())
 
 
