@@ -16,12 +16,13 @@ from torch import nn
 
 from pretrain.archs import MLP_RATIO, model_config
 from pretrain.errors import ConversionError, LsmaeError
-from pretrain.optional import installed
+from pretrain.optional import PACKAGES, installed
 from zoo.checkpoint import CheckpointInfo
 from zoo.registry import Entry, get_entry, license_url, local_source
 
 from .mae_weights import Provenance
 
+TRANSFORMERS_INSTALL = PACKAGES["transformers"][1]  # lsmae demo's skip line imports it from here
 LAYER_NORM_EPS = 1e-6  # the MAE's (transformers' default is 1e-12)
 
 
