@@ -7,14 +7,10 @@ from pathlib import Path
 
 import torch
 
-from pretrain.errors import LsmaeError
+from pretrain.errors import ConversionError, UnknownEntryError
 from zoo.cache import expected_digest, fetch, sha256_file
 from zoo.checkpoint import CheckpointInfo, load_checkpoint, model_state_dict, read_checkpoint, weights_file
-from zoo.registry import UnknownEntryError, get_entry, local_source
-
-
-class ConversionError(LsmaeError):
-    pass
+from zoo.registry import get_entry, local_source
 
 
 @dataclass

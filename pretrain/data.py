@@ -26,7 +26,7 @@ from torch.utils.data import Dataset, default_collate
 from torchvision import transforms
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
-from pretrain.errors import DataError
+from pretrain.errors import DataError, MissingDataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 JPEG_EXTENSIONS = (".jpg", ".jpeg")
@@ -55,7 +55,9 @@ def list_images(root: str | Path) -> list[Path]:
     if (root / "train").is_dir():
         root = root / "train"
     if not root.is_dir():
-        raise DataError(f"data folder {root} " + ("is a file, not a folder" if root.exists() else "does not exist"))
+        if root.exists():
+            raise DataError(f"data folder {root} is a file, not a folder")
+        raise MissingDataError(f"data folder {root} does not exist")
     files = sorted(
         Path(dirpath) / name
         for dirpath, _, names in os.walk(root, followlinks=True)

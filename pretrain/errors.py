@@ -26,15 +26,73 @@ class VerificationError(CheckpointError):
     """A checkpoint whose keys or shapes differ from what its architecture defines."""
 
 
-class UnknownModelError(LsmaeError, KeyError):
-    """An architecture name that is not in :mod:`pretrain.models.archs`."""
+class UnknownNameError(LsmaeError, KeyError):
+    """A name that none of the looked-up tables holds (architectures, zoo entries)."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
 
 
+class UnknownModelError(UnknownNameError):
+    """An architecture name that is not in :mod:`pretrain.models.archs`."""
+
+
 class NonFiniteLossError(LsmaeError):
     """Training produced a NaN or infinite loss."""
+
+
+# --------------------------------------------------------------------------- raised by zoo, bridges and the benchmarks
+class MissingDataError(DataError, FileNotFoundError):
+    """A data folder that does not exist."""
+
+
+class MissingDependencyError(LsmaeError, ImportError):
+    """An optional package a command needs is not installed or fails to import (:mod:`pretrain.optional`)."""
+
+
+class UnknownEntryError(UnknownNameError):
+    """A checkpoint id that names no zoo entry."""
+
+
+class CacheError(LsmaeError):
+    """The checkpoint cache cannot provide an entry (digest mismatch, lock, unwritable folder, pin file)."""
+
+
+class NotCachedError(CacheError, FileNotFoundError):
+    """An entry that is not cached while offline mode forbids downloading it."""
+
+
+class HFFolderError(CheckpointError):
+    """A transformers folder that is not readable as an MAE checkpoint."""
+
+
+class ConversionError(LsmaeError, ValueError):
+    """Weights that cannot be converted as asked (target, sizes, layout)."""
+
+
+class LoadContractError(ConversionError):
+    """Converted weights that would leave part of the Detectron2 backbone uninitialised, or go unused."""
+
+
+class DetectError(LsmaeError):
+    """A detection run that cannot start as asked (config, data, GPUs, source)."""
+
+
+class BenchWorkerError(LsmaeError):
+    """A benchmark configuration's process ended without its answer (its error output went to stderr)."""
+
+
+class ResumeError(LsmaeError):
+    """A run folder that cannot be continued: none of its checkpoints loads, or the checkpoint belongs to
+    another run (another model, data set or recipe)."""
+
+
+class DownloadError(LsmaeError):
+    """A download that failed for good (HTTP error, retries exhausted, size or digest wrong)."""
+
+
+class DemoError(LsmaeError):
+    """A step of ``lsmae demo`` that failed (its log names the cause)."""
 
 
 INTERRUPTED_HINT = ("interrupted; running the same command again resumes (downloads from their partial file, "
@@ -56,8 +114,3 @@ def report_errors(prog: str, func: Callable[..., Any], *args: Any) -> int:
         print(f"{prog}: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
         return 1
     return 0
-
-
-class ResumeError(LsmaeError):
-    """A run folder that cannot be continued: none of its checkpoints loads, or the checkpoint belongs to
-    another run (another model, data set or recipe)."""

@@ -12,7 +12,7 @@ import torch
 
 from bridges.demo import chain as demo
 from bridges.demo.args import DEFAULT_WORKDIR
-from bridges.hf.support import transformers_available
+from pretrain.optional import installed
 from bridges.cli import main
 from bridges.classification.convert import create_timm_model, convert_to_timm
 
@@ -66,7 +66,7 @@ def test_pretraining_shows_in_reconstructions_and_fine_tuning(quickstart):
     m = re.search(r"pretrained ([\d.]+)% vs from scratch ([\d.]+)%", "\n".join(lines))
     pretrained, scratch = float(m.group(1)), float(m.group(2))
     assert pretrained > scratch + 10
-    if transformers_available():
+    if installed("transformers"):
         m = re.search(r"mIoU after \d+ iterations: pretrained ([\d.]+) vs from scratch ([\d.]+)", "\n".join(lines))
         assert float(m.group(1)) > float(m.group(2)) + 5
 
@@ -88,7 +88,7 @@ def test_demo_without_its_extra_says_how_to_install(tmp_path, monkeypatch, capsy
     monkeypatch.setitem(sys.modules, "skimage.data", None)
     assert main(["demo", "--workdir", str(tmp_path)]) == 1
     err = capsys.readouterr().err
-    assert "scikit-image is needed" in err and "pip install 'long-seq-mae[demo]'" in err
+    assert "lsmae demo needs scikit-image (not installed): pip install -e '.[demo]'" in err
     assert not any(tmp_path.iterdir())
 
 

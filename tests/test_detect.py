@@ -139,7 +139,8 @@ def test_detect_user_mistakes_are_one_line(lsmae_home, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "detectron2.engine", None)
     assert main(["detect", "demo", "--config", "mask_rcnn_vitdet_b_100ep"]) == 1
     err = capsys.readouterr().err
-    assert "detectron2 is needed" in err and len(err.strip().splitlines()) == 1
+    assert "lsmae detect needs detectron2 (not installed): install it from source" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 # --------------------------------------------------------------------------- with detectron2
@@ -333,8 +334,9 @@ def test_overrides_apply_after_the_scaling(d2, lsmae_home, capsys):
 
 
 def test_grad_checkpointing_reaches_the_vit(d2, lsmae_home, capsys, monkeypatch):
-    from bridges.detection.plan import ACT_CHECKPOINT_KEY, DetectError, check_act_checkpoint, resolve_plan
+    from bridges.detection.plan import ACT_CHECKPOINT_KEY, check_act_checkpoint, resolve_plan
     from bridges.detection.args import resolve_config
+    from pretrain.errors import MissingDependencyError
 
     args = build_parser().parse_args(["detect", "vit_large/coco/4000", "--config", "mask_rcnn_vitdet_l_100ep",
                                       "--grad-checkpointing"])
@@ -349,7 +351,7 @@ def test_grad_checkpointing_reaches_the_vit(d2, lsmae_home, capsys, monkeypatch)
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *rest: None if name == "fairscale" else find_spec(name, *rest))
-    with pytest.raises(DetectError, match="needs fairscale: pip install fairscale"):
+    with pytest.raises(MissingDependencyError, match=r"needs fairscale \(not installed\): pip install -e '\.\[detect\]'"):
         check_act_checkpoint(cfg)
 
 

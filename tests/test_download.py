@@ -576,7 +576,7 @@ def test_same_basename_entries_are_cached_side_by_side(tiny_zoo):
 def test_retry_policy_backs_off_honours_the_server_and_gives_up(sleeps):
     import requests
 
-    from zoo.download import RetriesExhausted, RetryPolicy, _Retryable, with_retries
+    from zoo.download import _RetriesExhausted, RetryPolicy, _Retryable, with_retries
 
     failures = [_Retryable("HTTP 500"), _Retryable("HTTP 503", wait=0.5), requests.ConnectionError("reset")]
 
@@ -592,7 +592,7 @@ def test_retry_policy_backs_off_honours_the_server_and_gives_up(sleeps):
     def never() -> None:
         raise _Retryable("HTTP 502")
 
-    with pytest.raises(RetriesExhausted, match="HTTP 502") as info:
+    with pytest.raises(_RetriesExhausted, match="HTTP 502") as info:
         with_retries(RetryPolicy(retries=2, backoff=0.25), never)
     assert isinstance(info.value.failure, _Retryable)
     assert sleeps.calls[3:] == [0.25, 0.5]

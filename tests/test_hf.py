@@ -315,7 +315,7 @@ def test_other_folders_are_one_line_errors(tmp_path, capsys):
 
 def test_without_transformers_the_export_says_how_to_install(micro, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)
-    with pytest.raises(LsmaeError, match=r"pip install 'long-seq-mae\[hf\]'"):
+    with pytest.raises(LsmaeError, match=r"--to hf-mae needs transformers \(not installed\): pip install -e '\.\[hf\]'"):
         convert(micro, "hf-mae", tmp_path / "hf")
 
 

@@ -26,15 +26,11 @@ from typing import Any
 
 import filelock
 
-from pretrain.errors import LsmaeError
+from pretrain.errors import CacheError, LsmaeError, NotCachedError
 
 from . import settings
 from .registry import Entry, entries, get_entry, license_url, local_source
 from .settings import CHUNK_SIZE, FINGERPRINT_FILE, PINS_FILE, cache_root
-
-
-class CacheError(LsmaeError):
-    pass
 
 
 def entry_path(entry: Entry) -> Path:
@@ -236,7 +232,7 @@ def fetch(
         return path
     url = entry.url(mirror)
     if offline and not url.startswith("file:"):  # packaged files and file:// mirrors are no network
-        raise CacheError(
+        raise NotCachedError(
             f"{entry.id} is not cached at {path} and offline mode is on (LSMAE_OFFLINE / --offline); "
             f"fetch it on a machine with network access and copy it there"
         )

@@ -12,7 +12,7 @@ Three layers, each knowing nothing of the others' control flow:
 * the retry policy (:class:`RetryPolicy`, :func:`with_retries`): which failures are tried
   again (:data:`RETRYABLE`), how often and after how long;
 * the partial file (:class:`PartialFile`, :func:`_receive`, :func:`_finish`): append and hash
-  while streaming, start over on :class:`RestartFromZero`, check the size, verify, rename.
+  while streaming, start over on :class:`_RestartFromZero`, check the size, verify, rename.
 """
 from __future__ import annotations
 
@@ -36,17 +36,13 @@ from typing import TypeVar
 import requests
 from tqdm import tqdm
 
-from pretrain.errors import LsmaeError
+from pretrain.errors import DownloadError
 
 from .settings import CHUNK_SIZE
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
 MAX_RETRY_AFTER_S = 120.0
 T = TypeVar("T")
-
-
-class DownloadError(LsmaeError):
-    pass
 
 
 class _Retryable(Exception):
@@ -58,7 +54,7 @@ class _Retryable(Exception):
         self.wait = wait
 
 
-class RestartFromZero(Exception):
+class _RestartFromZero(Exception):
     """Not a failure: the server cannot continue from the partial file (it refused the range, or
     the file is longer than the source), so the bytes kept are dropped and the download starts over."""
 
@@ -113,7 +109,7 @@ def _content_range(value: str) -> tuple[int | None, int | None]:
 @contextmanager
 def _open_http(session: requests.Session, url: str, start: int, timeout: float) -> Iterator[_Response]:
     """GET ``url`` from byte ``start`` (a Range request when resuming) and check that the answer is
-    what was asked for: raises _Retryable, RestartFromZero or DownloadError otherwise."""
+    what was asked for: raises _Retryable, _RestartFromZero or DownloadError otherwise."""
     headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={start}-"} if start else {})}
     with session.get(url, headers=headers, stream=True, timeout=timeout) as r:
         if r.status_code in RETRY_STATUS:
@@ -123,7 +119,7 @@ def _open_http(session: requests.Session, url: str, start: int, timeout: float) 
             if _content_range(r.headers.get("Content-Range", ""))[1] == start:  # the partial file is complete
                 yield _Response(url, start, start, 0, iter(()))
                 return
-            raise RestartFromZero(f"{url}: server refused the range from byte {start}")
+            raise _RestartFromZero(f"{url}: server refused the range from byte {start}")
         if r.status_code == 206:
             first, total = _content_range(r.headers.get("Content-Range", ""))
             if first != start:
@@ -148,7 +144,7 @@ def _open_file(url: str, start: int) -> Iterator[_Response]:
     with f:
         total = os.fstat(f.fileno()).st_size
         if start > total:
-            raise RestartFromZero(f"{url}: the partial file is longer than the file")
+            raise _RestartFromZero(f"{url}: the partial file is longer than the file")
         f.seek(start)
         yield _Response(url, start, total, total - start, iter(lambda: f.read(CHUNK_SIZE), b""))
 
@@ -176,7 +172,7 @@ class RetryPolicy:
         return asked if asked is not None else self.backoff * 2 ** (retry - 1)
 
 
-class RetriesExhausted(Exception):
+class _RetriesExhausted(Exception):
     """Every retry failed; ``failure`` is the last failure."""
 
     def __init__(self, failure: BaseException) -> None:
@@ -188,7 +184,7 @@ def with_retries(policy: RetryPolicy, attempt: Callable[[], T],
                  on_retry: Callable[[int, float, BaseException], None] = lambda *_: None) -> T:
     """Run ``attempt`` until it returns, and return what it returns; a :data:`RETRYABLE` failure is
     followed by ``on_retry``, a wait and another try, ``policy.retries`` times at most, then
-    :class:`RetriesExhausted`. Other errors pass through: they are not cured by asking again."""
+    :class:`_RetriesExhausted`. Other errors pass through: they are not cured by asking again."""
     retry = 0
     while True:
         try:
@@ -196,7 +192,7 @@ def with_retries(policy: RetryPolicy, attempt: Callable[[], T],
         except RETRYABLE as failure:
             retry += 1
             if retry > policy.retries:
-                raise RetriesExhausted(failure) from None
+                raise _RetriesExhausted(failure) from None
             wait = policy.wait(retry, failure)
             on_retry(retry, wait, failure)
             time.sleep(wait)
@@ -299,7 +295,7 @@ def _attempt(open_at: Opener, part: PartialFile, bar: tqdm) -> int | None:
     (from byte 0 there is no Range to refuse, so that happens once)."""
     try:
         return _receive(open_at, part, bar)
-    except RestartFromZero:
+    except _RestartFromZero:
         part.restart()
         bar.reset()
         return _receive(open_at, part, bar)
@@ -348,7 +344,7 @@ def download(
             total = with_retries(RetryPolicy(retries, backoff),
                                  functools.partial(_attempt, _opener(url, session, timeout), part, bar),
                                  functools.partial(_note_retry, bar, retries))
-    except RetriesExhausted as e:
+    except _RetriesExhausted as e:
         raise DownloadError(f"{url}: giving up after {retries} retries ({e}); {part.size} bytes kept in "
                             f"{part.path}, the next fetch resumes from there") from None
     finally:

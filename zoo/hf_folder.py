@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from pretrain.errors import CheckpointError
+from pretrain.errors import HFFolderError
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -49,10 +49,6 @@ _OUTSIDE_LAYERS = {
 }
 _DECODER = ("decoder_embed.", "mask_token", "decoder_pos_embed", "decoder_norm.", "decoder_pred.")  # ours too
 _NOT_PRETRAINED = ("pooler.",)  # ViTModel's pooler: no part of MAE pretraining
-
-
-class HFFolderError(CheckpointError):
-    pass
 
 
 def _read_config(path: Path, source: Path) -> dict[str, Any]:

@@ -8,17 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from pretrain.models.archs import model_config
-from pretrain.errors import LsmaeError
+from pretrain.errors import LsmaeError, UnknownEntryError
 
 from . import settings
 
 REGISTRY_FILE = Path(__file__).with_name("registry.json")
 ASSETS_DIR = Path(__file__).with_name("assets")
 PACKAGE_PREFIX = "package"  # an entry whose url_prefix is this ships inside the package
-
-
-class UnknownEntryError(LsmaeError):
-    pass
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pretrain.optional import installed
+
 MODEL = "mae_vit_large_patch16_dec512d16h8b"
 ENTRY = "vit_large/in1k/1600"
 
@@ -137,9 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{release.name}: {size_mb:.0f} MiB, served at {base_url}", flush=True)
         results = {}
         steps = ("plain_copy", "fetch", "cached_fetch", "verify", "to_vitdet", "to_timm")
-        from bridges.hf.support import transformers_available
-
-        for step in steps + (("to_hf",) if transformers_available() else ()):
+        for step in steps + (("to_hf",) if installed("transformers") else ()):
             out = subprocess.run(
                 [sys.executable, "-m", "bridges.bench.zoo", "--step", step, "--workdir", str(workdir),
                  "--url", entry.url(base_url)], capture_output=True, text=True, env=env)

@@ -15,11 +15,12 @@ import torch
 from torch import nn
 
 from pretrain.models.archs import model_config
+from pretrain.errors import ConversionError
 from pretrain.engine.serialization import atomic_save
 from zoo.checkpoint import CheckpointInfo, check_structure
 
-from bridges.mae_weights import (ENCODER_KEYS, ConversionError, Provenance, key_groups, load_mae_weights,
-                          merge_qv_bias, resample_pos_embed, untrained_mae_weights)
+from bridges.mae_weights import (ENCODER_KEYS, Provenance, key_groups, load_mae_weights, merge_qv_bias,
+                          resample_pos_embed, untrained_mae_weights)
 
 # what a timm ViT takes from an MAE encoder (its final norm too, for cls-token pooling)
 # timm model names for our encoders, by (width, depth, heads); others are built from vit_base with overrides

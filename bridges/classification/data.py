@@ -11,7 +11,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transf
 from torch.utils.data import DataLoader
 
 from pretrain.engine.backends import TorchBackend
-from pretrain.errors import DataError
+from pretrain.errors import DataError, MissingDataError
 
 
 def eval_crop_pct(input_size: int) -> float:
@@ -63,8 +63,10 @@ def image_folder(root: Path, transform: Any) -> Any:
     from torchvision.datasets import ImageFolder
 
     if not root.is_dir():
-        raise DataError(f"data folder {root} " + ("is a file, not a folder" if root.exists() else "does not exist")
-                        + " (expected ImageFolder splits DATA/train/CLASS/* and DATA/val/CLASS/*)")
+        expected = " (expected ImageFolder splits DATA/train/CLASS/* and DATA/val/CLASS/*)"
+        if root.exists():
+            raise DataError(f"data folder {root} is a file, not a folder{expected}")
+        raise MissingDataError(f"data folder {root} does not exist{expected}")
     try:
         return ImageFolder(str(root), transform=transform)
     except (FileNotFoundError, RuntimeError) as e:

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
-import importlib.util
 import json
 import logging
 import os
@@ -33,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pretrain.errors import LsmaeError
+from pretrain.errors import DemoError, LsmaeError
+from pretrain.optional import installed, missing, require
 
 # digits: 1797 images, the smallest class has 174: 140 per class to train, 34 to measure
 DIGITS_TRAIN, DIGITS_VAL = 140, 34
@@ -45,10 +44,6 @@ FINETUNE_RECIPE = ("--input-size", str(FINETUNE_SIZE), "--warmup-epochs", "1", "
 DETECT_CONFIG = "mask_rcnn_vitdet_demo"
 EPOCH_DONE = re.compile(r"epoch \d+/\d+ done")
 EVALUATED = re.compile(r"iteration \d+/\d+: ")
-
-
-class DemoError(LsmaeError):
-    pass
 
 
 @dataclass
@@ -164,26 +159,8 @@ def _last_error(log: Path) -> str:
 
 
 # --------------------------------------------------------------------------- requirements
-# What a step may need beyond the demo extra: the module, and where the line saying how to install it lives.
-INSTALL_HINTS = {
-    "transformers": ("bridges.hf.support", "TRANSFORMERS_INSTALL"),
-    "detectron2": ("bridges.detection.args", "DETECTRON2_INSTALL"),
-}
-
-
-def available(requirement: str) -> bool:
-    """Whether a step's requirement is installed (found without importing it)."""
-    return importlib.util.find_spec(requirement) is not None
-
-
 def detectron2_available() -> bool:
-    return available("detectron2")
-
-
-def install_hint(requirement: str) -> str:
-    """How to install ``requirement``; imported only when a step is skipped (the hints' modules are light)."""
-    module, name = INSTALL_HINTS[requirement]
-    return getattr(importlib.import_module(module), name)
+    return installed("detectron2")
 
 
 # --------------------------------------------------------------------------- data
@@ -341,7 +318,7 @@ class Step:
     needs: tuple[str, ...] = ()
 
     def missing(self) -> list[str]:
-        return [r for r in self.needs if not available(r)]
+        return [r for r in self.needs if not installed(r)]
 
 
 DATA_STEP = Step("data", "write the data sets (scikit-image photographs, scikit-learn digits)", data_step)
@@ -372,18 +349,13 @@ def planned_steps() -> list[Step]:
 
 def skip_line(step: Step) -> str:
     """The one line that says a step is skipped and how to install what it needs."""
-    missing = step.missing()
-    verb = "is" if len(missing) == 1 else "are"
-    hints = "; ".join(install_hint(r) for r in missing)
-    return f"[skip] {step.name}: {' and '.join(missing)} {verb} not installed; to add this step, {hints}"
+    return f"[skip] {step.name}: " + "; ".join(str(missing(r, f"the {step.name} step")) for r in step.missing())
 
 
 def run(args: argparse.Namespace) -> None:
     """Run every step; raises :class:`DemoError` (or the failing step's own error) at the first failure."""
-    from bridges.demo import sample_data
-
-    sample_data.require("skimage.data", "scikit-image")
-    sample_data.require("sklearn.datasets", "scikit-learn")
+    require("skimage.data", "lsmae demo")
+    require("sklearn.datasets", "lsmae demo")
     total_start = time.perf_counter()
     demo = Demo(Path(args.workdir).expanduser().resolve(), args)
     demo.step("data", DATA_STEP.title, lambda: DATA_STEP.run(demo))

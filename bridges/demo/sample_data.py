@@ -7,20 +7,19 @@ the recorded recipe of the ``demo`` checkpoint and the tests.
 - a generated COCO-format instance set (boxes and polygon masks) for Detectron2's builtin
   ``coco_2017_train`` / ``coco_2017_val`` names.
 
-scikit-image and scikit-learn come with the ``demo`` extra: ``pip install 'long-seq-mae[demo]'``.
+scikit-image and scikit-learn come with the ``demo`` extra: ``pip install -e '.[demo]'``.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from pretrain import optional
 from pretrain.errors import LsmaeError
 
 # photographs in scikit-image's own wheel (these loaders never download); chosen for variety:
@@ -31,21 +30,12 @@ HELDOUT_PHOTOS = ("astronaut", "chelsea", "rocket")  # never seen in pretraining
 PHOTO_SHORT_SIDE = 256  # stored size: RandomResizedCrop to 64 px needs no more, and decoding stays cheap
 
 
-class MissingDemoDependency(LsmaeError):
-    pass
-
-
-def require(module: str, package: str) -> Any:
-    """Import ``module`` or say which extra provides it (one line, no traceback)."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise MissingDemoDependency(f"{package} is needed here ({e}): pip install 'long-seq-mae[demo]'") from e
+NEEDED_BY = "lsmae demo"  # what the missing-package error names: these data sets are the demo's
 
 
 def skimage_photo(name: str) -> Image.Image:
     """One of scikit-image's bundled photographs as RGB."""
-    data = require("skimage.data", "scikit-image")
+    data = optional.require("skimage.data", NEEDED_BY)
     return Image.fromarray(np.asarray(getattr(data, name)())).convert("RGB")
 
 
@@ -67,7 +57,7 @@ def write_photos(folder: Path, names: Sequence[str], short_side: int = PHOTO_SHO
 def write_digits(root: Path, train_per_class: int, val_per_class: int, size: int = 32, seed: int = 0) -> Path:
     """ImageFolder ``root/{train,val}/digitN/ID.png`` from scikit-learn's digits (8x8 grey, 17 levels,
     upscaled bicubically to ``size`` x ``size`` RGB); a seeded, class-balanced split."""
-    datasets = require("sklearn.datasets", "scikit-learn")
+    datasets = optional.require("sklearn.datasets", NEEDED_BY)
     digits = datasets.load_digits()
     rng = np.random.default_rng(seed)
     for c in range(10):
@@ -95,7 +85,7 @@ def write_shapes_coco(root: Path, train_images: int = 8, val_images: int = 4, wi
     (ids 1..90) so Detectron2's builtin metadata applies. Point ``DETECTRON2_DATASETS`` at ``root``."""
     with warnings.catch_warnings():  # detectron2's import warns about torch.jit.script, nothing to act on
         warnings.simplefilter("ignore", FutureWarning)
-        builtin_meta = require("detectron2.data.datasets.builtin_meta", "detectron2")
+        builtin_meta = optional.require("detectron2.data.datasets.builtin_meta", NEEDED_BY)
     categories = [{"id": c["id"], "name": c["name"]} for c in builtin_meta.COCO_CATEGORIES if c["isthing"]]
     for split, count, seed in (("train2017", train_images, 0), ("val2017", val_images, 1)):
         rng = np.random.default_rng(seed)

@@ -10,12 +10,9 @@ import importlib.util
 import os
 from pathlib import Path
 
-from pretrain.errors import LsmaeError
+from pretrain.errors import DetectError
 
 CONFIG_PACKAGE = "detection_configs"
-DETECTRON2_INSTALL = ("install it from source: pip install --no-build-isolation "
-                      "'git+https://github.com/facebookresearch/detectron2.git', then "
-                      "pip install 'setuptools<81' shapely pycocotools")
 
 DESCRIPTION = ("Fine-tune a long-seq MAE encoder as a ViTDet (Cascade) Mask R-CNN on COCO with Detectron2. SOURCE "
                "is fetched, verified and converted; train.init_checkpoint and model.backbone.net.pretrain_img_size "
@@ -36,10 +33,6 @@ coco_2017_train / coco_2017_val). Overrides are KEY=VALUE on the LazyConfig (pre
 the config does not have), applied after the --batch-size scaling. In a LazyConfig of your own,
 train.init_checkpoint = "lsmae://ID" loads a zoo entry converted for ViTDet.
 """
-
-
-class DetectError(LsmaeError):
-    """A detection run that cannot start as asked (config, data, GPUs, source)."""
 
 
 # --------------------------------------------------------------------------- configs

@@ -14,19 +14,16 @@ from typing import Any
 
 import torch
 
+from pretrain.errors import LoadContractError
 from pretrain.models.pos_embed import grid_size_of
 from pretrain.engine.serialization import atomic_save
 from zoo.checkpoint import CheckpointInfo, check_structure
 
-from bridges.mae_weights import ConversionError, key_groups, load_mae_weights, merge_qv_bias
+from bridges.mae_weights import key_groups, load_mae_weights, merge_qv_bias
 
 BACKBONE_PREFIX = "backbone.net."
 VITDET_KEEP = ("pos_embed", "patch_embed.", "blocks.")
 REL_POS = re.compile(r"^backbone\.net\.blocks\.\d+\.attn\.rel_pos_[hw]$")
-
-
-class LoadContractError(ConversionError):
-    pass
 
 
 @dataclass

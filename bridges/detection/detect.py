@@ -25,7 +25,10 @@ from typing import Any
 
 import torch
 
-from bridges.detection.args import DETECTRON2_INSTALL, DetectError, resolve_config
+from pretrain.errors import DetectError
+from pretrain.optional import require
+
+from bridges.detection.args import resolve_config
 from bridges.detection.plan import (BATCH_KEY, Plan, build_config, check_act_checkpoint, check_batch, check_datasets,
                                     check_schedule, gpus_per_machine, is_cpu, override_key, plan_lines, plan_report,
                                     resolve_plan)
@@ -42,12 +45,7 @@ def run(args: argparse.Namespace) -> None:
     if args.batch_size is not None and BATCH_KEY in keys:
         raise DetectError(f"--batch-size and {BATCH_KEY}: give the batch once (--batch-size also scales the lr and "
                           "the schedule)")
-    try:
-        import detectron2  # noqa: F401
-        from detectron2.engine import launch
-    except ImportError as e:
-        raise DetectError(
-            f"detectron2 is needed for detection and is not importable ({e}); {DETECTRON2_INSTALL}") from None
+    launch = require("detectron2.engine", "lsmae detect").launch
     from omegaconf import OmegaConf
 
     from bridges.detection import paths as vitdet_paths  # noqa: F401  (lsmae:// in train.init_checkpoint, whatever the config imports)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import importlib.util
 import inspect
 import os
 import sys
@@ -14,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from pretrain.optional import installed, missing
 
 from bridges.batch_scaling import scale_iterations
 from bridges.detection.args import DetectError
@@ -266,8 +267,8 @@ def check_act_checkpoint(cfg: Any) -> None:
     """Detectron2's ViT wraps its blocks with fairscale's checkpoint_wrapper, which detectron2 does not install."""
     from omegaconf import OmegaConf
 
-    if OmegaConf.select(cfg, ACT_CHECKPOINT_KEY, default=False) and importlib.util.find_spec("fairscale") is None:
-        raise DetectError(f"--grad-checkpointing ({ACT_CHECKPOINT_KEY}) needs fairscale: pip install fairscale")
+    if OmegaConf.select(cfg, ACT_CHECKPOINT_KEY, default=False) and not installed("fairscale"):
+        raise missing("fairscale", f"--grad-checkpointing ({ACT_CHECKPOINT_KEY})")
 
 
 def check_datasets(cfg: Any, eval_only: bool) -> None:

@@ -20,13 +20,15 @@ from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from pretrain.models.archs import MLP_RATIO, model_config
+from pretrain.errors import ConversionError
+from pretrain.optional import require
 from zoo.checkpoint import CheckpointInfo, check_structure
 from zoo.hf_folder import PROVENANCE_KEY
 from zoo.registry import Entry
 
-from bridges.mae_weights import ConversionError, Provenance, key_groups, load_mae_weights, merge_qv_bias
+from bridges.mae_weights import Provenance, key_groups, load_mae_weights, merge_qv_bias
 from bridges.hf.support import (card_license, encoder_config, layer_tensors, package_version, provenance_record,
-                         require_transformers, write_folder, zoo_entry_of)
+                         write_folder, zoo_entry_of)
 
 HF_CLASSES = {"hf-mae": "ViTMAEForPreTraining", "hf-vit": "ViTModel"}
 # how the released checkpoints and the demo were pretrained (a checkpoint file does not record it)
@@ -192,7 +194,7 @@ def export_hf(source: str | Path | dict[str, torch.Tensor], target: str, output:
     """Write ``source`` (zoo id, local source or state dict) as a transformers folder: ``hf-mae`` or ``hf-vit``."""
     if target not in HF_CLASSES:
         raise ConversionError(f"target must be one of {', '.join(HF_CLASSES)}, got {target!r}")
-    transformers = require_transformers()
+    transformers = require("transformers", f"lsmae convert --to {target}")
     sd, provenance = load_mae_weights(source)
     info = check_structure(sd)
     if target == "hf-mae" and not info.has_decoder:
@@ -235,7 +237,7 @@ def hf_mae_loss(folder: str | Path, images: list[str | Path], mask_downsampling:
     from pretrain.models.masking import block_mask_noise
     from pretrain.visualize import load_images
 
-    model = require_transformers().ViTMAEForPreTraining.from_pretrained(str(folder)).eval()
+    model = require("transformers", "the hf-mae loss check").ViTMAEForPreTraining.from_pretrained(str(folder)).eval()
     pixel_values = load_images(images, model.config.image_size)
     noise = block_mask_noise(len(pixel_values), model.config.image_size // model.config.patch_size,
                              model.config.mask_ratio, mask_downsampling, generator=torch.Generator().manual_seed(seed))

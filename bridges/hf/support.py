@@ -1,10 +1,9 @@
-"""What the transformers bridges (Hugging Face export, UperNet segmentation) share: the optional
-import with its install hint, the encoder's config entries, where an MAE block's tensors go in a
+"""What the transformers bridges (Hugging Face export, UperNet segmentation) share: whether
+transformers is installed, the encoder's config entries, where an MAE block's tensors go in a
 transformers ViT/BEiT layer, the provenance record with this package's version, the source's
 license for model cards, and writing a model folder atomically."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import tempfile
@@ -16,28 +15,13 @@ import torch
 from torch import nn
 
 from pretrain.models.archs import MLP_RATIO, model_config
-from pretrain.errors import LsmaeError
+from pretrain.errors import ConversionError, LsmaeError
 from zoo.checkpoint import CheckpointInfo
 from zoo.registry import Entry, get_entry, license_url, local_source
 
-from bridges.mae_weights import ConversionError, Provenance
+from bridges.mae_weights import Provenance
 
-TRANSFORMERS_INSTALL = "pip install 'long-seq-mae[hf]'"
 LAYER_NORM_EPS = 1e-6  # the MAE's (transformers' default is 1e-12)
-
-
-def transformers_available() -> bool:
-    """Whether transformers is installed (without importing it)."""
-    return importlib.util.find_spec("transformers") is not None
-
-
-def require_transformers() -> Any:
-    """The transformers module, or a one-line error that says how to install it."""
-    try:
-        import transformers
-    except ImportError as e:
-        raise LsmaeError(f"this bridge needs transformers ({e}): {TRANSFORMERS_INSTALL}") from None
-    return transformers
 
 
 def package_version() -> str:
@@ -108,7 +92,9 @@ def layer_tensors(layer: nn.Module, sd: dict[str, torch.Tensor], prefix: str
     linears = [m for m in layer.modules() if isinstance(m, nn.Linear)]
     norms = [m for m in layer.modules() if isinstance(m, nn.LayerNorm)]
     if len(linears) != 6 or len(norms) != 2:
-        raise ConversionError(f"transformers {require_transformers().__version__} builds a {type(layer).__name__} of "
+        import transformers
+
+        raise ConversionError(f"transformers {transformers.__version__} builds a {type(layer).__name__} of "
                               f"{len(linears)} Linear and {len(norms)} LayerNorm modules (expected 6 and 2): this "
                               "transformers version is not supported")
     tensors = [(module, "weight", weight) for module, weight in zip(linears[:3], sd[prefix + "attn.qkv.weight"].chunk(3))]

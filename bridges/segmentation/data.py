@@ -18,7 +18,7 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from pretrain.errors import DataError
+from pretrain.errors import DataError, MissingDataError
 
 from bridges.segmentation.recipes import SegRecipe
 from bridges.segmentation.model import IGNORE_INDEX
@@ -29,8 +29,10 @@ LAYOUT = "ROOT/images/{training,validation}/*.jpg and ROOT/annotations/{training
 
 def _listing(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
     if not folder.is_dir():
-        raise DataError(f"{folder} " + ("is not a folder" if folder.exists() else "does not exist")
-                        + f" (expected the ADE20K layout {LAYOUT})")
+        expected = f" (expected the ADE20K layout {LAYOUT})"
+        if folder.exists():
+            raise DataError(f"{folder} is not a folder{expected}")
+        raise MissingDataError(f"{folder} does not exist{expected}")
     return {p.stem: p for p in folder.iterdir() if p.suffix.lower() in suffixes}
 
 

@@ -21,13 +21,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from pretrain.errors import ConversionError
+from pretrain.optional import require
 from zoo.checkpoint import CheckpointInfo, check_structure
 
 from bridges.segmentation.recipes import ADE20K_CLASSES
-from bridges.hf.support import (card_license, encoder_config, layer_tensors, provenance_record, require_transformers,
-                         write_folder, zoo_entry_of)
-from bridges.mae_weights import (ENCODER_KEYS, ConversionError, Provenance, key_groups, load_mae_weights,
-                          resample_pos_embed, split_qkv_bias, untrained_mae_weights)
+from bridges.hf.support import card_license, encoder_config, layer_tensors, provenance_record, write_folder, zoo_entry_of
+from bridges.mae_weights import (ENCODER_KEYS, Provenance, key_groups, load_mae_weights, resample_pos_embed,
+                          split_qkv_bias, untrained_mae_weights)
 
 IGNORE_INDEX = 255
 
@@ -36,9 +37,7 @@ def model_class() -> type:
     """:class:`MaeUperNetForSemanticSegmentation`, defined on first use so that importing this module costs no transformers import."""
     global _MODEL_CLASS
     if _MODEL_CLASS is None:
-        require_transformers()
-        from transformers.models.beit import modeling_beit
-
+        modeling_beit = require("transformers.models.beit.modeling_beit", "lsmae segment (UperNet)")
         _MODEL_CLASS = _define_model_class(modeling_beit)
     return _MODEL_CLASS
 

@@ -14,6 +14,7 @@ from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
 from pretrain.data import collate, pretrain_dataset, release_dataset
+from pretrain.optional import installed
 
 # scikit-image's photographs (skimage.data loads them from its wheel): people, animals, food, objects,
 # textures, astronomy, microscopy
@@ -24,10 +25,10 @@ COCO_SIZE = (640, 480)  # most COCO images: 640 wide, 480 high (a third of them 
 
 def _photographs() -> list[Image.Image]:
     """scikit-image's photographs, or (without scikit-image) smooth random textures."""
-    try:
-        import skimage.data
-    except ImportError:
+    if not installed("skimage"):
         return [_smooth_noise(np.random.default_rng(i)) for i in range(8)]
+    import skimage.data
+
     return [Image.fromarray(np.asarray(getattr(skimage.data, name)())).convert("RGB") for name in PHOTOS]
 
 

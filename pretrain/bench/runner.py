@@ -33,7 +33,7 @@ from typing import IO, Any
 
 from pretrain.models.archs import model_config
 from pretrain.bench.args import build_parser
-from pretrain.errors import LsmaeError
+from pretrain.errors import BenchWorkerError, LsmaeError
 from pretrain.models.flops import PretrainFlops, pretrain_flops
 
 # dense (not sparse) bf16 tensor-core peaks, TFLOP/s, by device name (the first name contained wins)
@@ -43,14 +43,15 @@ PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0}
 def _defaults(args: argparse.Namespace) -> None:
     import torch
 
-    from pretrain.engine.backends import bf16_supported_on_cpu, check_compile, import_torch_xla
+    from pretrain.engine.backends import bf16_supported_on_cpu, check_compile
+    from pretrain.optional import require
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpu = args.device == "cuda"
     xla = args.device == "xla"
     check_compile(args.device, args.compile)
     if xla:
-        import_torch_xla()  # here, not in each configuration's process: one clear error
+        require("torch_xla", "--device xla")  # here, not in each configuration's process: one clear error
     accelerator = gpu or (xla and os.environ.get("PJRT_DEVICE", "TPU") != "CPU")
     args.batch_size = args.batch_size or (64 if accelerator else 4)
     args.steps = args.steps or (10 if accelerator else 1)
@@ -64,10 +65,6 @@ def _defaults(args: argparse.Namespace) -> None:
     threads = args.threads or torch.get_num_threads()
     args.device_name = torch.cuda.get_device_name() if gpu else \
         f"xla ({os.environ.get('PJRT_DEVICE', 'TPU')})" if xla else f"cpu, {threads} threads"
-
-
-class BenchWorkerError(LsmaeError):
-    """A configuration's process ended without its answer (its error output went to stderr)."""
 
 
 class _Worker:

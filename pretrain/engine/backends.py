@@ -25,24 +25,13 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from pretrain.errors import LsmaeError
 from pretrain.engine.launch_env import launched_processes, launched_rank, local_rank
+from pretrain.optional import require
 from pretrain.engine.serialization import atomic_save
 
 
 def bf16_supported_on_cpu() -> bool:
     return bool(getattr(torch.backends, "mkldnn", None) and torch.backends.mkldnn.is_available()
                 and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()))
-
-
-def import_torch_xla() -> Any:
-    """Import torch_xla (only ever when the XLA backend is asked for), or fail clearly."""
-    try:
-        import torch_xla
-    except ImportError as e:
-        raise LsmaeError(
-            f"--device xla needs torch_xla, which failed to import ({e}); install it with "
-            "`pip install -e '.[tpu]'` (torch_xla pins its own torch version)"
-        ) from None
-    return torch_xla
 
 
 class EvalShardSampler(DistributedSampler):
@@ -215,7 +204,7 @@ class XLABackend(TorchBackend):
     so the optimizer steps plainly. Values computed in the step (the loss, counters) are global."""
 
     def __init__(self) -> None:
-        torch_xla = import_torch_xla()
+        torch_xla = require("torch_xla", "--device xla")
         import numpy as np
         import torch_xla.core.xla_model as xm
         import torch_xla.debug.metrics as metrics

@@ -7,6 +7,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from pretrain.optional import missing
+
 log = logging.getLogger(__name__)
 
 
@@ -30,8 +32,8 @@ class RunLogger:
         if enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                logger.warning("tensorboard is not installed: logging to %s only", self.jsonl)
+            except ImportError as e:  # torch's module raises it when tensorboard is missing or too old
+                logger.warning("%s; logging to %s only", missing("tensorboard", "TensorBoard logging", e), self.jsonl)
             else:
                 self.tb = SummaryWriter(str(output_dir / "tensorboard"))
 
