@@ -52,7 +52,7 @@ def test_pipeline_rates_of_one_worker(photos):
 
 def test_bench_runs_all_three_parts(tmp_path):
     """The micro model: two configurations taking turns, the pipeline, end to end (JSON lines)."""
-    cmd = [sys.executable, "-W", "ignore", "-m", "pretrain.bench.runner", "--model", TINY_MODEL,
+    cmd = [sys.executable, "-W", "ignore", "-m", "pretrain.bench", "--model", TINY_MODEL,
            "--input-size", "64", "--batch-size", "4", "--rounds", "2", "--warmup", "1", "--configs", "release,fp32",
            "--images", "8", "--workers", "0", "--threads", "1", "--json"]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)

@@ -14,7 +14,7 @@ from tests.conftest import TINY_MODEL
 
 def run_cli(*args, env=None):
     """The installed console script's code path, in a fresh interpreter."""
-    return subprocess.run([sys.executable, "-m", "bridges.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "bridges", *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=120)
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bridges.demo import chain as demo
-from bridges.demo.args import DEFAULT_WORKDIR
+from bridges.cli.demo import DEFAULT_WORKDIR
 from pretrain.optional import installed
 from bridges.cli import main
 from bridges.classification.convert import create_timm_model, convert_to_timm
@@ -28,7 +28,7 @@ def quickstart(tmp_path_factory) -> tuple[Path, list[str]]:
     setup = (REPO / "README.md").read_text().splitlines()[2]
     argv = setup.rsplit("/lsmae ", 1)[1].split()
     assert argv == ["demo"]
-    done = subprocess.run([sys.executable, "-m", "bridges.cli", *argv], cwd=cwd, env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "bridges", *argv], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     return cwd / DEFAULT_WORKDIR, done.stdout.splitlines()

@@ -119,7 +119,7 @@ def test_detect_arguments_intermix():
 
 
 def test_shipped_configs_are_found_and_self_contained():
-    from bridges.detection.args import config_dir, config_names, resolve_config
+    from bridges.detection.configs import config_dir, config_names, resolve_config
 
     assert config_dir() == CONFIG_DIR
     assert set(config_names()) == {c for c, _ in GOLDEN.values()} | {DEMO_CONFIG}
@@ -262,7 +262,7 @@ def test_train_two_iterations_and_evaluate_tiny_vitdet(d2, lsmae_home, tmp_path)
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
     def detect(*args: str) -> list[str]:
-        cmd = [sys.executable, "-m", "bridges.cli", "detect", "demo", "--config", DEMO_CONFIG, *args]
+        cmd = [sys.executable, "-m", "bridges", "detect", "demo", "--config", DEMO_CONFIG, *args]
         done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         assert "Traceback" not in done.stderr
@@ -335,7 +335,7 @@ def test_overrides_apply_after_the_scaling(d2, lsmae_home, capsys):
 
 def test_grad_checkpointing_reaches_the_vit(d2, lsmae_home, capsys, monkeypatch):
     from bridges.detection.plan import ACT_CHECKPOINT_KEY, check_act_checkpoint, resolve_plan
-    from bridges.detection.args import resolve_config
+    from bridges.detection.configs import resolve_config
     from pretrain.errors import MissingDependencyError
 
     args = build_parser().parse_args(["detect", "vit_large/coco/4000", "--config", "mask_rcnn_vitdet_l_100ep",

@@ -96,7 +96,7 @@ def pins() -> dict:
 
 def lsmae_command() -> list[str]:
     script = Path(sys.executable).with_name("lsmae")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "bridges.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "bridges"]
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
@@ -465,7 +465,7 @@ def _drop_privileges() -> None:
 # drop to nobody before running it; 77 = cannot switch users.
 _DROP_THEN_RUN = f"""
 import gettext, locale, os, sys
-import zoo.cache, zoo.checkpoint, zoo.commands, zoo.download
+import zoo.cache, zoo.checkpoint, zoo.download, zoo.verify
 from bridges.cli import build_parser, main
 build_parser()
 try:

@@ -62,7 +62,7 @@ def test_vitdet_detection_step(lsmae_home):
     from detectron2.structures import BitMasks, Boxes, Instances
     from detectron2.utils.events import EventStorage
 
-    from bridges.detection.args import resolve_config
+    from bridges.detection.configs import resolve_config
 
     torch.manual_seed(0)
     cfg = LazyConfig.load(str(resolve_config("mask_rcnn_vitdet_demo")))

@@ -24,7 +24,9 @@ from PIL import Image
 from bridges.classification import data as classification_data
 from bridges.classification import finetune
 from bridges.classification import model as classification_model
-from bridges.classification.args import add_arguments
+from bridges.cli import classification as classification_cli
+from bridges.classification import recipes as classification_recipes
+from bridges.cli.classification import add_arguments
 from bridges.cli import build_parser as cli_parser
 from bridges.demo.sample_data import write_digits
 from bridges.cli import main as cli_main
@@ -221,7 +223,7 @@ def _resolved(mode: str, width: int | None, *argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     add_arguments(parser, mode)
     args = parser.parse_args(["src", "--data-path", "d", *argv])
-    finetune.resolve_recipe(args, mode, width)
+    classification_recipes.resolve_recipe(args, mode, width)
     return args
 
 
@@ -365,14 +367,14 @@ def test_help_has_examples_and_every_command_is_registered(capsys):
         assert done.value.code == 0
         out = capsys.readouterr().out
         assert out.startswith(f"usage: lsmae {name}") and "torchrun --nproc_per_node 8 -m bridges finetune" in out
-    assert "--data-path" in finetune.build_parser().format_help()
+    assert "--data-path" in classification_cli.build_parser().format_help()
 
 
 def test_module_entry_point_for_torchrun_reports_errors_in_one_line(tmp_path):
-    """``python -m bridges.classification.finetune`` (what torchrun runs) in a fresh interpreter."""
-    done = subprocess.run([sys.executable, "-m", "bridges.classification.finetune", "demo", "--data-path", str(tmp_path / "none"),
+    """``python -m bridges finetune`` (what torchrun runs) in a fresh interpreter."""
+    done = subprocess.run([sys.executable, "-m", "bridges", "finetune", "demo", "--data-path", str(tmp_path / "none"),
                            "--device", "cpu"], capture_output=True, text=True, cwd=REPO, timeout=120,
                           env={**os.environ, "LSMAE_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"})
     assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert done.stderr.strip() == f"finetune: error: data folder {tmp_path / 'none' / 'train'} does not exist " \
+    assert done.stderr.strip() == f"lsmae finetune: error: data folder {tmp_path / 'none' / 'train'} does not exist " \
                                    "(expected ImageFolder splits DATA/train/CLASS/* and DATA/val/CLASS/*)"

@@ -173,7 +173,7 @@ def test_round_trip_is_exact(tmp_path, no_k_bias, capsys):
     """release -> hf-mae -> timm == release -> timm; release -> hf-mae -> release gives the file's tensors."""
     from safetensors.torch import load_file
 
-    from zoo.commands import verify
+    from zoo.verify import verify
 
     file = release_file(tmp_path / "release.pth", no_k_bias=no_k_bias)
     folder = convert(file, "hf-mae", tmp_path / "hf").path
@@ -267,9 +267,9 @@ def test_both_key_generations_are_read(micro, tmp_path):
 
 def test_a_folder_is_a_source_everywhere(micro, tmp_path, capsys):
     from bridges.detection.source import prepare_source
-    from bridges.classification.finetune import _source_width
+    from bridges.classification.recipes import source_width
     from zoo.cache import load_state_dict
-    from zoo.commands import verify
+    from zoo.verify import verify
     from zoo.models import load_model
 
     folder = convert(micro, "hf-mae", tmp_path / "hf").path
@@ -282,7 +282,7 @@ def test_a_folder_is_a_source_everywhere(micro, tmp_path, capsys):
     assert verify(str(folder)).startswith(f"OK: {folder} is a valid {TINY_MODEL} checkpoint")
     assert main(["inspect", str(folder)]) == 0
     assert f"{folder / 'model.safetensors'}" in capsys.readouterr().out
-    assert _source_width(str(folder)) == 96
+    assert source_width(str(folder)) == 96
     assert prepare_source(str(folder), str(tmp_path / "out"), convert=False).grid_size == 8
     assert "kept" in convert(folder, "vitdet", tmp_path / "vitdet.pth").report
     from PIL import Image

@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from bridges.classification import finetune
-from bridges.classification.args import add_arguments
+from bridges.cli.classification import add_arguments
 from bridges.demo.sample_data import write_digits
 from tests.test_pretrain_engine import argv as pretrain_argv
 from tests.test_pretrain_engine import assert_same_state

@@ -175,7 +175,7 @@ def test_fine_tuning_steps_do_not_wait_for_the_device(tmp_path, monkeypatch, lsm
     import argparse
 
     from bridges.classification import finetune
-    from bridges.classification.args import add_arguments
+    from bridges.cli.classification import add_arguments
     from bridges.demo.sample_data import write_digits
     from tests.conftest import tiny_checkpoint_bytes
 

@@ -101,7 +101,7 @@ def test_every_command_in_the_readme_parses():
 
 
 def test_lsmae_list_and_help_of_every_subcommand(lsmae_home, capsys):
-    listed = subprocess.run([sys.executable, "-m", "bridges.cli", "list"], capture_output=True, text=True,
+    listed = subprocess.run([sys.executable, "-m", "bridges", "list"], capture_output=True, text=True,
                             timeout=120, env={**os.environ, "LSMAE_HOME": str(lsmae_home)})
     assert listed.returncode == 0, listed.stderr
     ids = {line.split()[0] for line in listed.stdout.splitlines()[1:]}

@@ -143,7 +143,7 @@ def test_effective_batch_not_divisible_by_the_devices(images, tmp_path):
 
 
 def test_bench_reports_per_device_and_total_rates():
-    cmd = [XLA_PYTHON, "-m", "pretrain.bench.runner", "--device", "xla", "--data", "synthetic", "--model", MODEL,
+    cmd = [XLA_PYTHON, "-m", "pretrain.bench", "--device", "xla", "--data", "synthetic", "--model", MODEL,
            "--input-size", "64", "--batch-size", "4", "--steps", "2", "--rounds", "2", "--json"]
     result = subprocess.run(cmd, capture_output=True, text=True, env=xla_env(2), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

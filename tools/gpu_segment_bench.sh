@@ -24,7 +24,7 @@ import torch
 import pretrain
 from bridges.demo.sample_data import write_textures_ade20k
 from bridges.segmentation.command import resolve_recipe, run
-from bridges.segmentation.args import build_parser
+from bridges.cli.segmentation import build_parser
 
 work, iters, warmup, device = Path(os.environ["WORK"]), int(os.environ["ITERS"]), 10, os.environ["DEVICE"]
 cuda = device == "cuda"

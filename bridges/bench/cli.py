@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="lsmae-bench-cli-") as home:
         env = {**os.environ, "LSMAE_HOME": str(Path(home) / "lsmae")}
-        lsmae = [sys.executable, "-m", "bridges.cli"]
+        lsmae = [sys.executable, "-m", "bridges"]
         subprocess.run([*lsmae, "fetch", "demo", "--quiet"], env=env, check=True, stdout=subprocess.DEVNULL)
         torch_s = _best_of([sys.executable, "-c", "import torch"], env, args.repeat)
         yardstick = 'python -c "import torch"'

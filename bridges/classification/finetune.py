@@ -1,6 +1,6 @@
 """Classification bridge: MAE fine-tuning and linear probing on timm 1.x, and evaluation.
 
-``lsmae finetune`` / ``python -m bridges.classification.finetune`` (also under torchrun) runs MAE's
+``lsmae finetune`` (under torchrun: ``-m bridges finetune``) runs MAE's
 ``main_finetune.py`` recipe, ``lsmae linprobe`` its ``main_linprobe.py`` recipe, on a timm
 ``VisionTransformer`` built from a zoo id or an MAE checkpoint file by
 :func:`bridges.classification.convert.create_timm_model`. ``lsmae eval`` measures a run's checkpoint.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,43 +26,19 @@ from torch.utils.data import DataLoader
 
 from pretrain.engine.backends import TorchBackend, make_backend
 from pretrain.engine.checkpoints import json_safe_args
-from pretrain.errors import CheckpointError, DataError, LsmaeError, report_errors
+from pretrain.errors import CheckpointError, DataError, LsmaeError
 from pretrain.engine.resume import resume_run, run_identity
 from pretrain.engine.run_logging import setup_logging
 from pretrain.engine.trainer import LoopConfig, Progress, Trainer, precision_name, resolve_batch, resolve_precision
 
-from bridges.classification.args import AUTO_BATCH_CAP, FINETUNE_BY_WIDTH, FINETUNE_COMMON, LINPROBE, build_parser
+from bridges.classification.recipes import (AUTO_BATCH_CAP, FINETUNE_BY_WIDTH, FINETUNE_COMMON, LINPROBE, resolve_recipe,
+                                            source_width)
 from bridges.classification.data import differing, image_folder, eval_transform, load_splits, train_transform, val_loader
 from bridges.classification.model import (build_model, create_from_checkpoint, load_classifier_checkpoint,
                                           make_optimizer, plain_state_dict)
 
 log = logging.getLogger("bridges.classification.finetune")
 
-
-
-# --------------------------------------------------------------------------- recipe
-def _source_width(source: str) -> int | None:
-    """The encoder width of SOURCE, cheaply (None if it cannot be told: the conversion then reports the problem)."""
-    from zoo.registry import encoder_size
-
-    try:
-        return encoder_size(source)[0]
-    except Exception:  # noqa: BLE001 - create_timm_model gives the real error
-        return None
-
-
-def resolve_recipe(args: argparse.Namespace, mode: str, width: int | None) -> None:
-    """Fill the options left at None with the recipe's values for this architecture (in place)."""
-    if mode == "finetune":
-        recipe = {**FINETUNE_COMMON, **FINETUNE_BY_WIDTH.get(width, FINETUNE_BY_WIDTH[None])}
-    else:
-        recipe = dict(LINPROBE)
-    for key, value in recipe.items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-    if mode == "finetune" and str(args.aa).lower() in ("none", ""):
-        args.aa = None
-    args.lr = args.blr * args.effective_batch_size / 256 if args.lr is None else args.lr
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -205,7 +180,7 @@ def train(args: argparse.Namespace, backend: TorchBackend, mode: str = "finetune
     ``{'best_top1', 'best_top5', 'best_epoch', 'best', 'last', 'epochs'}``."""
     setup_logging(log, backend.is_main)
     output_dir = Path(args.output_dir)
-    resolve_recipe(args, mode, _source_width(args.source))
+    resolve_recipe(args, mode, source_width(args.source))
     dtype = resolve_precision(args.precision, backend)
     batch, accum = resolve_batch(args.effective_batch_size, args.batch_size, args.accum_iter, backend.world_size,
                                  cap=AUTO_BATCH_CAP[mode])
@@ -313,11 +288,3 @@ def run(args: argparse.Namespace, mode: str = "finetune") -> dict[str, Any]:
               f"see `lsmae eval {result['best']} --data-path DATA`")
         print(result["best"])
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    return report_errors("finetune", run, build_parser("finetune").parse_args(argv), "finetune")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,8 +1,9 @@
 """``lsmae``: one console script over every package's commands.
 
-The commands are a table: each row names the function that adds its arguments (argparse only,
-no torch) and the function that runs it, imported only when that command runs. So ``lsmae
---help``, ``lsmae list`` or a cached ``lsmae fetch`` answer without importing torch.
+The commands are a table: each row names the module of this package that holds its group's
+parsers (argparse only, no torch) and runs, which import the implementation only when the command
+runs. So ``lsmae --help``, ``lsmae list`` or a cached ``lsmae fetch`` answer without importing
+torch. ``python -m bridges COMMAND`` is the same command line (the form torchrun starts).
 """
 from __future__ import annotations
 
@@ -17,49 +18,40 @@ from zoo.settings import ENVIRONMENT
 
 @dataclass(frozen=True)
 class Command:
-    name: str
-    help: str  # the one line `lsmae --help` shows
-    arguments: str  # "module:function" adding the arguments to the command's parser
-    run: str  # "module:function" taking the parsed arguments
+    """One ``lsmae`` command: its name, the line ``lsmae --help`` shows, and the module of
+    :mod:`bridges.cli` holding its group's parsers (``add_NAME_arguments``, argparse only) and runs
+    (``run_NAME``, importing the implementation when the command runs)."""
 
-    @staticmethod
-    def resolve(ref: str) -> Any:
-        module, _, attr = ref.partition(":")
-        return getattr(importlib.import_module(module), attr)
+    name: str
+    help: str
+    group: str
+
+    def function(self, kind: str) -> Any:
+        module = importlib.import_module(f"bridges.cli.{self.group}")
+        return getattr(module, f"{kind}_{self.name}" if kind == "run" else f"add_{self.name}_arguments")
 
 
 COMMANDS = [
-    Command("demo", "the whole chain offline on the embedded demo checkpoint (a few CPU minutes)",
-            "bridges.cli.commands:add_demo_arguments", "bridges.cli.commands:cmd_demo"),
-    Command("list", "the released checkpoints", "zoo.commands:add_list_arguments", "zoo.commands:cmd_list"),
-    Command("fetch", "download and verify a checkpoint; prints its local path",
-            "zoo.commands:add_fetch_arguments", "zoo.commands:cmd_fetch"),
-    Command("verify", "re-check a cached entry (SHA-256 + structure) or a file (structure)",
-            "zoo.commands:add_verify_arguments", "zoo.commands:cmd_verify"),
-    Command("inspect", "describe a checkpoint file without trusting it",
-            "zoo.commands:add_inspect_arguments", "zoo.commands:cmd_inspect"),
-    Command("cache", "list or remove cached checkpoints", "zoo.commands:add_cache_arguments", "zoo.commands:cmd_cache"),
+    Command("demo", "the whole chain offline on the embedded demo checkpoint (a few CPU minutes)", "demo"),
+    Command("list", "the released checkpoints", "zoo"),
+    Command("fetch", "download and verify a checkpoint; prints its local path", "zoo"),
+    Command("verify", "re-check a cached entry (SHA-256 + structure) or a file (structure)", "zoo"),
+    Command("inspect", "describe a checkpoint file without trusting it", "zoo"),
+    Command("cache", "list or remove cached checkpoints", "zoo"),
     Command("convert", "convert an MAE checkpoint for timm, Detectron2 ViTDet, UperNet, transformers (ViTMAE, ViT) "
-                       "or the release format",
-            "bridges.cli.commands:add_convert_arguments", "bridges.cli.commands:cmd_convert"),
-    Command("finetune", "fine-tune an MAE encoder as a timm classifier (MAE recipe; GPU/DDP, CPU)",
-            "bridges.cli.commands:add_finetune_arguments", "bridges.cli.commands:cmd_finetune"),
-    Command("linprobe", "linear probing of a frozen MAE encoder (LARS; GPU/DDP, CPU)",
-            "bridges.cli.commands:add_linprobe_arguments", "bridges.cli.commands:cmd_finetune"),
-    Command("eval", "top-1/top-5 of a finetune/linprobe checkpoint on DATA/val",
-            "bridges.cli.commands:add_eval_arguments", "bridges.cli.commands:cmd_eval"),
+                       "or the release format", "weights"),
+    Command("finetune", "fine-tune an MAE encoder as a timm classifier (MAE recipe; GPU/DDP, CPU)", "classification"),
+    Command("linprobe", "linear probing of a frozen MAE encoder (LARS; GPU/DDP, CPU)", "classification"),
+    Command("eval", "top-1/top-5 of a finetune/linprobe checkpoint on DATA/val", "classification"),
     Command("detect", "train/evaluate ViTDet (Cascade) Mask R-CNN on COCO from an MAE checkpoint (needs detectron2)",
-            "bridges.cli.commands:add_detect_arguments", "bridges.cli.commands:cmd_detect"),
+            "detection"),
     Command("segment", "train/evaluate UperNet semantic segmentation on ADE20K from an MAE checkpoint (GPU/DDP, CPU)",
-            "bridges.cli.commands:add_segment_arguments", "bridges.cli.commands:cmd_segment"),
-    Command("pretrain", "pretrain a long-seq MAE (GPU/DDP, CPU, TPU)",
-            "bridges.cli.commands:add_pretrain_arguments", "bridges.cli.commands:cmd_pretrain"),
-    Command("export", "write a run's weights in the release format",
-            "bridges.cli.commands:add_export_arguments", "bridges.cli.commands:cmd_export"),
-    Command("visualize", "PNG of masked reconstructions", "bridges.cli.commands:add_visualize_arguments",
-            "bridges.cli.commands:cmd_visualize"),
+            "segmentation"),
+    Command("pretrain", "pretrain a long-seq MAE (GPU/DDP, CPU, TPU)", "pretrain"),
+    Command("export", "write a run's weights in the release format", "weights"),
+    Command("visualize", "PNG of masked reconstructions", "weights"),
     Command("bench", "benchmarks: pretrain (step time, memory, FLOP/s), zoo (fetch/verify/convert throughput and "
-                     "memory), cli (look-up commands vs import torch)", "bridges.cli.commands:add_bench_arguments", "bridges.cli.commands:cmd_bench"),
+                     "memory), cli (look-up commands vs import torch)", "bench"),
 ]
 
 
@@ -75,11 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
         p = sub.add_parser(command.name, help=command.help, description=command.help)
-        Command.resolve(command.arguments)(p)
-        p.set_defaults(handler=command.run)
+        command.function("add")(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return report_errors(f"lsmae {args.command}", lambda: Command.resolve(args.handler)(args))
+    command = next(c for c in COMMANDS if c.name == args.command)
+    return report_errors(f"lsmae {args.command}", lambda: command.function("run")(args))

@@ -123,7 +123,7 @@ class Demo:
         """``lsmae ARGV`` as a child process; lines matching ``progress`` are echoed, all go to the step's log."""
         log = self.log_path(name)
         print(f"      $ lsmae {shlex.join(argv)}", flush=True)
-        cmd = [sys.executable, "-m", "bridges.cli", *argv]
+        cmd = [sys.executable, "-m", "bridges", *argv]
         with open(log, "w") as f, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                                    env={**os.environ, **(env or {})}) as child:
             for line in child.stdout or ():
@@ -195,7 +195,7 @@ def fetch_step(demo: Demo) -> str:
 
 
 def verify_step(demo: Demo) -> str:
-    from zoo.commands import verify
+    from zoo.verify import verify
 
     with demo.logged("verify", ["verify", "demo"]):
         return verify("demo")
@@ -238,7 +238,7 @@ def timm_step(demo: Demo) -> str:
 
 def finetune_step(demo: Demo) -> str:
     from . import finetune
-    from bridges.classification.args import build_parser as finetune_parser
+    from bridges.cli.classification import build_parser as finetune_parser
 
     common = ["--data-path", str(demo.data / "digits"), "--epochs", str(demo.options.epochs), *FINETUNE_RECIPE,
               "--resume", "", *demo.device_option()]
@@ -267,7 +267,7 @@ def vitdet_step(demo: Demo) -> str:
 def segment_step(demo: Demo) -> str:
     from . import segment
     from bridges.operations import convert
-    from bridges.segmentation.args import build_parser as segment_parser
+    from bridges.cli.segmentation import build_parser as segment_parser
     from bridges.segmentation.recipes import get_recipe
 
     recipe = get_recipe("demo")

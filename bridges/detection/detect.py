@@ -28,7 +28,7 @@ import torch
 from pretrain.errors import DetectError
 from pretrain.optional import require
 
-from bridges.detection.args import resolve_config
+from bridges.detection.configs import resolve_config
 from bridges.detection.plan import (BATCH_KEY, Plan, build_config, check_act_checkpoint, check_batch, check_datasets,
                                     check_schedule, gpus_per_machine, is_cpu, override_key, plan_lines, plan_report,
                                     resolve_plan)

@@ -17,7 +17,7 @@ import torch
 from pretrain.optional import installed, missing
 
 from bridges.batch_scaling import scale_iterations
-from bridges.detection.args import DetectError
+from pretrain.errors import DetectError
 from bridges.detection.source import INIT_KEY, PRETRAIN_IMG_SIZE_KEY, Init, prepare_source
 
 ACT_CHECKPOINT_KEY = "model.backbone.net.use_act_checkpoint"  # --grad-checkpointing

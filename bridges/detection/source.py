@@ -16,7 +16,7 @@ from pretrain.models.pos_embed import grid_size_of
 from zoo.checkpoint import check_structure, load_checkpoint, model_state_dict, read_checkpoint
 from zoo.registry import UnknownEntryError, get_entry, local_source
 
-from bridges.detection.args import DetectError
+from pretrain.errors import DetectError
 from bridges.detection.convert import BACKBONE_PREFIX, check_load_contract, convert_to_vitdet, save_vitdet
 
 INIT_KEY = "train.init_checkpoint"

@@ -1,4 +1,4 @@
-"""``lsmae segment`` / ``python -m bridges.segmentation.command`` (also under torchrun): UperNet on ADE20K from a
+"""``lsmae segment`` (under torchrun: ``-m bridges segment``): UperNet on ADE20K from a
 long-seq MAE checkpoint, with the recipes of :mod:`bridges.segmentation.recipes`.
 
 This module resolves the recipe and the plan (``--dry-run`` needs no torch); training and
@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
-from pretrain.errors import LsmaeError, report_errors
+from pretrain.errors import LsmaeError
 from pretrain.engine.launch_env import launched_processes
 
-from bridges.segmentation.args import build_parser
 from bridges.segmentation.recipes import SegRecipe, get_recipe, plan, recipe_for_depth, scale_to_batch
 
 
@@ -70,11 +68,3 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     from bridges.segmentation.training import train
 
     return train(args, recipe, record)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return report_errors("segment", run, build_parser().parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

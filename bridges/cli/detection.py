@@ -1,18 +1,10 @@
-"""Options of ``lsmae detect`` and the Detectron2 LazyConfig files shipped in ``detection_configs``.
-
-Standard library only: the ``lsmae`` parser registers these without importing torch or
-detectron2, which :mod:`bridges.detection.detect` imports when the command runs.
-"""
+"""``lsmae detect``: its options (standard library only: the ``lsmae`` parser registers them without
+importing torch or detectron2) and its run, which imports :mod:`bridges.detection.detect`."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import os
-from pathlib import Path
 
-from pretrain.errors import DetectError
-
-CONFIG_PACKAGE = "detection_configs"
+from bridges.detection.configs import config_names
 
 DESCRIPTION = ("Fine-tune a long-seq MAE encoder as a ViTDet (Cascade) Mask R-CNN on COCO with Detectron2. SOURCE "
                "is fetched, verified and converted; train.init_checkpoint and model.backbone.net.pretrain_img_size "
@@ -33,42 +25,6 @@ coco_2017_train / coco_2017_val). Overrides are KEY=VALUE on the LazyConfig (pre
 the config does not have), applied after the --batch-size scaling. In a LazyConfig of your own,
 train.init_checkpoint = "lsmae://ID" loads a zoo entry converted for ViTDet.
 """
-
-
-# --------------------------------------------------------------------------- configs
-def config_dir() -> Path:
-    """The shipped LazyConfig folder: the installed ``detection_configs`` package, else the one
-    beside ``bridges`` in a source checkout (editable installs made before it existed)."""
-    try:
-        spec = importlib.util.find_spec(CONFIG_PACKAGE)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is not None and spec.submodule_search_locations:
-        for location in spec.submodule_search_locations:
-            if (Path(location) / "common.py").is_file():
-                return Path(location)
-    return Path(__file__).resolve().parent.parent / CONFIG_PACKAGE
-
-
-def config_names() -> list[str]:
-    folder = config_dir()
-    if not folder.is_dir():
-        return []
-    return sorted(p.stem for p in folder.glob("*.py") if p.stem not in ("__init__", "common"))
-
-
-def resolve_config(name_or_path: str) -> Path:
-    """A shipped config by name (``mask_rcnn_vitdet_l_100ep``, with or without ``.py``) or a file."""
-    path = Path(name_or_path).expanduser()
-    if path.is_file():
-        return path.resolve()
-    name = name_or_path.removesuffix(".py")
-    if "/" not in name and os.sep not in name:
-        candidate = config_dir() / f"{name}.py"
-        if candidate.is_file() and name in config_names():
-            return candidate
-    names = ", ".join(config_names()) or f"none found in {config_dir()}"
-    raise DetectError(f"--config {name_or_path}: neither a config file nor a shipped config name ({names})")
 
 
 # --------------------------------------------------------------------------- arguments
@@ -119,3 +75,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="continue from the last checkpoint in train.output_dir when there is one")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="LazyConfig overrides, applied last, e.g. train.output_dir=out/vitl train.eval_period=10000")
+
+
+def add_detect_arguments(p: argparse.ArgumentParser) -> None:
+    p.description, p.epilog = DESCRIPTION, EXAMPLES
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    add_arguments(p)
+
+
+def run_detect(args: argparse.Namespace) -> None:
+    from bridges.detection.detect import run
+
+    run(args)

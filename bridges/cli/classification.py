@@ -1,26 +1,13 @@
-"""Options and recipe defaults of ``lsmae finetune``, ``lsmae linprobe`` and ``lsmae eval``.
-
-Data and argparse only (no torch): the ``lsmae`` parser registers these without importing the
-training code, which :mod:`bridges.classification.finetune` holds.
-"""
+"""``lsmae finetune``, ``lsmae linprobe`` and ``lsmae eval``: their options (argparse only, no torch;
+defaults from :mod:`bridges.classification.recipes`) and runs, which import the training code
+(:mod:`bridges.classification.finetune`) when they start."""
 from __future__ import annotations
 
 import argparse
 import os
 import textwrap
 
-# MAE's FINETUNE.md, by encoder width: ViT-L (1024) has its own column, every other width the ViT-B one
-FINETUNE_BY_WIDTH = {
-    1024: dict(epochs=50, blr=1e-3, layer_decay=0.75, drop_path=0.2),
-    None: dict(epochs=100, blr=5e-4, layer_decay=0.65, drop_path=0.1),
-}
-FINETUNE_COMMON = dict(
-    effective_batch_size=1024, weight_decay=0.05, warmup_epochs=5, min_lr=1e-6, smoothing=0.1,
-    aa="rand-m9-mstd0.5-inc1", reprob=0.25, mixup=0.8, cutmix=1.0,
-)
-LINPROBE = dict(epochs=90, blr=0.1, effective_batch_size=16384, warmup_epochs=10, weight_decay=0.0, min_lr=0.0)
-# the per-device batch when only the effective batch is given (the rest is gradient accumulation)
-AUTO_BATCH_CAP = {"finetune": 64, "linprobe": 512}
+from bridges.classification.recipes import AUTO_BATCH_CAP, FINETUNE_BY_WIDTH, FINETUNE_COMMON, LINPROBE
 
 EXAMPLES = """\
 examples:
@@ -108,7 +95,7 @@ def add_arguments(p: argparse.ArgumentParser, mode: str = "finetune") -> None:
     g.add_argument("--print-freq", type=int, default=20, help="progress line every N steps (default %(default)s)")
 
 
-def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+def _eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="best.pth/last.pth of a finetune or linprobe run (or the run folder: best.pth)")
     p.add_argument("--data-path", required=True, metavar="DATA", help="ImageFolder root; DATA/val is measured")
     p.add_argument("--batch-size", type=int, default=64, help="per-device batch (default %(default)s)")
@@ -119,7 +106,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_parser(mode: str = "finetune") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m bridges.classification.finetune" if mode == "finetune" else f"lsmae {mode}",
+        prog=f"lsmae {mode}",
         description=DESCRIPTIONS[mode], epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p, mode)
     return p
@@ -134,3 +121,40 @@ DESCRIPTIONS = {k: textwrap.fill(v, 100) for k, v in {
                 "BatchNorm (no affine) + linear head trained with LARS, evaluated on DATA/val every epoch.",
     "eval": "Top-1/top-5 accuracy of a finetune/linprobe checkpoint on DATA/val.",
 }.items()}
+
+
+def _describe(p: argparse.ArgumentParser, mode: str) -> None:
+    p.description, p.epilog, p.formatter_class = DESCRIPTIONS[mode], EXAMPLES, argparse.RawDescriptionHelpFormatter
+
+
+def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
+    _describe(p, "finetune")
+    add_arguments(p, "finetune")
+
+
+def add_linprobe_arguments(p: argparse.ArgumentParser) -> None:
+    _describe(p, "linprobe")
+    add_arguments(p, "linprobe")
+
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    _describe(p, "eval")
+    _eval_options(p)
+
+
+def run_finetune(args: argparse.Namespace) -> dict:
+    from bridges.classification.finetune import run
+
+    return run(args, "finetune")
+
+
+def run_linprobe(args: argparse.Namespace) -> dict:
+    from bridges.classification.finetune import run
+
+    return run(args, "linprobe")
+
+
+def run_eval(args: argparse.Namespace) -> dict:
+    from bridges.classification.finetune import run_eval
+
+    return run_eval(args)

@@ -1,4 +1,4 @@
-"""``lsmae`` subcommands of the zoo: list, fetch, verify, inspect, cache.
+"""``lsmae`` commands of the zoo: list, fetch, verify, inspect, cache (parsers and what they print).
 
 ``list``, ``cache ls`` and ``fetch`` of a cached entry answer without importing torch; the
 commands that read weights (``verify``, ``inspect``) import the checkpoint module when they run.
@@ -14,8 +14,9 @@ from typing import Any
 from pretrain.models.archs import num_weights
 from pretrain.errors import CheckpointError, LsmaeError
 
-from . import cache
-from .registry import Entry, entries, get_entry, local_source
+from zoo import cache
+from zoo.registry import Entry, entries, get_entry
+from zoo.verify import verify, with_path
 
 
 def _human(n: float) -> str:
@@ -43,7 +44,7 @@ def _entry_record(entry: Entry) -> dict[str, Any]:
     }
 
 
-def cmd_list(args: argparse.Namespace) -> None:
+def run_list(args: argparse.Namespace) -> None:
     records = [_entry_record(e) for e in entries()]
     if args.json:
         print(json.dumps(records, indent=1))
@@ -58,7 +59,7 @@ def cmd_list(args: argparse.Namespace) -> None:
         print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
 
 
-def cmd_fetch(args: argparse.Namespace) -> None:
+def run_fetch(args: argparse.Namespace) -> None:
     path = cache.fetch(args.id, mirror=args.mirror, offline=args.offline or None, quiet=args.quiet,
                        sha256=args.sha256, verify=args.verify)
     print(path)
@@ -82,48 +83,23 @@ def _print_info(path: Path, checkpoint: dict[str, Any], info: Any) -> None:
           f"{_human(info.num_bytes)}")
 
 
-def _with_path(path: Path, error: CheckpointError) -> CheckpointError:
-    return error if str(path) in str(error) else type(error)(f"{path}: {error}")
-
-
-def cmd_inspect(args: argparse.Namespace) -> None:
-    from .checkpoint import describe, model_state_dict, read_checkpoint, weights_file
+def run_inspect(args: argparse.Namespace) -> None:
+    from zoo.checkpoint import describe, model_state_dict, read_checkpoint, weights_file
 
     path = Path(args.path)
     checkpoint = read_checkpoint(path)
     try:
         info = describe(model_state_dict(checkpoint))
     except CheckpointError as e:
-        raise _with_path(path, e) from None
+        raise with_path(path, e) from None
     _print_info(weights_file(path), checkpoint, info)
 
 
-def verify(target: str) -> str:
-    """Check a cached entry (hashed again, then its structure) or a local source: a checkpoint file or
-    transformers folder (structure); returns the one-line verdict, raises on a problem."""
-    from .checkpoint import (check_structure, load_checkpoint, model_state_dict, read_checkpoint,
-                             weights_file)
-
-    path = local_source(target)
-    if path is not None:
-        try:
-            info = check_structure(model_state_dict(read_checkpoint(path)))
-        except CheckpointError as e:
-            raise _with_path(path, e) from None
-        return (f"OK: {path} is a valid {info.model} checkpoint ({info.grid_size}x{info.grid_size} grid, decoder "
-                f"{'present' if info.has_decoder else 'absent'}); SHA-256 {cache.sha256_file(weights_file(path))}")
-    entry = get_entry(target)
-    cached = cache.fetch(entry.id, offline=True, quiet=True, verify=True)  # hashes the file again
-    check_structure(model_state_dict(load_checkpoint(cached)), entry.model, entry.img_size)
-    want, source = cache.expected_digest(entry)
-    return f"OK: {entry.id} at {cached} matches {source} and the structure of {entry.model}"
-
-
-def cmd_verify(args: argparse.Namespace) -> None:
+def run_verify(args: argparse.Namespace) -> None:
     print(verify(args.target))
 
 
-def cmd_cache(args: argparse.Namespace) -> None:
+def run_cache(args: argparse.Namespace) -> None:
     root = cache.cache_root()
     if args.action == "ls":
         pins = cache.read_pins()

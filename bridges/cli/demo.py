@@ -1,4 +1,4 @@
-"""Options of ``lsmae demo`` (argparse only: registering them imports no torch)."""
+"""``lsmae demo``: its options (argparse only: registering them imports no torch) and its run."""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +12,8 @@ DESCRIPTION = ("Run the whole chain on the embedded demo checkpoint (a micro lon
                "pip install 'long-seq-mae[demo]'.")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def add_demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = DESCRIPTION
     p.add_argument("--workdir", default=DEFAULT_WORKDIR,
                    help="where data, logs and artefacts go (default ./%(default)s; rewritten on each run)")
     p.add_argument("--epochs", type=int, default=4,
@@ -21,3 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fine-tuning device (default: cuda when available, else cpu; detection runs on the CPU)")
     p.add_argument("--data-only", action="store_true",
                    help="only write the data sets into WORKDIR/data (the first step of the demo checkpoint's recipe)")
+
+
+def run_demo(args: argparse.Namespace) -> None:
+    from bridges.demo.chain import run
+
+    run(args)

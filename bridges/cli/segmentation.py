@@ -1,10 +1,10 @@
-"""Options of ``lsmae segment`` (argparse only: registering them imports no torch)."""
+"""``lsmae segment``: its options (argparse only: registering them imports no torch) and its run."""
 from __future__ import annotations
 
 import argparse
 import os
 
-from bridges.classification.args import DEVICE_HELP
+from bridges.cli.classification import DEVICE_HELP
 from bridges.segmentation.recipes import RECIPES
 
 DESCRIPTION = ("Fine-tune a long-seq MAE encoder as UperNet semantic segmentation on ADE20K (transformers' BEiT "
@@ -56,7 +56,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bridges.segmentation.command", description=DESCRIPTION, epilog=EXAMPLES,
+    p = argparse.ArgumentParser(prog="lsmae segment", description=DESCRIPTION, epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     return p
+
+
+def add_segment_arguments(p: argparse.ArgumentParser) -> None:
+    p.description, p.epilog, p.formatter_class = DESCRIPTION, EXAMPLES, argparse.RawDescriptionHelpFormatter
+    add_arguments(p)
+
+
+def run_segment(args: argparse.Namespace) -> dict | None:
+    from bridges.segmentation.command import run
+
+    return run(args)

@@ -1,0 +1,78 @@
+"""``lsmae convert``, ``lsmae export`` and ``lsmae visualize``: their options (argparse only) and runs,
+which print from the result objects of :mod:`bridges.operations` (``lsmae demo`` calls those too)."""
+from __future__ import annotations
+
+import argparse
+
+from bridges.segmentation.recipes import ADE20K_CLASSES
+
+CONVERT_TARGETS = ("timm", "vitdet", "upernet", "hf-mae", "hf-vit", "release")
+
+
+def _print(lines: list[str]) -> None:
+    print("\n".join(lines))
+
+
+def run_convert(args: argparse.Namespace) -> None:
+    from bridges.operations import convert
+
+    _print(convert(args.source, args.to, args.output, args.img_size, args.global_pool, args.num_labels).lines())
+
+
+def run_export(args: argparse.Namespace) -> None:
+    from bridges.operations import export
+
+    _print(export(args.run, args.output).lines())
+
+
+def run_visualize(args: argparse.Namespace) -> None:
+    from bridges.operations import visualize
+
+    _print(visualize(args.checkpoint, args.images, args.output, args.mask_ratio, args.mask_downsampling, args.seed,
+                     norm_pix=not args.raw_pixels).lines())
+
+
+def add_convert_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("Convert a zoo id, an MAE checkpoint file (release format or `lsmae export`) or a transformers "
+                     "ViTMAE/ViT folder into timm ViT weights (safetensors with provenance metadata), Detectron2 ViTDet "
+                     "backbone weights (--to vitdet: a .pth that loads without matching heuristics), an UperNet "
+                     "segmentation model (--to upernet: a transformers folder, heads initialised, load with "
+                     "bridges.segmentation.model.model_class().from_pretrained), a plain transformers model (--to hf-mae: "
+                     "ViTMAEForPreTraining with the decoder; --to hf-vit: ViTModel, the encoder) or a release-format "
+                     "file (--to release).")
+    p.add_argument("source", help="zoo id (e.g. vit_base/in1k/1600), checkpoint file or transformers ViTMAE/ViT folder "
+                                  "(a path that exists wins over a zoo id)")
+    p.add_argument("--to", choices=CONVERT_TARGETS, default="timm",
+                   help="target: timm (ViT classifier), vitdet (Detectron2 ViTDet backbone, pos_embed kept whole: set "
+                        "model.backbone.net.pretrain_img_size as printed), upernet, hf-mae / hf-vit (transformers "
+                        "ViTMAEForPreTraining / ViTModel) or release ({'model': state_dict})")
+    p.add_argument("-o", "--output", required=True,
+                   help="output file (.safetensors for timm, .pth for vitdet and release) or folder (upernet, hf-mae, "
+                        "hf-vit)")
+    p.add_argument("--img-size", type=int, default=None,
+                   help="timm: fine-tuning resolution (default 224); upernet: crop size (default 512); pos_embed is "
+                        "resampled to its grid")
+    p.add_argument("--num-labels", type=int, default=ADE20K_CLASSES, help="upernet: classes (default %(default)s, ADE20K)")
+    p.add_argument("--global-pool", choices=["avg", "token"], default="avg",
+                   help="timm: avg (fine-tuning recipe: drops the final norm, timm adds fc_norm) or token "
+                        "(linear probing: keeps it)")
+
+
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("Strip optimizer, scaler and arguments from the newest checkpoint of a run folder (or from one "
+                     "checkpoint file) and write {'model': state_dict}.")
+    p.add_argument("run", help="run folder (its newest valid checkpoint) or a checkpoint file")
+    p.add_argument("-o", "--output", required=True, help="output .pth")
+
+
+def add_visualize_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("Rows of: original | masked input | reconstruction | reconstruction with the visible patches "
+                     "pasted, for a checkpoint with a decoder.")
+    p.add_argument("checkpoint", help="a zoo id (e.g. demo) or a checkpoint file")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("-o", "--output", default="reconstruction.png")
+    p.add_argument("--mask-ratio", type=float, default=0.75)
+    p.add_argument("--mask-downsampling", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--raw-pixels", action="store_true",
+                   help="the model predicts raw pixels (trained without norm-pix loss)")
