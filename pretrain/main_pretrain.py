@@ -13,11 +13,11 @@ from pretrain.errors import report_errors
 EXAMPLES = """\
 examples:
   # the release recipe (ViT-B on ImageNet-1k, 448px, 2x2 mask blocks) on 8 GPUs per node
-  torchrun --nproc_per_node 8 -m pretrain --model mae_vit_base_patch16_dec384d12h8b \\
+  torchrun --nproc_per_node 8 -m bridges pretrain --model mae_vit_base_patch16_dec384d12h8b \\
       --data-path /data/imagenet --input-size 448 --mask-downsampling 2 --epochs 800 \\
       --output-dir runs/vitb_in1k
   # COCO train2017 + unlabeled2017 repeated 5x ("dup5")
-  torchrun --nproc_per_node 8 -m pretrain --data-path /data/coco/train2017 /data/coco/unlabeled2017 \\
+  torchrun --nproc_per_node 8 -m bridges pretrain --data-path /data/coco/train2017 /data/coco/unlabeled2017 \\
       --repeat 5 --epochs 800 --output-dir runs/vitb_coco
   # a TPU VM, or every host of a pod: one process per host drives all of its TPU devices (SPMD,
   # the batch sharded over them); --batch-size counts per device

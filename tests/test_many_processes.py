@@ -175,7 +175,7 @@ PRETRAIN_EPOCHS = 3
 
 def test_pretraining_in_two_processes_writes_once_and_resumes_after_sigkill(photos, home, tmp_path):
     def command(out: Path) -> list[str]:
-        return torchrun(2, "-m", "pretrain", *pretrain_argv(photos, out, PRETRAIN_EPOCHS))
+        return torchrun(2, "-m", "bridges", "pretrain", *pretrain_argv(photos, out, PRETRAIN_EPOCHS))
 
     whole = launch(command(tmp_path / "whole"), home, tmp_path / "whole")
     assert_one_writer(whole)

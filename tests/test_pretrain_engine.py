@@ -360,7 +360,7 @@ def test_help_shows_examples(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "usage: python -m pretrain" in out and "--effective-batch-size" in out
-    assert "examples:" in out and "torchrun --nproc_per_node 8 -m pretrain" in out
+    assert "examples:" in out and "torchrun --nproc_per_node 8 -m bridges pretrain" in out
     assert "PJRT_DEVICE=TPU" in out and "--resume auto" in out
 
 
