@@ -14,6 +14,8 @@ from bridges.demo.sample_data import skimage_photo
 from tests.http_fault_server import FaultServer, fault_server  # noqa: F401  (fixture)
 
 TINY_MODEL = "mae_vit_micro_patch8_dec64d4h2b"
+REPO = Path(__file__).resolve().parents[1]  # the checkout the tests run in
+TEST_DATA = Path(__file__).resolve().parent / "data"
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -1,5 +1,5 @@
-"""The look-up commands stay light (no torch), the architecture table is data, and a cached entry is
-trusted by its fingerprint until it changes."""
+"""The light core: the look-up commands import no torch, and the packages import one way
+(``pretrain`` <- ``zoo`` <- ``bridges``) without cycles."""
 from __future__ import annotations
 
 import json
@@ -8,16 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+from bridges.cli import COMMANDS
+from tests.conftest import REPO
 
-import zoo
-from bridges.cli import COMMANDS, main
-from pretrain.models.archs import list_models, num_weights
-from zoo.cache import CacheError
-from zoo.checkpoint import expected_shapes
-
-REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "timm", "torchvision", "numpy", "requests")
 
 # each runs as the console script does, then reports which heavy packages it imported
@@ -52,80 +45,6 @@ def test_look_up_commands_import_no_torch(tmp_path):
                  *([c.name, "--help"] for c in COMMANDS)):
         report = _probe(argv, home)
         assert report == {"code": 0, "heavy": []}, argv
-
-
-def test_weight_counts_from_the_table_match_the_built_models():
-    for name in list_models():
-        patch = int(name.split("_patch")[1].split("_")[0])
-        for img_size in (patch * 8, patch * 28):
-            built = sum(s.numel() for s in expected_shapes(name, img_size=img_size).values())
-            assert num_weights(name, img_size=img_size) == built, (name, img_size)
-
-
-# --------------------------------------------------------------------------- fingerprints
-@pytest.fixture
-def cached_demo(lsmae_home) -> Path:
-    path = zoo.fetch("demo", quiet=True)
-    assert (path.parent / ".fingerprint.json").is_file()
-    return path
-
-
-def _no_hashing(monkeypatch) -> None:
-    def refuse(*_):
-        raise AssertionError("the cached file was read")
-
-    monkeypatch.setattr(zoo.cache, "sha256_file", refuse)
-    monkeypatch.setattr(zoo.cache, "verify_file", refuse)
-
-
-def test_unchanged_cached_entry_is_not_read_again(cached_demo, monkeypatch):
-    _no_hashing(monkeypatch)
-    assert zoo.fetch("demo", quiet=True) == cached_demo
-
-
-def test_a_file_changed_in_place_is_caught_on_the_next_use(cached_demo):
-    data = bytearray(cached_demo.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    cached_demo.write_bytes(bytes(data))  # same size, new mtime
-    with pytest.raises(CacheError, match="does not match"):
-        zoo.fetch("demo", quiet=True)
-
-
-def test_a_replaced_file_with_the_same_size_and_mtime_is_caught(cached_demo):
-    stat = cached_demo.stat()
-    data = bytearray(cached_demo.read_bytes())
-    data[-100] ^= 0xFF
-    other = cached_demo.with_name("other")
-    other.write_bytes(bytes(data))
-    os.utime(other, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    os.replace(other, cached_demo)  # another inode
-    with pytest.raises(CacheError, match="does not match"):
-        zoo.fetch("demo", quiet=True)
-
-
-def test_bit_rot_keeping_size_and_mtime_is_caught_by_verify_only(cached_demo, capsys):
-    """The documented limit of the trust model: what keeps size, mtime and inode is found by
-    `lsmae verify` (or fetch(verify=True)), which always hashes."""
-    stat = cached_demo.stat()
-    with open(cached_demo, "r+b") as f:
-        f.seek(stat.st_size // 2)
-        byte = f.read(1)
-        f.seek(stat.st_size // 2)
-        f.write(bytes([byte[0] ^ 0xFF]))
-    os.utime(cached_demo, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert zoo.fetch("demo", quiet=True) == cached_demo
-    with pytest.raises(CacheError, match="does not match"):
-        zoo.fetch("demo", quiet=True, verify=True)
-    assert main(["verify", "demo"]) == 1
-    assert "does not match" in capsys.readouterr().err
-
-
-def test_fingerprints_stay_out_of_the_shareable_pin_file(cached_demo):
-    pins = json.loads((zoo.cache_root() / "pinned-digests.json").read_text())
-    assert set(pins["demo"]) == {"sha256", "size", "url", "pinned"}
-    record = json.loads((cached_demo.parent / ".fingerprint.json").read_text())
-    assert record["sha256"] == pins["demo"]["sha256"] and record["inode"] == cached_demo.stat().st_ino
-    assert torch.load(cached_demo, weights_only=True)  # the cached file itself is untouched
 
 
 # --------------------------------------------------------------------------- layering

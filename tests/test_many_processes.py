@@ -28,11 +28,11 @@ import torch
 from bridges.classification import finetune
 from bridges.cli.classification import add_arguments
 from bridges.demo.sample_data import write_digits
-from tests.test_pretrain_engine import argv as pretrain_argv
-from tests.test_pretrain_engine import assert_same_state
+from tests.pretrain.test_pretraining import argv as pretrain_argv
+from tests.pretrain.test_pretraining import assert_same_state
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
-JOURNAL_HOOK = Path(__file__).resolve().parent / "write_journal"
+JOURNAL_HOOK = REPO / "tests" / "write_journal"
 TIMEOUT = 300
 
 pytestmark = pytest.mark.usefixtures("one_thread")

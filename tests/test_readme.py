@@ -15,8 +15,8 @@ import pytest
 from bridges.cli import build_parser, main
 from pretrain import main_pretrain
 from zoo.registry import get_entry
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
 ID_PATTERN = re.compile(r"^[a-z_]+/[a-z0-9]+/\d+$")
 

@@ -17,7 +17,7 @@ import datetime, torch, torchvision, timm
 print(f"{datetime.date.today()}  {torch.cuda.get_device_name()}  torch {torch.__version__} (CUDA {torch.version.cuda})"
       f"  torchvision {torchvision.__version__}  timm {timm.__version__}", flush=True)
 PY
-$py -m pytest -q -p no:cacheprovider tests/test_no_sync.py -k cuda
+$py -m pytest -q -p no:cacheprovider tests/pretrain/test_no_sync.py -k cuda
 for model in mae_vit_base_patch16_dec384d12h8b mae_vit_large_patch16_dec512d16h8b; do
     $py -W ignore -m pretrain.bench --device cuda --model "$model" --input-size 448 --batch-size 64 \
         --configs bf16 --compile --steps 10 --rounds 3 --workers "$workers"

@@ -27,9 +27,8 @@ from pretrain.engine.checkpoints import export_release
 from pretrain.errors import LsmaeError, NonFiniteLossError
 from pretrain.main_pretrain import build_parser, main, run
 from pretrain.engine.trainer import resolve_batch
-from tests.conftest import TINY_MODEL
+from tests.conftest import REPO, TINY_MODEL
 
-REPO = Path(__file__).resolve().parents[1]
 E = 8  # epochs of the resume runs (4 steps each)
 
 

@@ -15,8 +15,8 @@ from bridges.cli.demo import DEFAULT_WORKDIR
 from pretrain.optional import installed
 from bridges.cli import main
 from bridges.classification.convert import create_timm_model, convert_to_timm
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

@@ -5,16 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from pretrain.bench.data import pipeline_rates, write_coco_like_jpegs
 from pretrain.models.flops import blocks_flops, pretrain_flops
-from tests.conftest import TINY_MODEL
+from tests.conftest import REPO, TINY_MODEL
 
-REPO = Path(__file__).resolve().parents[1]
 VIT_B, VIT_L = "mae_vit_base_patch16_dec384d12h8b", "mae_vit_large_patch16_dec512d16h8b"
 
 

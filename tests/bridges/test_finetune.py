@@ -33,10 +33,9 @@ from bridges.cli import main as cli_main
 from pretrain import main_pretrain
 from pretrain.engine.checkpoints import export_release
 from pretrain.engine.trainer import resolve_batch
-from tests.conftest import TINY_MODEL
+from tests.conftest import REPO, TINY_MODEL
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-REPO = Path(__file__).resolve().parents[1]
 TRAIN_PER_CLASS, VAL_PER_CLASS = 60, 20
 FT_EPOCHS, FT_INTERRUPTED_AFTER = 6, 3
 PROBE_EPOCHS = 8

@@ -8,7 +8,6 @@ import inspect
 import logging
 import runpy
 import sys
-from pathlib import Path
 
 import pytest
 import setuptools
@@ -16,8 +15,8 @@ import setuptools
 from pretrain import errors, optional
 from pretrain.errors import (ConversionError, LsmaeError, MissingDataError, MissingDependencyError, NotCachedError,
                              UnknownEntryError, report_errors)
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("pretrain", "zoo", "bridges", "detection_configs")
 # the extra of setup.py that installs each optional package (detectron2: from source, not an extra)
 EXTRA_OF = {"transformers": "hf", "skimage": "demo", "sklearn": "demo", "tensorboard": "tensorboard",

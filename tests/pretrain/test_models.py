@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 
 import pretrain
+from pretrain.models.archs import list_models, num_weights
+from zoo.checkpoint import expected_shapes
 
 from tests.conftest import TINY_MODEL as MICRO  # 64x64 images, patch 8 -> 8x8 grid, width 96, decoder 64
 
@@ -548,3 +550,11 @@ def test_a_few_adam_steps_reduce_the_loss():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_weight_counts_from_the_table_match_the_built_models():
+    for name in list_models():
+        patch = int(name.split("_patch")[1].split("_")[0])
+        for img_size in (patch * 8, patch * 28):
+            built = sum(s.numel() for s in expected_shapes(name, img_size=img_size).values())
+            assert num_weights(name, img_size=img_size) == built, (name, img_size)

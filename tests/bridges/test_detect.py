@@ -28,10 +28,9 @@ from bridges.detection.convert import (
     save_vitdet,
 )
 from zoo.checkpoint import expected_shapes
-from tests.conftest import TINY_MODEL
+from tests.conftest import REPO, TEST_DATA, TINY_MODEL
 
-REPO = Path(__file__).resolve().parent.parent
-KEYS_DIR = Path(__file__).parent / "data" / "vitdet_keys"
+KEYS_DIR = TEST_DATA / "vitdet_keys"
 CONFIG_DIR = REPO / "detection_configs"
 # golden key lists (from a real detectron2 build) -> (shipped config, MAE architecture it is initialised from)
 GOLDEN = {

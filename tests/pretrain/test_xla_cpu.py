@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,11 +17,11 @@ from PIL import Image
 
 import zoo
 from pretrain.engine.checkpoints import export_release
+from tests.conftest import REPO
 
 XLA_PYTHON = os.environ.get("LSMAE_XLA_PYTHON")
 pytestmark = pytest.mark.skipif(
     not XLA_PYTHON, reason="set LSMAE_XLA_PYTHON to a Python with torch_xla (.ci/run does) to test the TPU path")
-REPO = Path(__file__).resolve().parents[1]
 MODEL = "mae_vit_micro_patch8_dec64d4h2b"
 EPOCHS = 10  # 2 updates each: long enough that a run killed after its first checkpoint is still running
 

@@ -80,7 +80,7 @@ def test_errors_are_one_line(lsmae_home, monkeypatch, capsys, args, message):
 def test_unsafe_file_is_refused_by_the_console_script(tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pth"
-    from tests.test_checkpoint import _Payload
+    from tests.zoo.test_checkpoint import _Payload
     torch.save({"model": {"cls_token": torch.zeros(1)}, "args": _Payload(marker)}, evil)
     result = run_cli("inspect", str(evil))
     assert result.returncode == 1 and "refused to load" in result.stderr

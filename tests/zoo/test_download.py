@@ -29,7 +29,8 @@ from zoo.cache import CacheError, entry_path
 from zoo.checkpoint import CheckpointError
 from zoo.download import CHUNK_SIZE, DownloadError, partial_path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
+
 COCO = "vit_micro/coco/4000"
 IN1K = "vit_micro/in1k/800"
 NOBODY = 65534
@@ -101,7 +102,7 @@ def lsmae_command() -> list[str]:
 
 def run_cli(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(lsmae_command() + list(args), env=dict(os.environ) if env is None else env,
-                          cwd=ROOT, capture_output=True, text=True, timeout=120, **kwargs)
+                          cwd=REPO, capture_output=True, text=True, timeout=120, **kwargs)
 
 
 # --------------------------------------------------------------------------- 1. plain fetch
@@ -431,10 +432,10 @@ def test_cli_fetch_quiet_prints_path_with_env_or_flag_mirror(tiny_zoo):
     env_flag = {k: v for k, v in os.environ.items() if k != "LSMAE_MIRROR"}
     cmd = lsmae_command()
     procs = [
-        subprocess.Popen(cmd + ["fetch", COCO, "--quiet"], env=env_mirror, cwd=ROOT,
+        subprocess.Popen(cmd + ["fetch", COCO, "--quiet"], env=env_mirror, cwd=REPO,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
         subprocess.Popen(cmd + ["fetch", IN1K, "--quiet", "--mirror", tiny_zoo.server.base_url],
-                         env=env_flag, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+                         env=env_flag, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
     ]
     outputs = []
     try:
@@ -485,7 +486,7 @@ def _unprivileged_cli(env: dict[str, str]) -> list[str] | None:
         probe = subprocess.run(
             [sys.executable, "-c", "import importlib.util as u; "
              "assert u.find_spec('torch') and u.find_spec('bridges') and u.find_spec('zoo')"],
-            cwd=ROOT, env=env, capture_output=True, preexec_fn=_drop_privileges, timeout=60)
+            cwd=REPO, env=env, capture_output=True, preexec_fn=_drop_privileges, timeout=60)
         if probe.returncode == 0:
             return ["preexec"] + lsmae_command()
     except (OSError, subprocess.SubprocessError):
@@ -499,7 +500,7 @@ def _start(prefix: list[str] | None, args: list[str], env: dict[str, str]) -> su
         prefix = lsmae_command()
     elif prefix[0] == "preexec":
         prefix, preexec = prefix[1:], _drop_privileges
-    return subprocess.Popen(prefix + args, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+    return subprocess.Popen(prefix + args, env=env, cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, preexec_fn=preexec)
 
 
