@@ -20,8 +20,8 @@ from pretrain.models.masking import block_mask_indices, host_block_masks
 from pretrain.models.mae import MaskedAutoencoderViT, create_model
 from pretrain.engine.resume import resume_run, run_identity
 from pretrain.engine.run_logging import setup_logging
-from pretrain.engine.trainer import (LoopConfig, Progress, Trainer, position_seed, precision_name, resolve_batch,
-                      resolve_precision)
+from pretrain.engine.run_plan import precision_name, resolve_batch, resolve_precision
+from pretrain.engine.trainer import LoopConfig, Progress, Trainer, position_seed
 
 log = logging.getLogger("pretrain")
 

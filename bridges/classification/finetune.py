@@ -29,7 +29,8 @@ from pretrain.engine.checkpoints import json_safe_args
 from pretrain.errors import CheckpointError, DataError, LsmaeError
 from pretrain.engine.resume import resume_run, run_identity
 from pretrain.engine.run_logging import setup_logging
-from pretrain.engine.trainer import LoopConfig, Progress, Trainer, precision_name, resolve_batch, resolve_precision
+from pretrain.engine.run_plan import precision_name, resolve_batch, resolve_precision
+from pretrain.engine.trainer import LoopConfig, Progress, Trainer
 
 from bridges.classification.recipes import (AUTO_BATCH_CAP, FINETUNE_BY_WIDTH, FINETUNE_COMMON, LINPROBE, resolve_recipe,
                                             source_width)

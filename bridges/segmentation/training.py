@@ -21,7 +21,8 @@ from pretrain.errors import CheckpointError, LsmaeError
 from pretrain.engine.resume import resume_run, run_identity
 from pretrain.engine.run_logging import setup_logging
 from pretrain.engine.serialization import load_checkpoint
-from pretrain.engine.trainer import LoopConfig, Progress, Trainer, precision_name, resolve_precision
+from pretrain.engine.run_plan import precision_name, resolve_precision
+from pretrain.engine.trainer import LoopConfig, Progress, Trainer
 
 from bridges.segmentation.data import ADE20K, train_transform
 from bridges.segmentation.evaluation import SegMetrics, predict

@@ -32,7 +32,7 @@ from bridges.demo.sample_data import write_digits
 from bridges.cli import main as cli_main
 from pretrain import main_pretrain
 from pretrain.engine.checkpoints import export_release
-from pretrain.engine.trainer import resolve_batch
+from pretrain.engine.run_plan import resolve_batch
 from tests.conftest import REPO, TINY_MODEL
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -26,7 +26,7 @@ import zoo
 from pretrain.engine.checkpoints import export_release
 from pretrain.errors import LsmaeError, NonFiniteLossError
 from pretrain.main_pretrain import build_parser, main, run
-from pretrain.engine.trainer import resolve_batch
+from pretrain.engine.run_plan import resolve_batch
 from tests.conftest import REPO, TINY_MODEL
 
 E = 8  # epochs of the resume runs (4 steps each)
