@@ -6,9 +6,9 @@ fine-tune on scikit-learn's digits next to the same model trained from scratch -
 ViTDet -> ``lsmae detect`` on a generated COCO-format set when detectron2 is installed.
 
 Each step calls the library function behind its ``lsmae`` command and prints one line from the
-result it returns, after the equivalent command line (to copy). Output a step would print goes
-to ``WORKDIR/logs/STEP.log``. Detection runs as a child ``lsmae detect`` process: detectron2's
-launcher owns its processes and logging; its result is the ``eval_results.json`` it writes.
+result it returns (how a step runs: :mod:`bridges.demo.runner`). Detection runs as a child
+``lsmae detect`` process: detectron2's launcher owns its processes and logging; its result is the
+``eval_results.json`` it writes.
 
 The steps are the rows of :data:`STEPS` (name, title, the modules they need beyond the demo extra,
 the function that runs them); the step count and the ``[skip]`` lines come from that table.
@@ -16,23 +16,17 @@ the function that runs them); the step count and the ``[skip]`` lines come from 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
-import os
 import re
-import shlex
-import subprocess
-import sys
 import time
-import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from pretrain.errors import DemoError, LsmaeError
 from pretrain.optional import installed, missing, require
+
+from bridges.demo.runner import Demo
 
 # digits: 1797 images, the smallest class has 174: 140 per class to train, 34 to measure
 DIGITS_TRAIN, DIGITS_VAL = 140, 34
@@ -42,120 +36,7 @@ FINETUNE_RECIPE = ("--input-size", str(FINETUNE_SIZE), "--warmup-epochs", "1", "
                    "--lr", "2e-3", "--mixup", "0", "--cutmix", "0", "--aa", "none", "--reprob", "0",
                    "--hflip", "0", "--min-crop-scale", "0.7", "--drop-path", "0", "--print-freq", "1000")
 DETECT_CONFIG = "mask_rcnn_vitdet_demo"
-EPOCH_DONE = re.compile(r"epoch \d+/\d+ done")
 EVALUATED = re.compile(r"iteration \d+/\d+: ")
-
-
-@dataclass
-class Demo:
-    """What the steps of one demo run share: where things go, the options, and what earlier steps made."""
-
-    workdir: Path
-    options: argparse.Namespace
-    artefacts: dict[str, Path] = field(default_factory=dict)
-    losses: dict[str, float] = field(default_factory=dict)  # visualize's, for the transformers export to compare
-
-    @property
-    def logs(self) -> Path:
-        return self.workdir / "logs"
-
-    @property
-    def data(self) -> Path:
-        return self.workdir / "data"
-
-    @property
-    def heldout(self) -> list[Path]:
-        return sorted((self.data / "photos" / "heldout").glob("*.png"))
-
-    @property
-    def outputs(self) -> dict[str, Path]:
-        """Where the conversions write (the detection step reads the ViTDet weights from there)."""
-        return {"reconstructions": self.workdir / "reconstructions.png", "hf": self.workdir / "hf" / "demo_vitmae",
-                "timm": self.workdir / "timm" / f"demo_vit_micro_{FINETUNE_SIZE}.safetensors",
-                "vitdet": self.workdir / "vitdet" / "demo_vitdet.pth",
-                "upernet": self.workdir / "upernet" / "demo_upernet"}
-
-    def device_option(self) -> list[str]:
-        return ["--device", self.options.device] if self.options.device else []
-
-    def log_path(self, name: str) -> Path:
-        self.logs.mkdir(parents=True, exist_ok=True)
-        return self.logs / f"{name}.log"
-
-    def step(self, number: str, title: str, action: Callable[[], str]) -> None:
-        """Run ``action`` (which returns its one-line result) and print the result with the time taken."""
-        print(f"[{number}] {title}", flush=True)
-        start = time.perf_counter()
-        try:
-            result = action()
-        except (LsmaeError, OSError):  # the user's to fix: `lsmae` prints them as one line
-            raise
-        except Exception:  # a bug, not a user mistake: keep the traceback for the report, say where it is
-            log = self.log_path("traceback")
-            log.write_text(traceback.format_exc())
-            raise DemoError(f"step {number} ({title}) broke: {sys.exc_info()[1]!r}; traceback in {log}") from None
-        print(f"      {result} ({time.perf_counter() - start:.1f} s)", flush=True)
-
-    @contextlib.contextmanager
-    def logged(self, name: str, argv: list[str], logger: logging.Logger | None = None,
-               echo: re.Pattern[str] = EPOCH_DONE):
-        """Print the command line a step stands for; send what the step prints (and ``logger``'s
-        records, echoing those matching ``echo``) to the step's log. Yields the log's path."""
-        print(f"      $ lsmae {shlex.join(argv)}", flush=True)
-        log = self.log_path(name)
-        console = sys.stdout
-        with open(log, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-            handler = _EchoingHandler(f, console, echo)
-            if logger is not None:
-                logger.addHandler(handler)
-            try:
-                yield log
-            except SystemExit as e:  # argparse refused the options (usage is in the log)
-                raise DemoError(f"`lsmae {shlex.join(argv)}` failed (exit {e.code}): {_last_error(log)} "
-                                f"(log: {log})") from None
-            except LsmaeError as e:
-                raise type(e)(f"{e} (log: {log})") from None
-            finally:
-                if logger is not None:
-                    logger.removeHandler(handler)
-
-    def lsmae_child(self, name: str, argv: list[str], progress: str, env: dict[str, str] | None = None) -> None:
-        """``lsmae ARGV`` as a child process; lines matching ``progress`` are echoed, all go to the step's log."""
-        log = self.log_path(name)
-        print(f"      $ lsmae {shlex.join(argv)}", flush=True)
-        cmd = [sys.executable, "-m", "bridges", *argv]
-        with open(log, "w") as f, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                                   env={**os.environ, **(env or {})}) as child:
-            for line in child.stdout or ():
-                f.write(line)
-                f.flush()
-                if re.search(progress, line):
-                    print(f"        {line.strip()}", flush=True)
-        if child.returncode != 0:
-            raise DemoError(f"`lsmae {shlex.join(argv)}` failed (exit {child.returncode}): {_last_error(log)} "
-                            f"(log: {log})")
-
-
-class _EchoingHandler(logging.StreamHandler):
-    """Writes every record to the step's log; prints those matching ``pattern`` on the console."""
-
-    def __init__(self, stream: Any, console: Any, pattern: re.Pattern[str]) -> None:
-        super().__init__(stream)
-        self.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
-        self.console = console
-        self.pattern = pattern
-
-    def emit(self, record: logging.LogRecord) -> None:
-        super().emit(record)
-        message = record.getMessage()
-        if self.pattern.search(message):
-            print(f"        {message}", file=self.console, flush=True)
-
-
-def _last_error(log: Path) -> str:
-    lines = log.read_text().splitlines()
-    errors = [line for line in lines if "error" in line.lower()]
-    return (errors or lines or ["no output"])[-1].strip()
 
 
 # --------------------------------------------------------------------------- requirements
@@ -181,6 +62,14 @@ def write_data(data: Path) -> dict[str, Path]:
 
 
 # --------------------------------------------------------------------------- steps
+def outputs(demo: Demo) -> dict[str, Path]:
+    """Where the conversions write (the detection step reads the ViTDet weights from there)."""
+    return {"reconstructions": demo.workdir / "reconstructions.png", "hf": demo.workdir / "hf" / "demo_vitmae",
+            "timm": demo.workdir / "timm" / f"demo_vit_micro_{FINETUNE_SIZE}.safetensors",
+            "vitdet": demo.workdir / "vitdet" / "demo_vitdet.pth",
+            "upernet": demo.workdir / "upernet" / "demo_upernet"}
+
+
 # Each takes the run's Demo (workdir, data, options, what earlier steps made) and returns its one-line result.
 def data_step(demo: Demo) -> str:
     folders = write_data(demo.data)
@@ -204,7 +93,7 @@ def verify_step(demo: Demo) -> str:
 def visualize_step(demo: Demo) -> str:
     from bridges.operations import visualize
 
-    out = demo.outputs["reconstructions"]
+    out = outputs(demo)["reconstructions"]
     with demo.logged("visualize", ["visualize", "demo", *map(str, demo.heldout), "-o", str(out)]):
         result = visualize("demo", demo.heldout, out)
     demo.artefacts["reconstructions of held-out photographs"] = result.path
@@ -216,7 +105,7 @@ def hf_export_step(demo: Demo) -> str:
     from bridges.hf.export import hf_mae_loss
     from bridges.operations import convert
 
-    out = demo.outputs["hf"]
+    out = outputs(demo)["hf"]
     with demo.logged("convert-hf", ["convert", "demo", "--to", "hf-mae", "-o", str(out)]):
         result = convert("demo", "hf-mae", out)
         loss = hf_mae_loss(result.path, demo.heldout)  # visualize's images, block masks and seed
@@ -228,7 +117,7 @@ def hf_export_step(demo: Demo) -> str:
 def timm_step(demo: Demo) -> str:
     from bridges.operations import convert
 
-    out = demo.outputs["timm"]
+    out = outputs(demo)["timm"]
     with demo.logged("convert-timm", ["convert", "demo", "--to", "timm", "--img-size", str(FINETUNE_SIZE),
                                       "-o", str(out)]):
         result = convert("demo", "timm", out, img_size=FINETUNE_SIZE)
@@ -257,7 +146,7 @@ def finetune_step(demo: Demo) -> str:
 def vitdet_step(demo: Demo) -> str:
     from bridges.operations import convert
 
-    out = demo.outputs["vitdet"]
+    out = outputs(demo)["vitdet"]
     with demo.logged("convert-vitdet", ["convert", "demo", "--to", "vitdet", "-o", str(out)]):
         result = convert("demo", "vitdet", out)
     demo.artefacts["ViTDet backbone weights"] = result.path
@@ -271,7 +160,7 @@ def segment_step(demo: Demo) -> str:
     from bridges.segmentation.recipes import get_recipe
 
     recipe = get_recipe("demo")
-    upernet = demo.outputs["upernet"]
+    upernet = outputs(demo)["upernet"]
     with demo.logged("convert-upernet", ["convert", "demo", "--to", "upernet", "--img-size", str(recipe.crop_size),
                                          "--num-labels", str(recipe.num_labels), "-o", str(upernet)]):
         convert("demo", "upernet", upernet, img_size=recipe.crop_size, num_labels=recipe.num_labels)
@@ -291,7 +180,7 @@ def segment_step(demo: Demo) -> str:
 
 def detect_step(demo: Demo) -> str:
     run_dir = demo.workdir / "detect"
-    demo.lsmae_child("detect", ["detect", str(demo.outputs["vitdet"]), "--config", DETECT_CONFIG,
+    demo.lsmae_child("detect", ["detect", str(outputs(demo)["vitdet"]), "--config", DETECT_CONFIG,
                                 f"train.output_dir={run_dir}"],
                      progress=r"iter: \d+ |Total inference time", env={"DETECTRON2_DATASETS": str(demo.data)})
     results = json.loads((run_dir / "eval_results.json").read_text())
