@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-from pretrain.errors import ConversionError, UnknownEntryError
+from pretrain.errors import ConversionError, UnknownSourceError
 from zoo.cache import expected_digest, fetch, sha256_file
 from zoo.checkpoint import CheckpointInfo, load_checkpoint, model_state_dict, read_checkpoint, weights_file
-from zoo.registry import get_entry, local_source
+from zoo.registry import resolve_source
 
 
 @dataclass
@@ -93,14 +93,14 @@ def load_mae_weights(source: str | Path | dict[str, torch.Tensor]) -> tuple[dict
     """
     if isinstance(source, dict):  # copies: the converted dict must not alias the caller's tensors
         return {k: v.clone() for k, v in model_state_dict(source).items()}, Provenance("in-memory state dict")
-    path = local_source(source)
-    if path is not None:
-        sha = sha256_file(weights_file(path))  # streamed: a ViT-L file is 1.2 GB
-        return model_state_dict(read_checkpoint(path)), Provenance(str(path.resolve()), source_sha256=sha)
     try:
-        entry = get_entry(str(source))
-    except UnknownEntryError as e:
-        raise ConversionError(f"{source!r} is neither a file nor a zoo id ({e})") from None
+        src = resolve_source(source)
+    except UnknownSourceError as e:
+        raise ConversionError(str(e)) from None
+    if src.path is not None:
+        sha = sha256_file(weights_file(src.path))  # streamed: a ViT-L file is 1.2 GB
+        return model_state_dict(read_checkpoint(src.path)), Provenance(str(src.path.resolve()), source_sha256=sha)
+    entry = src.entry
 
     fetched = fetch(entry.id)  # returns only a file whose digest matches expected_digest (no second hash)
     provenance = Provenance(entry.id, entry.url(), expected_digest(entry)[0] or "", entry.dataset_name, entry.epochs)

@@ -54,6 +54,10 @@ class UnknownEntryError(UnknownNameError):
     """A checkpoint id that names no zoo entry."""
 
 
+class UnknownSourceError(UnknownEntryError):
+    """A SOURCE that is neither an existing file or folder nor a zoo id."""
+
+
 class CacheError(LsmaeError):
     """The checkpoint cache cannot provide an entry (digest mismatch, lock, unwritable folder, pin file)."""
 

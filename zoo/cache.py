@@ -29,7 +29,7 @@ import filelock
 from pretrain.errors import CacheError, LsmaeError, NotCachedError
 
 from . import settings
-from .registry import Entry, entries, get_entry, license_url, local_source
+from .registry import Entry, entries, get_entry, license_url, resolve_source
 from .settings import CHUNK_SIZE, FINGERPRINT_FILE, PINS_FILE, cache_root
 
 
@@ -269,11 +269,11 @@ def load_verified(id_or_path: str | Path, **fetch_kwargs: Any) -> tuple[dict[str
     pinned for a zoo entry (``fetch`` only returns files whose digest matches that pin)."""
     from .checkpoint import check_structure, describe, load_checkpoint, model_state_dict, read_checkpoint
 
-    path = local_source(id_or_path)
-    if path is not None:
-        sd = model_state_dict(read_checkpoint(path))
+    src = resolve_source(id_or_path)
+    if src.path is not None:
+        sd = model_state_dict(read_checkpoint(src.path))
         return sd, check_structure(sd)
-    entry = get_entry(str(id_or_path))
+    entry = src.entry
     sd = model_state_dict(load_checkpoint(fetch(entry.id, **fetch_kwargs)))
     info = describe(sd)
     info.model = entry.model

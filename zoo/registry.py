@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pretrain.models.archs import model_config
-from pretrain.errors import LsmaeError, UnknownEntryError
+from pretrain.errors import LsmaeError, UnknownEntryError, UnknownSourceError
 
 from . import settings
 
@@ -119,21 +119,42 @@ def get_entry(entry_id: str) -> Entry:
     raise UnknownEntryError(f"unknown checkpoint id {entry_id!r}; valid ids: {_valid_ids()}")
 
 
-def local_source(source: str | Path) -> Path | None:
-    """``source`` as a local path when one exists (a file or a transformers folder), else None (a zoo id):
-    a path wins over a zoo id spelled the same."""
+@dataclass(frozen=True)
+class Source:
+    """What a SOURCE argument names: a local ``path`` (a checkpoint file, a transformers ViTMAE/ViT
+    folder) or a zoo ``entry``; exactly one of them is set."""
+
+    name: str
+    path: Path | None = None
+    entry: Entry | None = None
+
+    @property
+    def kind(self) -> str:
+        if self.entry is not None:
+            return "zoo entry"
+        return "transformers folder" if self.path.is_dir() else "checkpoint file"
+
+
+def resolve_source(source: str | Path) -> Source:
+    """The one reading of SOURCE for every converter and launcher: an existing path wins over a zoo id
+    spelled the same; anything else must be a zoo id or alias (else one line listing the valid ids)."""
     path = Path(source).expanduser()
-    return path if path.exists() else None
+    if path.exists():
+        return Source(str(source), path=path)
+    try:
+        return Source(str(source), entry=get_entry(str(source)))
+    except UnknownEntryError as e:
+        raise UnknownSourceError(f"{str(source)!r} is neither a file nor a zoo id ({e})") from None
 
 
 def encoder_size(source: str | Path) -> tuple[int, int]:
     """(width, depth) of the encoder of a zoo id (from the registry: nothing is fetched, no torch) or of
     a local source (its shapes), for choosing a recipe before anything is converted."""
-    path = local_source(source)
-    if path is None:
-        cfg = model_config(get_entry(str(source)).model)
+    src = resolve_source(source)
+    if src.entry is not None:
+        cfg = model_config(src.entry.model)
         return cfg["embed_dim"], cfg["depth"]
     from .checkpoint import describe, model_state_dict, read_checkpoint
 
-    info = describe(model_state_dict(read_checkpoint(path)))
+    info = describe(model_state_dict(read_checkpoint(src.path)))
     return info.embed_dim, info.depth

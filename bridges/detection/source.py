@@ -11,12 +11,11 @@ from typing import Any
 
 import torch
 
-from pretrain.errors import CheckpointError, LsmaeError
+from pretrain.errors import CheckpointError, DetectError, LsmaeError, UnknownSourceError
 from pretrain.models.pos_embed import grid_size_of
 from zoo.checkpoint import check_structure, load_checkpoint, model_state_dict, read_checkpoint
-from zoo.registry import UnknownEntryError, get_entry, local_source
+from zoo.registry import resolve_source
 
-from pretrain.errors import DetectError
 from bridges.detection.convert import BACKBONE_PREFIX, check_load_contract, convert_to_vitdet, save_vitdet
 
 INIT_KEY = "train.init_checkpoint"
@@ -52,7 +51,11 @@ def _backbone_only(sd: dict[str, Any]) -> bool:
 
 def prepare_source(source: str, output_dir: str, convert: bool) -> Init:
     """Fetch/verify/convert SOURCE (``convert``) or only read its grid (an override names the init)."""
-    path = local_source(source)
+    try:
+        src = resolve_source(source)
+    except UnknownSourceError as e:
+        raise DetectError(f"SOURCE {e}") from None
+    path = src.path
     if path is not None:
         sd = model_state_dict(read_checkpoint(path))
         if any(k.startswith(BACKBONE_PREFIX) for k in sd):
@@ -70,10 +73,7 @@ def prepare_source(source: str, output_dir: str, convert: bool) -> Init:
         out = save_vitdet(converted, Path(output_dir) / CONVERTED_NAME)
         grid, patch = _grid_of(converted.checkpoint["model"])
         return Init(grid * patch, grid, f"{path} -> {out}", str(out), converted.report())
-    try:
-        entry = get_entry(source)
-    except UnknownEntryError as e:
-        raise DetectError(f"SOURCE {source!r} is neither a checkpoint file or folder nor a zoo id ({e})") from None
+    entry = src.entry
     if not convert:
         return Init(entry.img_size, entry.img_size // entry.patch_size, entry.id)
     from bridges.detection.paths import vitdet_checkpoint

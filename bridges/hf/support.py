@@ -17,7 +17,7 @@ from torch import nn
 from pretrain.models.archs import MLP_RATIO, model_config
 from pretrain.errors import ConversionError, LsmaeError
 from zoo.checkpoint import CheckpointInfo
-from zoo.registry import Entry, get_entry, license_url, local_source
+from zoo.registry import Entry, license_url, resolve_source
 
 from bridges.mae_weights import Provenance
 
@@ -36,10 +36,8 @@ def package_version() -> str:
 
 def zoo_entry_of(source: str) -> Entry | None:
     """The zoo entry a source names; None for a local path, an in-memory state dict or another name."""
-    if local_source(source) is not None:
-        return None
     try:
-        return get_entry(source)
+        return resolve_source(source).entry
     except LsmaeError:
         return None
 

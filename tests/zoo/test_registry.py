@@ -1,5 +1,6 @@
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +79,25 @@ def test_release_architectures_verify_on_meta_shapes():
         shapes = expected_shapes(e.model, img_size=e.img_size)
         assert shapes["pos_embed"][1] == 785
         assert shapes["decoder_embed.weight"][0] == e.decoder["embed_dim"]
+
+
+def test_one_resolver_for_a_source(tmp_path, monkeypatch):
+    """A path that exists wins over a zoo id spelled the same; an alias names its entry; anything else
+    is one line listing the valid ids."""
+    from pretrain.errors import UnknownSourceError
+    from zoo.registry import resolve_source
+
+    entry = resolve_source("vitb/imagenet/1600")
+    assert (entry.kind, entry.path, entry.entry.id) == ("zoo entry", None, "vit_base/in1k/1600")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "vit_base" / "in1k").mkdir(parents=True)
+    (tmp_path / "vit_base" / "in1k" / "1600").write_bytes(b"")
+    local = resolve_source("vit_base/in1k/1600")
+    assert (local.kind, local.entry, local.path) == ("checkpoint file", None, Path("vit_base/in1k/1600"))
+    assert resolve_source(str(tmp_path)).kind == "transformers folder"
+    with pytest.raises(UnknownSourceError) as raised:
+        resolve_source("no/such/thing")
+    assert isinstance(raised.value, UnknownEntryError)
+    message = str(raised.value)
+    assert message.startswith("'no/such/thing' is neither a file nor a zoo id") and "vit_large/coco/4000" in message
+    assert "\n" not in message
