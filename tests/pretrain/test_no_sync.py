@@ -21,7 +21,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from pretrain import trainer as trainer_module
+from pretrain.engine import trainer as trainer_module
 from pretrain.pretraining import MaskedPretraining
 from pretrain.main_pretrain import build_parser, run
 from pretrain.models.masking import block_mask_indices
