@@ -126,7 +126,7 @@ def timm_step(demo: Demo) -> str:
 
 
 def finetune_step(demo: Demo) -> str:
-    from . import finetune
+    from bridges.classification import finetune
     from bridges.cli.classification import build_parser as finetune_parser
 
     common = ["--data-path", str(demo.data / "digits"), "--epochs", str(demo.options.epochs), *FINETUNE_RECIPE,
@@ -154,7 +154,7 @@ def vitdet_step(demo: Demo) -> str:
 
 
 def segment_step(demo: Demo) -> str:
-    from . import segment
+    from bridges.segmentation import command as segment
     from bridges.operations import convert
     from bridges.cli.segmentation import build_parser as segment_parser
     from bridges.segmentation.recipes import get_recipe
