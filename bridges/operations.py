@@ -91,7 +91,7 @@ def convert(source: str | Path, to: str, output: str | Path, img_size: int | Non
         from bridges.hf.export import export_hf
 
         exported = export_hf(source, to, output)
-        return Conversion(exported.path, to, exported.report(), exported.load_hint)
+        return Conversion(exported.path, to, exported.report.text(), exported.load_hint)
     if to == "release":
         return _to_release(source, Path(output))
     if to == "upernet":
@@ -99,13 +99,13 @@ def convert(source: str | Path, to: str, output: str | Path, img_size: int | Non
 
         converted = convert_to_upernet(source, img_size=img_size or 512, num_labels=num_labels)
         folder = save_upernet(converted.model, output, "initialised here (train them with lsmae segment)")
-        return Conversion(folder, to, converted.report(),
+        return Conversion(folder, to, converted.report.text(),
                           f"load with: bridges.segmentation.model.model_class().from_pretrained('{folder}')")
     if to == "vitdet":
         from bridges.detection.convert import convert_to_vitdet, save_vitdet
 
         converted = convert_to_vitdet(source)
-        return Conversion(save_vitdet(converted, output), to, converted.report())
+        return Conversion(save_vitdet(converted, output), to, converted.report.text())
     from bridges.classification.convert import convert_to_timm, save_safetensors
 
     img_size = img_size or 224
@@ -115,16 +115,15 @@ def convert(source: str | Path, to: str, output: str | Path, img_size: int | Non
     hint = (f"load with: timm.create_model('{converted.timm_model}', pretrained=True, img_size={img_size}, "
             f"global_pool='{global_pool}', num_classes=N{extra}, "
             f"pretrained_cfg_overlay=dict(file='{out}', num_classes=0))")
-    return Conversion(out, to, converted.report(), hint)
+    return Conversion(out, to, converted.report.text(), hint)
 
 
 def _to_release(source: str | Path, output: Path) -> Conversion:
     """The weights of any source (e.g. a transformers folder) as a release-format file ``{'model': ...}``."""
-    from pretrain.engine.serialization import atomic_save
+    from bridges.conversion import save_pth
     from zoo.cache import load_verified
 
     sd, info = load_verified(source)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save({"model": sd}, output)
+    save_pth({"model": sd}, output)
     return Conversion(output, "release", f"wrote {len(sd)} tensors of {source} as {info.model} weights "
                                          f"in the release format (attention: {info.k_bias})")

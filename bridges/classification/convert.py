@@ -7,7 +7,7 @@ pooling), drops the decoder and mask token, merges BEiT-style ``q_bias``/``v_bia
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +19,10 @@ from pretrain.errors import ConversionError
 from pretrain.engine.serialization import atomic_save
 from zoo.checkpoint import CheckpointInfo, check_structure
 
-from bridges.mae_weights import (ENCODER_KEYS, Provenance, key_groups, load_mae_weights, merge_qv_bias,
-                          resample_pos_embed, untrained_mae_weights)
+from bridges.conversion import ConversionReport
+from bridges.mae_weights import (ENCODER_KEYS, Provenance, load_mae_weights, merge_qv_bias, resample_pos_embed,
+                                 untrained_mae_weights)
 
-# what a timm ViT takes from an MAE encoder (its final norm too, for cls-token pooling)
 # timm model names for our encoders, by (width, depth, heads); others are built from vit_base with overrides
 TIMM_NAMES = {(768, 12, 12): "vit_base_patch16_224", (1024, 24, 16): "vit_large_patch16_224",
               (1280, 32, 16): "vit_huge_patch14_224"}
@@ -31,9 +31,10 @@ HEAD_INIT_STD = 2e-5  # MAE's fine-tuning head initialisation
 
 @dataclass
 class Converted:
-    """timm-ready weights plus what was done to them."""
+    """timm-ready weights, what was done to them, and how to rebuild the model they fit."""
 
     state_dict: dict[str, torch.Tensor]
+    report: ConversionReport
     info: CheckpointInfo
     provenance: Provenance
     img_size: int
@@ -41,10 +42,6 @@ class Converted:
     timm_model: str
     timm_kwargs: dict[str, Any]
     init: str = ""  # "" for the source's weights, else what the weights are instead
-    kept: list[str] = field(default_factory=list)
-    dropped: list[str] = field(default_factory=list)
-    merged_k_bias: int = 0
-    resampled: str = ""
 
     @property
     def metadata(self) -> dict[str, str]:
@@ -56,28 +53,16 @@ class Converted:
             "timm_kwargs": json.dumps(self.timm_kwargs), **({"init": self.init} if self.init else {}),
         }
 
-    def report(self) -> str:
-        lines = [f"kept {len(self.kept)} tensors; dropped {len(self.dropped)} "
-                 f"({key_groups(self.dropped)})"]
-        if self.merged_k_bias:
-            lines.append(f"merged q_bias/v_bias into qkv.bias (zero key bias) in {self.merged_k_bias} blocks")
-        if self.resampled:
-            lines.append(self.resampled)
-        return "\n".join(lines)
 
-
-def convert_to_timm(
-    source: str | Path | dict[str, torch.Tensor], img_size: int = 224, global_pool: str = "avg"
-) -> Converted:
-    """Convert an MAE checkpoint for a timm ViT at ``img_size`` with ``global_pool`` 'avg' or 'token'.
+def to_timm(sd: dict[str, torch.Tensor], info: CheckpointInfo, img_size: int = 224, global_pool: str = "avg"
+            ) -> tuple[dict[str, torch.Tensor], ConversionReport]:
+    """An MAE state dict as a timm ViT's at ``img_size`` with ``global_pool`` 'avg' or 'token' (no I/O).
 
     With 'avg' the final ``norm`` is dropped (timm, like MAE's fine-tuning, uses a fresh
     ``fc_norm``); with 'token' it is kept.
     """
     if global_pool not in ("avg", "token"):
         raise ConversionError(f"global_pool must be 'avg' or 'token', got {global_pool!r}")
-    sd, provenance = load_mae_weights(source)
-    info = check_structure(sd)  # also refuses ViTDet and fine-tuned checkpoints with a clear message
     pos_embed, resampled = resample_pos_embed(sd["pos_embed"], info, img_size)
     keep = ENCODER_KEYS + (("norm.",) if global_pool == "token" else ())
     out = {k: v for k, v in sd.items() if k.startswith(keep)}
@@ -85,9 +70,20 @@ def convert_to_timm(
     out, merged = merge_qv_bias(out)
     out["pos_embed"] = pos_embed.to(sd["pos_embed"].dtype)
     out = {k: v.contiguous() for k, v in out.items()}
-    timm_name, timm_kwargs = timm_model_args(info)
-    return Converted(out, info, provenance, img_size, global_pool, timm_name, timm_kwargs, kept=sorted(out),
-                     dropped=dropped, merged_k_bias=merged, resampled=resampled)
+    return out, ConversionReport(sorted(out), dropped, merged_k_bias=merged, resampled=resampled)
+
+
+def convert_to_timm(
+    source: str | Path | dict[str, torch.Tensor], img_size: int = 224, global_pool: str = "avg",
+    pretrained: bool = True,
+) -> Converted:
+    """Load ``source`` and convert it with :func:`to_timm`. ``pretrained=False``: the untrained MAE of the
+    source's architecture instead (a from-scratch baseline), recorded with the source's provenance."""
+    sd, provenance = load_mae_weights(source) if pretrained else untrained_mae_weights(source)
+    info = check_structure(sd)  # also refuses ViTDet and fine-tuned checkpoints with a clear message
+    out, report = to_timm(sd, info, img_size, global_pool)
+    return Converted(out, report, info, provenance, img_size, global_pool, *timm_model_args(info),
+                     init="" if pretrained else "untrained (from scratch)")
 
 
 def timm_model_args(info: CheckpointInfo) -> tuple[str, dict[str, Any]]:
@@ -126,12 +122,7 @@ def create_timm_model(
     """
     import timm
 
-    if pretrained:
-        converted = convert_to_timm(source, img_size=img_size, global_pool=global_pool)
-    else:  # the source only names the architecture and provenance: its weights are not converted
-        untrained, provenance = untrained_mae_weights(source)
-        converted = convert_to_timm(untrained, img_size=img_size, global_pool=global_pool)
-        converted.provenance, converted.init = provenance, "untrained (from scratch)"
+    converted = convert_to_timm(source, img_size=img_size, global_pool=global_pool, pretrained=pretrained)
     name, arch_kwargs = converted.timm_model, converted.timm_kwargs
     model = timm.create_model(name, pretrained=False, num_classes=num_classes, global_pool=global_pool,
                               img_size=img_size, **arch_kwargs, **timm_kwargs)

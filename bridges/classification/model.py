@@ -62,7 +62,7 @@ def build_model(args: argparse.Namespace, mode: str, num_classes: int) -> tuple[
         log.info("%s with the architecture of %s, randomly initialised (--from-scratch)", name, args.source)
     else:
         log.info("%s from %s: %s; initialised here: %s", name, args.source,
-                 converted.report().replace("\n", "; "), ", ".join(missing) or "nothing")
+                 converted.report.text().replace("\n", "; "), ", ".join(missing) or "nothing")
     return model, converted, meta
 
 

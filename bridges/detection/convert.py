@@ -8,7 +8,7 @@ uninitialised, or skips a checkpoint tensor, is an error.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +16,10 @@ import torch
 
 from pretrain.errors import LoadContractError
 from pretrain.models.pos_embed import grid_size_of
-from pretrain.engine.serialization import atomic_save
 from zoo.checkpoint import CheckpointInfo, check_structure
 
-from bridges.mae_weights import key_groups, load_mae_weights, merge_qv_bias
+from bridges.conversion import ConversionReport, save_pth
+from bridges.mae_weights import load_mae_weights, merge_qv_bias
 
 BACKBONE_PREFIX = "backbone.net."
 VITDET_KEEP = ("pos_embed", "patch_embed.", "blocks.")
@@ -32,46 +32,44 @@ class VitDetCheckpoint:
 
     checkpoint: dict[str, Any]
     info: CheckpointInfo
-    dropped: list[str] = field(default_factory=list)
-    merged_k_bias: int = 0
+    report: ConversionReport
 
     @property
     def pretrain_img_size(self) -> int:
         """The value ViTDet's ``pretrain_img_size`` must have for this ``pos_embed`` (448 for the release)."""
         return self.info.img_size
 
-    def report(self) -> str:
-        lines = [f"{len(self.checkpoint['model'])} tensors as backbone.net.*; dropped {len(self.dropped)} "
-                 f"({key_groups(self.dropped)})",
-                 f"pos_embed kept whole ({self.info.grid_size}x{self.info.grid_size} + cls): set "
-                 f"model.backbone.net.pretrain_img_size={self.pretrain_img_size}"]
-        if self.merged_k_bias:
-            lines.append(f"merged q_bias/v_bias into qkv.bias (zero key bias) in {self.merged_k_bias} blocks")
-        return "\n".join(lines)
 
-
-def convert_to_vitdet(source: str | Path | dict[str, torch.Tensor]) -> VitDetCheckpoint:
+def to_vitdet(sd: dict[str, torch.Tensor], info: CheckpointInfo) -> tuple[dict[str, torch.Tensor], ConversionReport]:
     """Keys become ``backbone.net.<key>`` for patch_embed, pos_embed and blocks; cls_token,
-    norm, mask_token and the decoder are dropped; the file loads without matching heuristics."""
-    sd, provenance = load_mae_weights(source)
-    info = check_structure(sd)
+    norm, mask_token and the decoder are dropped (no I/O)."""
     kept = {k: v for k, v in sd.items() if k.startswith(VITDET_KEEP)}
     dropped = sorted(set(sd) - set(kept))
     kept, merged = merge_qv_bias(kept)
     model = {BACKBONE_PREFIX + k: v.contiguous() for k, v in kept.items()}
+    note = (f"pos_embed kept whole ({info.grid_size}x{info.grid_size} + cls): set "
+            f"model.backbone.net.pretrain_img_size={info.img_size}")
+    return model, ConversionReport(sorted(model), dropped, merged_k_bias=merged, notes=[note],
+                                   kept_as="{n} tensors as backbone.net.*")
+
+
+def convert_to_vitdet(source: str | Path | dict[str, torch.Tensor]) -> VitDetCheckpoint:
+    """Load ``source`` and convert it with :func:`to_vitdet` into a checkpoint that loads without
+    matching heuristics and records the grid and the provenance."""
+    sd, provenance = load_mae_weights(source)
+    info = check_structure(sd)
+    model, report = to_vitdet(sd, info)
     checkpoint = {
         "model": model, "matching_heuristics": False, "__author__": "long-seq-mae",
         "pretrain_img_size": info.img_size, "patch_size": info.patch_size, "mae_model": info.model,
         **{k: v for k, v in provenance.as_strings().items() if k in ("source", "source_sha256", "source_url")},
     }
-    return VitDetCheckpoint(checkpoint, info, dropped, merged)
+    return VitDetCheckpoint(checkpoint, info, report)
 
 
 def save_vitdet(converted: VitDetCheckpoint, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save(converted.checkpoint, path)
-    return path
+    """Write the checkpoint as a ``.pth`` file (atomically)."""
+    return save_pth(converted.checkpoint, path)
 
 
 def check_load_contract(model_shapes: dict[str, tuple[int, ...]], checkpoint_shapes: dict[str, tuple[int, ...]]

@@ -72,7 +72,7 @@ def prepare_source(source: str, output_dir: str, convert: bool) -> Init:
         converted = convert_to_vitdet(path)
         out = save_vitdet(converted, Path(output_dir) / CONVERTED_NAME)
         grid, patch = _grid_of(converted.checkpoint["model"])
-        return Init(grid * patch, grid, f"{path} -> {out}", str(out), converted.report())
+        return Init(grid * patch, grid, f"{path} -> {out}", str(out), converted.report.text())
     entry = src.entry
     if not convert:
         return Init(entry.img_size, entry.img_size // entry.patch_size, entry.id)

@@ -11,7 +11,7 @@ under ``lsmae``); beside them go the standard ``preprocessor_config.json`` and a
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,8 @@ from zoo.checkpoint import CheckpointInfo, check_structure
 from zoo.hf_folder import PROVENANCE_KEY
 from zoo.registry import Entry
 
-from bridges.mae_weights import Provenance, key_groups, load_mae_weights, merge_qv_bias
+from bridges.conversion import ConversionReport
+from bridges.mae_weights import Provenance, load_mae_weights, merge_qv_bias
 from bridges.hf.support import (card_license, encoder_config, layer_tensors, package_version, provenance_record,
                          write_folder, zoo_entry_of)
 
@@ -47,10 +48,7 @@ class HFExport:
     target: str
     info: CheckpointInfo
     provenance: Provenance
-    transformers_version: str
-    kept: int
-    dropped: list[str] = field(default_factory=list)
-    zero_k_bias: int = 0
+    report: ConversionReport
 
     @property
     def load_hint(self) -> str:
@@ -58,14 +56,6 @@ class HFExport:
             return f"load with: transformers.ViTModel.from_pretrained('{self.path}', add_pooling_layer=False)"
         return (f"load with: transformers.ViTMAEForPreTraining.from_pretrained('{self.path}'); block masks: "
                 f"model(pixel_values, noise=pretrain.models.masking.block_mask_noise(...)) (see its README.md)")
-
-    def report(self) -> str:
-        lines = [f"wrote {self.kept} tensors as transformers {HF_CLASSES[self.target]} "
-                 f"(transformers {self.transformers_version}); dropped {len(self.dropped)} ({key_groups(self.dropped)})"]
-        if self.zero_k_bias:
-            lines.append(f"q_bias/v_bias exported with a zero key bias in {self.zero_k_bias} blocks (layout recorded "
-                         "in config.json: converting the folder back restores q_bias/v_bias)")
-        return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- configs
@@ -190,36 +180,53 @@ def model_card(export: HFExport, entry: Entry | None, command: str) -> str:
 
 
 # --------------------------------------------------------------------------- export
-def export_hf(source: str | Path | dict[str, torch.Tensor], target: str, output: str | Path) -> HFExport:
-    """Write ``source`` (zoo id, local source or state dict) as a transformers folder: ``hf-mae`` or ``hf-vit``."""
+def _hf_model(transformers: Any, info: CheckpointInfo, target: str, record: dict[str, str]) -> nn.Module:
+    """transformers' model for ``target`` on the meta device: no weights allocated, ours are assigned."""
+    config = hf_config(transformers, info, target, record)
+    with torch.device("meta"):
+        return (transformers.ViTMAEForPreTraining(config) if target == "hf-mae"
+                else transformers.ViTModel(config, add_pooling_layer=False))
+
+
+def to_hf(sd: dict[str, torch.Tensor], info: CheckpointInfo, target: str
+          ) -> tuple[dict[str, torch.Tensor], ConversionReport]:
+    """An MAE state dict under the installed transformers' names for ``hf-mae`` (ViTMAEForPreTraining)
+    or ``hf-vit`` (ViTModel), q/v biases with a zero key bias (views of ``sd``, no I/O)."""
     if target not in HF_CLASSES:
         raise ConversionError(f"target must be one of {', '.join(HF_CLASSES)}, got {target!r}")
     transformers = require("transformers", f"lsmae convert --to {target}")
-    sd, provenance = load_mae_weights(source)
-    info = check_structure(sd)
     if target == "hf-mae" and not info.has_decoder:
-        raise ConversionError(f"{provenance.source} is encoder-only: --to hf-mae needs the decoder; export the "
+        raise ConversionError("the checkpoint is encoder-only: --to hf-mae needs the decoder; export the "
                               "encoder with --to hf-vit")
     if target == "hf-mae" and (info.decoder_downsampling, info.pred_downsampling) != (1, 1):
         raise ConversionError("transformers' ViTMAE decoder has no decoder/prediction downsampling: export the "
                               "encoder with --to hf-vit")
-    entry = zoo_entry_of(provenance.source)
-    record = provenance_record(provenance, info)
-    sd, merged = merge_qv_bias(sd)
-    config = hf_config(transformers, info, target, record)
-    with torch.device("meta"):  # no weights allocated: ours are assigned
-        model = (transformers.ViTMAEForPreTraining(config) if target == "hf-mae"
-                 else transformers.ViTModel(config, add_pooling_layer=False))
-    hf_sd = _hf_state_dict(model, sd, target)
+    merged_sd, merged = merge_qv_bias(sd)
+    hf_sd = _hf_state_dict(_hf_model(transformers, info, target, {}), merged_sd, target)
+    dropped = sorted(k for k in merged_sd if k.startswith(("decoder", "mask_token"))) if target == "hf-vit" else []
+    return hf_sd, ConversionReport(
+        sorted(hf_sd), dropped, merged_k_bias=merged,
+        kept_as=f"wrote {{n}} tensors as transformers {HF_CLASSES[target]} (transformers {transformers.__version__})",
+        merged_as="q_bias/v_bias exported with a zero key bias in {n} blocks (layout recorded in config.json: "
+                  "converting the folder back restores q_bias/v_bias)")
+
+
+def export_hf(source: str | Path | dict[str, torch.Tensor], target: str, output: str | Path) -> HFExport:
+    """Write ``source`` (zoo id, local source or state dict) as a transformers folder: ``hf-mae`` or ``hf-vit``
+    (:func:`to_hf`, then the model's ``save_pretrained``, the image processor and a model card)."""
+    sd, provenance = load_mae_weights(source)
+    info = check_structure(sd)
+    hf_sd, report = to_hf(sd, info, target)
+    transformers = require("transformers", f"lsmae convert --to {target}")
+    model = _hf_model(transformers, info, target, provenance_record(provenance, info))
     model.load_state_dict(hf_sd, strict=True, assign=True)
-    dropped = sorted(k for k in sd if k.startswith(("decoder", "mask_token"))) if target == "hf-vit" else []
     output = Path(output)
-    export = HFExport(output, target, info, provenance, transformers.__version__, kept=len(hf_sd), dropped=dropped,
-                      zero_k_bias=merged)
+    export = HFExport(output, target, info, provenance, report)
     processor = transformers.ViTImageProcessor(
         do_resize=True, size={"height": info.img_size, "width": info.img_size}, resample=3,  # PIL bicubic
         do_rescale=True, do_normalize=True, image_mean=list(IMAGENET_DEFAULT_MEAN), image_std=list(IMAGENET_DEFAULT_STD))
     command = f"lsmae convert {provenance.source} --to {target} -o {output.name}"
+    entry = zoo_entry_of(provenance.source)
 
     def write(folder: Path) -> None:
         model.save_pretrained(folder, save_original_format=False)  # the installed version's key names

@@ -14,7 +14,7 @@ query, which softmax ignores.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,9 @@ from zoo.checkpoint import CheckpointInfo, check_structure
 
 from bridges.segmentation.recipes import ADE20K_CLASSES
 from bridges.hf.support import card_license, encoder_config, layer_tensors, provenance_record, write_folder, zoo_entry_of
-from bridges.mae_weights import (ENCODER_KEYS, Provenance, key_groups, load_mae_weights, resample_pos_embed,
-                          split_qkv_bias, untrained_mae_weights)
+from bridges.conversion import ConversionReport
+from bridges.mae_weights import (ENCODER_KEYS, Provenance, load_mae_weights, resample_pos_embed, split_qkv_bias,
+                                 untrained_mae_weights)
 
 IGNORE_INDEX = 255
 
@@ -101,18 +102,7 @@ class UperNetConversion:
     model: nn.Module
     info: CheckpointInfo
     provenance: Provenance
-    kept: list[str] = field(default_factory=list)
-    dropped: list[str] = field(default_factory=list)
-    new: list[str] = field(default_factory=list)
-    resampled: str = ""
-
-    def report(self) -> str:
-        lines = [f"kept {len(self.kept)} encoder tensors; dropped {len(self.dropped)} ({key_groups(self.dropped)}); "
-                 f"new {len(self.new)} ({_new_groups(self.new)})",
-                 f"taps after blocks {self.model.config.lsmae_block_taps} (zero-based)"]
-        if self.resampled:
-            lines.append(self.resampled)
-        return "\n".join(lines)
+    report: ConversionReport
 
 
 def _new_groups(keys: list[str]) -> str:
@@ -145,29 +135,50 @@ def _beit_state(model: nn.Module, encoder: dict[str, torch.Tensor]) -> dict[str,
     return out
 
 
+def to_upernet(sd: dict[str, torch.Tensor], info: CheckpointInfo, img_size: int = 512,
+               num_labels: int = ADE20K_CLASSES, block_taps: list[int] | None = None
+               ) -> tuple[dict[str, torch.Tensor], ConversionReport]:
+    """The MAE encoder's tensors under the names of the UperNet model these options make, pos_embed
+    resampled bicubically to the ``img_size`` grid (cls slot kept); the report's ``new`` are the
+    model's tensors left to their initialisation (heads, relative position tables, layer scale).
+    The model is built on the meta device, for its names only (no I/O, no weights allocated)."""
+    pos_embed, resampled = resample_pos_embed(sd["pos_embed"], info, img_size)
+    taps = upernet_taps(info, block_taps)
+    with torch.device("meta"):
+        model = model_class()(upernet_config(info, img_size, num_labels, taps))
+    kept = sorted(k for k in sd if k.startswith(ENCODER_KEYS))
+    state = _beit_state(model, {**split_qkv_bias({k: sd[k] for k in kept}), "pos_embed": pos_embed})
+    # names and shapes checked, nothing copied (assign: into a throwaway meta model)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    if unexpected:
+        raise ConversionError(f"the segmentation model does not take {unexpected[:3]}")
+    new = sorted(missing)
+    return state, ConversionReport(kept, sorted(set(sd) - set(kept)), new=new, resampled=resampled,
+                                   notes=[f"taps after blocks {taps} (zero-based)"], kept_as="kept {n} encoder tensors",
+                                   new_groups=_new_groups(new))
+
+
+def upernet_taps(info: CheckpointInfo, block_taps: list[int] | None) -> list[int]:
+    """``block_taps``, or the recipe's default taps for this depth."""
+    from bridges.segmentation.recipes import default_taps
+
+    return list(block_taps) if block_taps is not None else default_taps(info.depth)
+
+
 def convert_to_upernet(source: str | Path | dict[str, torch.Tensor], img_size: int = 512,
                        num_labels: int = ADE20K_CLASSES, block_taps: list[int] | None = None,
                        drop_path: float = 0.0, pretrained: bool = True) -> UperNetConversion:
-    """An UperNet segmentation model whose backbone is the MAE encoder of ``source`` (heads newly
-    initialised), pos_embed resampled bicubically to the ``img_size`` grid (cls slot kept).
-    ``pretrained=False``: the untrained MAE of the source's architecture instead (a from-scratch
-    baseline), recorded with the source's provenance."""
-    from bridges.segmentation.recipes import default_taps
-
+    """An UperNet segmentation model whose backbone is the MAE encoder of ``source`` (:func:`to_upernet`,
+    heads newly initialised). ``pretrained=False``: the untrained MAE of the source's architecture
+    instead (a from-scratch baseline), recorded with the source's provenance."""
     sd, provenance = load_mae_weights(source) if pretrained else untrained_mae_weights(source)
     info = check_structure(sd)
-    pos_embed, resampled = resample_pos_embed(sd["pos_embed"], info, img_size)
-    taps = list(block_taps) if block_taps is not None else default_taps(info.depth)
+    state, report = to_upernet(sd, info, img_size, num_labels, block_taps)
     record = {**provenance_record(provenance, info), "pretrain_img_size": info.img_size,
               **({} if pretrained else {"init": "untrained (from scratch)"})}
-    model = model_class()(upernet_config(info, img_size, num_labels, taps, drop_path, record))
-    kept = sorted(k for k in sd if k.startswith(ENCODER_KEYS))
-    encoder = {**split_qkv_bias({k: sd[k] for k in kept}), "pos_embed": pos_embed}
-    missing, unexpected = model.load_state_dict(_beit_state(model, encoder), strict=False)
-    if unexpected:
-        raise ConversionError(f"the segmentation model does not take {unexpected[:3]}")
-    return UperNetConversion(model, info, provenance, kept=kept, dropped=sorted(set(sd) - set(kept)),
-                             new=sorted(missing), resampled=resampled)
+    model = model_class()(upernet_config(info, img_size, num_labels, upernet_taps(info, block_taps), drop_path, record))
+    model.load_state_dict(state, strict=False)
+    return UperNetConversion(model, info, provenance, report)
 
 
 def revert_sync_batchnorm(module: nn.Module) -> nn.Module:

@@ -63,7 +63,7 @@ def build_model(args: argparse.Namespace, recipe: SegRecipe) -> tuple[Any, str]:
     conversion = convert_to_upernet(args.source, img_size=recipe.crop_size, num_labels=recipe.num_labels,
                                     block_taps=list(recipe.out_indices), drop_path=recipe.drop_path,
                                     pretrained=not args.from_scratch)
-    return conversion.model, conversion.report()
+    return conversion.model, conversion.report.text()
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -41,7 +41,7 @@ def test_vit_b_448_conversion_is_exact_block_by_block(tmp_path):
     conversion = convert_to_upernet(str(path), img_size=448)
     model = conversion.model.eval()
     assert model.config.lsmae_block_taps == [3, 5, 7, 11] and model.config.num_labels == 150
-    assert "resampled" not in conversion.report()
+    assert "resampled" not in conversion.report.text()
     x = torch.randn(1, 3, 448, 448)
     with torch.no_grad():
         hidden = model.beit(x, output_hidden_states=True).hidden_states
@@ -51,7 +51,7 @@ def test_vit_b_448_conversion_is_exact_block_by_block(tmp_path):
         taps = model.block_features(x)
     for k, feature in zip([3, 5, 7, 11], taps):  # the recipe's blocks, not transformers' hidden_states[i - 1]
         torch.testing.assert_close(feature, ours[k][:, 1:].transpose(1, 2).reshape(1, 768, 28, 28), atol=1e-4, rtol=0)
-    assert {k.split(".")[0] for k in conversion.dropped} == {
+    assert {k.split(".")[0] for k in conversion.report.dropped} == {
         "norm", "mask_token", "decoder_embed", "decoder_blocks", "decoder_norm", "decoder_pred", "decoder_pos_embed"}
 
 
@@ -64,7 +64,7 @@ def test_no_k_bias_checkpoint_and_resampled_grid():
         for i, block in enumerate(mae_block_outputs(mae, x)):
             torch.testing.assert_close(hidden[i + 1], block, atol=1e-5, rtol=0)
     resampled = convert_to_upernet(mae.state_dict(), img_size=96)
-    assert "resampled pos_embed 8x8 -> 12x12" in resampled.report()
+    assert "resampled pos_embed 8x8 -> 12x12" in resampled.report.text()
     assert resampled.model.beit.embeddings.position_embeddings.shape == (1, 145, 96)
     with torch.no_grad():
         assert resampled.model.eval()(torch.randn(1, 3, 96, 96)).logits.shape == (1, 150, 48, 48)  # patch 8: the x4 level is H/2

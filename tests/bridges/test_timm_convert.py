@@ -65,7 +65,7 @@ def test_timm_forward_features_equals_mae_encoder(no_k_bias):
         assert mae.blocks[0].attn.q_bias.abs().min() > 0 and mae.blocks[0].attn.v_bias.abs().min() > 0
     model, converted, missing = create_timm_model(mae.state_dict(), num_classes=0, img_size=64,
                                                   global_pool="token")
-    assert missing == [] and converted.merged_k_bias == (4 if no_k_bias else 0)
+    assert missing == [] and converted.report.merged_k_bias == (4 if no_k_bias else 0)
     x = images()
     with torch.no_grad():
         ours = mae.forward_encoder(x)
@@ -134,20 +134,20 @@ def test_pos_embed_resampling_shapes_and_cls_slot():
     assert original.shape == (1, 65, 96)
 
     same = convert_to_timm(sd, img_size=64)
-    assert torch.equal(same.state_dict["pos_embed"], original) and same.resampled == ""
-    assert "resampled" not in same.report()
+    assert torch.equal(same.state_dict["pos_embed"], original) and same.report.resampled == ""
+    assert "resampled" not in same.report.text()
 
     up = convert_to_timm(sd, img_size=128)
     pos = up.state_dict["pos_embed"]
     assert pos.shape == (1, 257, 96) and pos.dtype == original.dtype
     assert torch.equal(pos[:, 0], original[:, 0])
-    assert "8x8 -> 16x16" in up.report() and "128px" in up.report()
+    assert "8x8 -> 16x16" in up.report.text() and "128px" in up.report.text()
     assert up.metadata["img_size"] == "128" and up.metadata["pretrain_img_size"] == "64"
     # an interpolation of the grid: its mean over the positions is (nearly) preserved
     assert max_diff(pos[:, 1:].mean(1), original[:, 1:].mean(1)) < 0.05
 
     down = convert_to_timm(sd, img_size=48)
-    assert down.state_dict["pos_embed"].shape == (1, 37, 96) and "8x8 -> 6x6" in down.report()
+    assert down.state_dict["pos_embed"].shape == (1, 37, 96) and "8x8 -> 6x6" in down.report.text()
     assert torch.equal(down.state_dict["pos_embed"][:, 0], original[:, 0])
 
     with pytest.raises(ConversionError, match="not a multiple of the patch size 8"):
@@ -173,7 +173,7 @@ def test_vit_base_448_pos_embed():
     converted = convert_to_timm(sd, img_size=224)
     assert converted.state_dict["pos_embed"].shape == (1, 197, 768)
     assert torch.equal(converted.state_dict["pos_embed"][:, 0], sd["pos_embed"][:, 0])
-    assert "28x28 -> 14x14" in converted.report()
+    assert "28x28 -> 14x14" in converted.report.text()
     assert converted.metadata["timm_model"] == "vit_base_patch16_224"
     kept = convert_to_timm(sd, img_size=448)
     assert torch.equal(kept.state_dict["pos_embed"], sd["pos_embed"])
@@ -187,17 +187,17 @@ def test_avg_drops_norm_mask_token_and_decoder_token_keeps_norm():
     assert decoder and "mask_token" in decoder and encoder | decoder | {"norm.weight", "norm.bias"} == set(sd)
 
     avg = convert_to_timm(sd, global_pool="avg", img_size=64)
-    assert set(avg.state_dict) == encoder == set(avg.kept)
-    assert set(avg.dropped) == decoder | {"norm.weight", "norm.bias"}
+    assert set(avg.state_dict) == encoder == set(avg.report.kept)
+    assert set(avg.report.dropped) == decoder | {"norm.weight", "norm.bias"}
     assert all(torch.equal(avg.state_dict[k], sd[k]) for k in encoder)
-    report = avg.report()
+    report = avg.report.text()
     assert report.startswith(f"kept {len(encoder)} tensors; dropped {len(decoder) + 2}")
     for group in ("decoder_blocks", "decoder_embed", "decoder_pred", "decoder_pos_embed", "mask_token", "norm"):
         assert re.search(rf"\b{group}\b", report), group
 
     token = convert_to_timm(sd, global_pool="token", img_size=64)
     assert set(token.state_dict) == encoder | {"norm.weight", "norm.bias"}
-    assert set(token.dropped) == decoder and not re.search(r"\bnorm\b", token.report())
+    assert set(token.report.dropped) == decoder and not re.search(r"\bnorm\b", token.report.text())
 
     with pytest.raises(ConversionError, match="global_pool"):
         convert_to_timm(sd, global_pool="max")
@@ -390,7 +390,7 @@ def test_file_sources_release_export_and_in_memory(tmp_path):
 
     for source in (release, str(release), exported, encoder_only, {"model": sd}):
         converted = convert_to_timm(source, img_size=64)
-        assert converted.merged_k_bias == 4
+        assert converted.report.merged_k_bias == 4
         assert converted.state_dict.keys() == reference.keys()
         assert all(torch.equal(converted.state_dict[k], reference[k]) for k in reference)
         if not isinstance(source, dict):
