@@ -40,7 +40,7 @@ def test_quickstart_runs_every_step_and_reports_artefacts(quickstart):
     with_detection = demo.detectron2_available()
     assert len(steps) == len(demo.planned_steps())  # those whose requirements (transformers, detectron2) are here
     assert sum(line.startswith("[skip] ") for line in lines) == len(demo.STEPS) - len(steps)
-    assert any(line.startswith("[skip] detection: detectron2 is not installed; to add this step, install it")
+    assert any(line.startswith("[skip] detection: the detection step needs detectron2 (not installed): install it")
                for line in lines) != with_detection
     commands = [line.strip() for line in lines if line.strip().startswith("$ lsmae ")]
     assert [c.split()[2] for c in commands][:4] == ["fetch", "verify", "visualize", "convert"]
