@@ -99,3 +99,12 @@ def test_python_m_bridges_is_the_lsmae_command(command):
     via_script = subprocess.run([str(lsmae), command, "--help"], capture_output=True, text=True, timeout=120)
     assert via_module.returncode == via_script.returncode == 0
     assert via_module.stdout == via_script.stdout and via_module.stdout.startswith(f"usage: lsmae {command}")
+
+
+def test_every_command_of_the_table_has_its_parser_and_its_run():
+    """Each row names a module of bridges.cli holding ``add_NAME_arguments`` and ``run_NAME`` (a run is
+    imported only when its command starts, so a misspelt one would otherwise show up only then)."""
+    from bridges.cli import COMMANDS
+
+    for command in COMMANDS:
+        assert callable(command.function("add")) and callable(command.function("run")), command.name
