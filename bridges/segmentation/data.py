@@ -197,6 +197,14 @@ class PadTo(v2.Transform):
         return F.pad(inpt, params["padding"], fill=fill)
 
 
+def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A uint8 image [..., 3, H, W] resized to ``size`` as the reference does (OpenCV bilinear, half-pixel
+    centres, no antialiasing), rounded back to uint8."""
+    x = image.reshape(-1, *image.shape[-3:]).float()
+    out = torch.nn.functional.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=False)
+    return out.round().clamp(0, 255).to(torch.uint8).reshape(*image.shape[:-2], *size)
+
+
 def test_size(height: int, width: int, recipe: SegRecipe, ratio: float = 1.0) -> tuple[int, int]:
     """The evaluation resize: (long, short) = recipe scale x ``ratio``, keeping the aspect ratio."""
     return scale_to_fit(height, width, recipe.scale[0] * ratio, recipe.scale[1] * ratio)

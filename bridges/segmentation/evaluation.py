@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from pretrain.data import normalize
 
-from bridges.segmentation.data import test_size
+from bridges.segmentation.data import resize_image, test_size
 from bridges.segmentation.recipes import SegRecipe
 from bridges.segmentation.model import IGNORE_INDEX
 
@@ -59,8 +59,7 @@ def predict(logits_of: Logits, image: torch.Tensor, recipe: SegRecipe, out_size:
     summed = None
     for ratio in scales:
         size = test_size(*image.shape[-2:], recipe, ratio)
-        resized = normalize(F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)
-                            .round().clamp(0, 255).to(torch.uint8))
+        resized = normalize(resize_image(image[None], size))
         for flip in flips:
             x = resized.flip(-1) if flip else resized
             logits = slide_logits(logits_of, x, recipe.crop_size, recipe.eval_stride, recipe.num_labels)
