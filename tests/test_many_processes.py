@@ -294,7 +294,7 @@ def test_segmentation_in_two_processes_writes_once_resumes_and_evaluates_each_im
     assert whole.renames("model_final/model.safetensors") == 1
     assert 1 <= whole.renames("model_best/model.safetensors") <= 2
     assert whole.lines("BatchNorm: per-process statistics") == 1
-    assert len(whole.starting("best mIoU")) == 1
+    assert len(whole.starting("final mIoU")) == len(whole.starting("best of 2 evaluations")) == 1
     evals = [json.loads(line) for line in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in evals if r["kind"] == "eval"] == [3, 6]
     assert all(r["images"] == 5 for r in evals if r["kind"] == "eval")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from bridges.cli.intermixed import IntermixedParser
 from bridges.detection.configs import config_names
 
 DESCRIPTION = ("Fine-tune a long-seq MAE encoder as a ViTDet (Cascade) Mask R-CNN on COCO with Detectron2. SOURCE "
@@ -28,23 +29,8 @@ train.init_checkpoint = "lsmae://ID" loads a zoo entry converted for ViTDet.
 
 
 # --------------------------------------------------------------------------- arguments
-class _IntermixedParser(argparse.ArgumentParser):
-    """Lets SOURCE and the KEY=VALUE overrides come before, between or after the options."""
-
-    _intermixing = False
-
-    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
-        if self._intermixing:  # parse_known_intermixed_args calls back into parse_known_args
-            return super().parse_known_args(args, namespace)
-        self._intermixing = True
-        try:
-            return self.parse_known_intermixed_args(args, namespace)
-        finally:
-            self._intermixing = False
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.__class__ = _IntermixedParser
+    p.__class__ = IntermixedParser
     p.add_argument("source", metavar="SOURCE",
                    help="zoo id (e.g. vit_large/coco/4000), demo, an MAE checkpoint file, or a file written by "
                         "`lsmae convert --to vitdet`")

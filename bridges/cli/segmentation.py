@@ -5,7 +5,8 @@ import argparse
 import os
 
 from bridges.cli.classification import DEVICE_HELP
-from bridges.segmentation.recipes import RECIPES
+from bridges.cli.intermixed import IntermixedParser
+from bridges.segmentation.recipes import RECIPES, overridable_keys
 
 DESCRIPTION = ("Fine-tune a long-seq MAE encoder as UperNet semantic segmentation on ADE20K (transformers' BEiT "
                "pieces, the recipe's block taps), evaluating mIoU/mAcc/aAcc as mmsegmentation does (sliding window, "
@@ -17,15 +18,19 @@ EXAMPLES = """examples:
       --data-path /data/ADEChallengeData2016 --output-dir runs/seg_vitb
   lsmae segment vit_large/coco/4000 --config upernet_vit_l_ade20k_160k --data-path ... --batch-size 8 \\
       --grad-checkpointing --dry-run          # the plan (lr, iterations, periods) for 8 images per step
+  lsmae segment vit_large/coco/4000 --dry-run lr=5e-5 layer_decay=0.85      (overrides, shown in the plan)
   lsmae segment --eval-only runs/seg_vitb/model_final --data-path /data/ADEChallengeData2016 [--aug-test]
 
 DATA is the ADE20K scene-parsing layout: images/{training,validation}/*.jpg and
 annotations/{training,validation}/*.png (150 classes; annotation 0 = "other" is ignored).
 --batch-size N scales the recipe to N images per step: lr x N/16, iterations, warmup and periods x 16/N.
+KEY=VALUE overrides set any other recipe value, e.g. lr=1e-4 layer_decay=0.9 drop_path=0.3; the ViT-L
+recipe is an estimate (no published values for an MAE ViT-L): --dry-run shows each value's source.
 """
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.__class__ = IntermixedParser
     p.add_argument("source", nargs="?", metavar="SOURCE",
                    help="zoo id (e.g. vit_base/coco/4000), demo, or an MAE checkpoint file (not with --eval-only)")
     p.add_argument("--config", choices=sorted(RECIPES), default=None,
@@ -53,6 +58,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", default="auto", help="'auto' (OUTPUT_DIR/last.pth if there is one) or '' to start fresh")
     p.add_argument("--print-freq", type=int, default=50, help="progress line every N iterations (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="recipe values, applied last (after --batch-size scaling and --max-iter & co.), shown in the "
+                        "plan and part of the run's identity: " + ", ".join(overridable_keys())
+                        + "; tuples as comma lists, e.g. lr=1e-4 layer_decay=0.9 aug_test_scales=1,1.5")
 
 
 def build_parser() -> argparse.ArgumentParser:

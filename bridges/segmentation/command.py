@@ -8,18 +8,31 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from pretrain.errors import LsmaeError
 from pretrain.engine.launch_env import launched_processes
 
-from bridges.segmentation.recipes import SegRecipe, get_recipe, plan, recipe_for_depth, scale_to_batch
+from bridges.segmentation.recipes import (SegRecipe, apply_overrides, get_recipe, plan, recipe_for_depth,
+                                          scale_to_batch)
 
 
 # --------------------------------------------------------------------------- the plan
-def resolve_recipe(args: argparse.Namespace) -> SegRecipe:
-    """The recipe named by --config (or chosen by the encoder's depth), scaled to --batch-size, with
-    the explicit --max-iter / --eval-period / --checkpoint-period applied last."""
+def split_positionals(args: argparse.Namespace) -> None:
+    """SOURCE and the KEY=VALUE overrides in any order: argparse gives the first positional to SOURCE, also
+    when it is an override (or there is no SOURCE, as with --eval-only)."""
+    given = ([args.source] if args.source is not None else []) + list(args.overrides)
+    sources = [p for p in given if "=" not in p or Path(p).exists()]
+    if len(sources) > 1:
+        raise LsmaeError(f"one SOURCE, got {', '.join(sources)} (overrides are KEY=VALUE)")
+    args.source = sources[0] if sources else None
+    args.overrides = [p for p in given if p not in sources]
+
+
+def resolve_recipe(args: argparse.Namespace) -> tuple[SegRecipe, dict[str, Any]]:
+    """The recipe named by --config (or chosen by the encoder's depth), scaled to --batch-size, then the
+    explicit --max-iter / --eval-period / --checkpoint-period, then the KEY=VALUE overrides (returned too)."""
     from dataclasses import replace
 
     if args.config is None:
@@ -34,31 +47,41 @@ def resolve_recipe(args: argparse.Namespace) -> SegRecipe:
     recipe = scale_to_batch(get_recipe(args.config), args.batch_size)
     overrides = {k: v for k, v in (("max_iter", args.max_iter), ("eval_period", args.eval_period),
                                    ("checkpoint_period", args.checkpoint_period)) if v is not None}
-    return replace(recipe, **overrides)
+    return apply_overrides(replace(recipe, **overrides), args.overrides)
 
 
 def print_plan(record: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(record))
         return
-    print(f"plan: {record['config']} from {record['source']} on {record['devices']} device(s), "
+    estimated = " (ESTIMATED: not published for this model; sources below)" if record["estimated"] else ""
+    print(f"plan: {record['config']}{estimated} from {record['source']} on {record['devices']} device(s), "
           f"{record['batch_size']} images per step ({record['batch_per_device']} per device), crop "
           f"{record['crop_size']}")
     print(f"      {record['max_iter']} iterations, lr {record['lr']:.3g} (warmup {record['warmup_iters']}, poly "
           f"{record['poly_power']}), layer decay {record['layer_decay']}, drop path {record['drop_path']}, weight "
-          f"decay {record['weight_decay']}, taps {record['out_indices']}")
+          f"decay {record['weight_decay']}, head dropout {record['head_dropout']}, taps {record['out_indices']}")
     print(f"      evaluation every {record['eval_period']} and checkpoints every {record['checkpoint_period']} "
           f"iterations; sliding window {record['crop_size']} stride {record['eval_stride']}")
+    if record["overrides"]:
+        print("      overrides: " + " ".join(f"{k}={_shown(v)}" for k, v in record["overrides"].items()))
+    for key, cited in record["citations"].items():
+        print(f"      {key} {_shown(record[key])}: {cited}")
+
+
+def _shown(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 # --------------------------------------------------------------------------- entry points
 def run(args: argparse.Namespace) -> dict[str, Any] | None:
+    split_positionals(args)
     if args.eval_only:
         from bridges.segmentation.training import run_eval
 
         return run_eval(args)
-    recipe = resolve_recipe(args)
-    record = plan(recipe, launched_processes(), args.source, grad_checkpointing=args.grad_checkpointing,
+    recipe, overrides = resolve_recipe(args)
+    record = plan(recipe, launched_processes(), args.source, overrides, grad_checkpointing=args.grad_checkpointing,
                   from_scratch=args.from_scratch)
     if args.dry_run:
         print_plan(record, args.json)

@@ -32,6 +32,21 @@ from bridges.mae_weights import (ENCODER_KEYS, Provenance, load_mae_weights, res
                                  untrained_mae_weights)
 
 IGNORE_INDEX = 255
+HEAD_DROPOUT = 0.1  # mmsegmentation's decode heads (UPerHead and FCNHead): ``dropout_ratio=0.1``
+
+
+class DropoutConv2d(nn.Conv2d):
+    """A classifier convolution with ``Dropout2d`` before it, as mmsegmentation's ``cls_seg``. A Conv2d
+    subclass, so the weights keep transformers' names (``classifier.weight/bias``) and load into
+    ``BeitForSemanticSegmentation`` too."""
+
+    def __init__(self, conv: nn.Conv2d, p: float) -> None:
+        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, device="meta")
+        self.weight, self.bias = conv.weight, conv.bias  # the initialised parameters, not new ones
+        self.dropout = nn.Dropout2d(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.dropout(x))
 
 
 def model_class() -> type:
@@ -50,6 +65,13 @@ def _define_model_class(beit: Any) -> type:
     class MaeUperNetForSemanticSegmentation(beit.BeitForSemanticSegmentation):
         """BEiT UperNet that taps the blocks in ``config.lsmae_block_taps`` (zero-based). The class name
         ends like transformers' own: it picks the semantic-segmentation loss by that suffix."""
+
+        def __init__(self, config: Any) -> None:
+            super().__init__(config)
+            p = getattr(config, "lsmae_head_dropout", 0.0)  # folders written before it was a setting: none
+            for head in (self.decode_head, self.auxiliary_head):
+                if head is not None and p > 0:
+                    head.classifier = DropoutConv2d(head.classifier, p)
 
         def block_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
             """The tapped blocks' outputs as [B, C, H/p, W/p] maps (cls token dropped)."""
@@ -77,7 +99,8 @@ def _define_model_class(beit: Any) -> type:
 
 
 def upernet_config(info: CheckpointInfo, img_size: int, num_labels: int, block_taps: list[int],
-                   drop_path: float = 0.0, provenance: dict[str, Any] | None = None) -> Any:
+                   drop_path: float = 0.0, provenance: dict[str, Any] | None = None,
+                   head_dropout: float = HEAD_DROPOUT) -> Any:
     """A ``BeitConfig`` for the MAE encoder ``info`` describes, with the recipe's options."""
     from transformers import BeitConfig
 
@@ -91,6 +114,7 @@ def upernet_config(info: CheckpointInfo, img_size: int, num_labels: int, block_t
         drop_path_rate=drop_path, out_indices=list(block_taps), pool_scales=[1, 2, 3, 6], use_auxiliary_head=True,
         auxiliary_loss_weight=0.4, auxiliary_channels=256, auxiliary_num_convs=1, auxiliary_concat_input=False,
         semantic_loss_ignore_index=IGNORE_INDEX, num_labels=num_labels, lsmae_block_taps=list(block_taps),
+        lsmae_head_dropout=head_dropout,
         architectures=["MaeUperNetForSemanticSegmentation"], lsmae=provenance or {},
     )
 
@@ -167,7 +191,8 @@ def upernet_taps(info: CheckpointInfo, block_taps: list[int] | None) -> list[int
 
 def convert_to_upernet(source: str | Path | dict[str, torch.Tensor], img_size: int = 512,
                        num_labels: int = ADE20K_CLASSES, block_taps: list[int] | None = None,
-                       drop_path: float = 0.0, pretrained: bool = True) -> UperNetConversion:
+                       drop_path: float = 0.0, pretrained: bool = True,
+                       head_dropout: float = HEAD_DROPOUT) -> UperNetConversion:
     """An UperNet segmentation model whose backbone is the MAE encoder of ``source`` (:func:`to_upernet`,
     heads newly initialised). ``pretrained=False``: the untrained MAE of the source's architecture
     instead (a from-scratch baseline), recorded with the source's provenance."""
@@ -176,7 +201,8 @@ def convert_to_upernet(source: str | Path | dict[str, torch.Tensor], img_size: i
     state, report = to_upernet(sd, info, img_size, num_labels, block_taps)
     record = {**provenance_record(provenance, info), "pretrain_img_size": info.img_size,
               **({} if pretrained else {"init": "untrained (from scratch)"})}
-    model = model_class()(upernet_config(info, img_size, num_labels, upernet_taps(info, block_taps), drop_path, record))
+    model = model_class()(upernet_config(info, img_size, num_labels, upernet_taps(info, block_taps), drop_path, record,
+                                         head_dropout))
     model.load_state_dict(state, strict=False)
     return UperNetConversion(model, info, provenance, report)
 
@@ -207,7 +233,8 @@ UperNet semantic segmentation with a ViT backbone initialised from a long-sequen
 - backbone: `{arch}` pretrained at {pretrain_px}px ({pretrain_grid}x{pretrain_grid} tokens), here at {img_size}px
   (position embeddings resampled bicubically), {dataset}{epochs}
 - features after blocks {taps} (zero-based), x4 / x2 / x1 / x0.5 pyramid, UperNet head (pool scales 1,2,3,6),
-  FCN auxiliary head (loss weight 0.4), {num_labels} classes, ignore index {ignore}
+  FCN auxiliary head (loss weight 0.4), dropout {dropout} before both classifiers, {num_labels} classes,
+  ignore index {ignore}
 - heads: {state}
 
 ## Load
@@ -243,7 +270,7 @@ def save_upernet(model: nn.Module, folder: str | Path, state: str) -> Path:
         arch=record.get("arch", ""), pretrain_px=pretrain_px, pretrain_grid=pretrain_px // cfg.patch_size,
         img_size=cfg.image_size, dataset=record.get("dataset", "data of its own"),
         epochs=f", {record['epochs']} epochs" if record.get("epochs") else "", taps=cfg.lsmae_block_taps,
-        num_labels=cfg.num_labels, ignore=cfg.semantic_loss_ignore_index, state=state, folder=folder,
+        num_labels=cfg.num_labels, ignore=cfg.semantic_loss_ignore_index, dropout=getattr(cfg, "lsmae_head_dropout", 0.0), state=state, folder=folder,
         license_text=license_text)
 
     def write(tmp: Path) -> None:

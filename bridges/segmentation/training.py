@@ -26,7 +26,7 @@ from pretrain.engine.trainer import LoopConfig, Progress, Trainer
 
 from bridges.segmentation.data import ADE20K, train_transform
 from bridges.segmentation.evaluation import SegMetrics, predict
-from bridges.segmentation.recipes import SegRecipe, get_recipe, recipe_for_depth
+from bridges.segmentation.recipes import EVAL_KEYS, SegRecipe, apply_overrides, get_recipe, recipe_for_depth
 from bridges.segmentation.model import convert_to_upernet, model_class, save_upernet
 
 CKPT_FORMAT = "lsmae segmentation"
@@ -35,8 +35,10 @@ log = logging.getLogger("bridges.segmentation")
 
 def param_groups(model: Any, weight_decay: float, layer_decay: float) -> list[dict[str, Any]]:
     """Layer-wise lr decay over the ViT (embeddings = layer 0, block i = i + 1, pyramid and heads =
-    last) and no weight decay on norms, biases, layer scales, position embeddings, cls token and
-    relative position tables (BEiT's LayerDecayOptimizerConstructor)."""
+    last) and weight decay as BEiT's/mmsegmentation's LayerDecayOptimizerConstructor applies it: none on
+    1-D tensors (norms, layer scales, BatchNorm) and biases only. Its ``pos_embed``/``cls_token`` name
+    check never matches the ``backbone.``-prefixed names, so position embeddings, the cls token and
+    the relative position tables are decayed there, and here."""
     depth = model.config.num_hidden_layers
     groups: dict[tuple[int, bool], dict[str, Any]] = {}
     for name, p in model.named_parameters():
@@ -48,8 +50,7 @@ def param_groups(model: Any, weight_decay: float, layer_decay: float) -> list[di
             layer = int(name.split(".")[2]) + 1
         else:
             layer = depth + 1
-        no_decay = p.ndim == 1 or name.endswith((".bias", "position_embeddings", "cls_token")) \
-            or "relative_position_bias_table" in name
+        no_decay = p.ndim == 1 or name.endswith(".bias")
         group = groups.setdefault((layer, no_decay), {
             "params": [], "weight_decay": 0.0 if no_decay else weight_decay,
             "lr_scale": layer_decay ** (depth + 1 - layer)})
@@ -62,7 +63,8 @@ def build_model(args: argparse.Namespace, recipe: SegRecipe) -> tuple[Any, str]:
 
     conversion = convert_to_upernet(args.source, img_size=recipe.crop_size, num_labels=recipe.num_labels,
                                     block_taps=list(recipe.out_indices), drop_path=recipe.drop_path,
-                                    pretrained=not args.from_scratch)
+                                    pretrained=not args.from_scratch, head_dropout=recipe.head_dropout)
+    conversion.model.config.auxiliary_loss_weight = recipe.auxiliary_weight  # read by the loss at every step
     return conversion.model, conversion.report.text()
 
 
@@ -116,8 +118,11 @@ def recipe_of(model: Any) -> SegRecipe:
 def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     if args.data_path is None:
         raise LsmaeError("--eval-only needs --data-path")
+    unused = [o for o in args.overrides if o.partition("=")[0] not in EVAL_KEYS]
+    if unused:
+        raise LsmaeError(f"--eval-only takes only the evaluation overrides ({', '.join(EVAL_KEYS)}), not {unused[0]}")
     model = load_segmentation_model(args.eval_only)
-    recipe = recipe_of(model)
+    recipe = apply_overrides(recipe_of(model), args.overrides)[0]
     backend = make_backend(args.device)
     try:
         model.to(backend.device)
@@ -143,6 +148,8 @@ class SegmentationTask:
         self.args, self.recipe, self.backend, self.dtype = args, recipe, backend, dtype
         self.output_dir, self.log = output_dir, logger
         self.best = {"mIoU": -1.0, "step": -1}
+        self.latest: dict[str, Any] = {}  # the last evaluation: at the end of training, the final model's
+        self.evaluations = 0
 
     def forward_loss(self, batch: Any, generator: torch.Generator) -> torch.Tensor:
         images, labels = batch
@@ -151,6 +158,8 @@ class SegmentationTask:
 
     def evaluate(self, at: Progress, train_loss: float) -> dict[str, Any]:
         result = evaluate(self.plain, self.val_set, self.recipe, self.backend, self.dtype)
+        self.latest = {"mIoU": result["mIoU"], "mAcc": result["mAcc"], "aAcc": result["aAcc"], "step": at.step}
+        self.evaluations += 1
         improved = result["mIoU"] > self.best["mIoU"]
         if improved:
             self.best = {"mIoU": result["mIoU"], "step": at.step}
@@ -168,7 +177,7 @@ class SegmentationTask:
 
     def checkpoint_extra(self, at: Progress) -> dict[str, Any]:
         return {"format": CKPT_FORMAT, "model": {k: v.detach().cpu() for k, v in self.plain.state_dict().items()},
-                "best": dict(self.best), "recipe": dataclasses.asdict(self.recipe), "source": self.plain.config.lsmae}
+                "best": dict(self.best), "latest": dict(self.latest), "evaluations": self.evaluations, "recipe": dataclasses.asdict(self.recipe), "source": self.plain.config.lsmae}
 
     def _save_folder(self, name: str, state: str) -> Path:
         import copy
@@ -176,6 +185,15 @@ class SegmentationTask:
         model = copy.deepcopy(self.plain).cpu()
         model.config.lsmae = {**model.config.lsmae, "recipe": dataclasses.asdict(self.recipe)}
         return save_upernet(model, self.output_dir / name, state)
+
+
+def loop_config(recipe: SegRecipe, seed: int, print_freq: int) -> LoopConfig:
+    """The recipe's schedule in iterations: linear warmup from ``lr * warmup_ratio``, then poly decay to
+    ``min_lr`` (mmsegmentation's ``poly`` policy with ``warmup='linear'``), evaluation and checkpoints
+    every period."""
+    return LoopConfig(seed=seed, min_lr=recipe.min_lr, print_freq=print_freq, max_steps=recipe.max_iter,
+                      warmup=recipe.warmup_iters, eval_every=recipe.eval_period, ckpt_every=recipe.checkpoint_period,
+                      schedule="poly", poly_power=recipe.poly_power, warmup_lr_init=recipe.lr * recipe.warmup_ratio)
 
 
 def _load_resumable(path: Path) -> dict[str, Any]:
@@ -186,22 +204,26 @@ def _load_resumable(path: Path) -> dict[str, Any]:
     return ckpt
 
 
-def _run_identity(args: argparse.Namespace, recipe: SegRecipe, provenance: dict[str, Any], images: int
-                  ) -> dict[str, Any]:
+def _run_identity(args: argparse.Namespace, recipe: SegRecipe, overrides: dict[str, Any], provenance: dict[str, Any],
+                  images: int) -> dict[str, Any]:
     """This run's identity (:func:`pretrain.engine.resume.run_identity`): the encoder, the digest of its
-    source, the recipe at this batch size (not its length or cadence, ``max_iter``, ``eval_period``,
-    ``checkpoint_period``: a rerun may extend it), the initialisation and seed, and the data."""
+    source, the recipe at this batch size and the KEY=VALUE overrides (not the run's length or cadence,
+    ``max_iter``, ``eval_period``, ``checkpoint_period``: a rerun may extend it, by flag or override), the
+    initialisation and seed, and the data."""
     left_out = {"source", "max_iter", "eval_period", "checkpoint_period"}  # ``source``: the recipe's citation
     return run_identity(
         "segment", input_size=recipe.crop_size, source=provenance.get("source_sha256"),
         model={"arch": provenance["arch"]},
         recipe={**{k: v for k, v in dataclasses.asdict(recipe).items() if k not in left_out},
+                "overrides": {k: v for k, v in overrides.items() if k not in left_out},
                 "init": "scratch" if args.from_scratch else "pretrained", "seed": args.seed},
         data={"path": str(Path(args.data_path).expanduser().resolve()), "images": images})
 
 
 def train(args: argparse.Namespace, recipe: SegRecipe, plan: dict[str, Any]) -> dict[str, Any]:
-    """Train (or resume) and evaluate; returns ``{'best_mIoU', 'best_step', 'final', 'best'}``."""
+    """Train (or resume) and evaluate. The result is the final model's evaluation (``mIoU``, as the reference
+    reports it); the best of the periodic evaluations is returned beside it (``best_mIoU``, ``best_step``),
+    with the folders ``final`` and ``best``."""
     backend = make_backend(args.device)
     try:
         return _train(args, recipe, plan, backend)
@@ -225,19 +247,17 @@ def _train(args: argparse.Namespace, recipe: SegRecipe, plan: dict[str, Any], ba
     wrapped = backend.wrap_model(backend.sync_batchnorm(model, log))
     optimizer = torch.optim.AdamW(param_groups(model, recipe.weight_decay, recipe.layer_decay), lr=recipe.lr,
                                   betas=recipe.betas, **backend.optimizer_options())
-    config = LoopConfig(seed=args.seed, min_lr=recipe.min_lr, print_freq=args.print_freq, max_steps=recipe.max_iter,
-                        warmup=recipe.warmup_iters, eval_every=recipe.eval_period, ckpt_every=recipe.checkpoint_period,
-                        schedule="poly", poly_power=recipe.poly_power, warmup_lr_init=recipe.lr * recipe.warmup_ratio)
+    config = loop_config(recipe, args.seed, args.print_freq)
     trainer = Trainer(backend, optimizer, dataset, batch=per_device, accum=1, num_workers=args.num_workers,
                       dtype=dtype, config=config, output_dir=output_dir, log=log,
                       stop_hint=f"Resume from {output_dir / 'last.pth'} (the default) after lowering the lr or "
                                 "switching --precision",
-                      identity=_run_identity(args, recipe, model.config.lsmae, len(dataset)))
+                      identity=_run_identity(args, recipe, plan["overrides"], model.config.lsmae, len(dataset)))
     task = SegmentationTask(model, wrapped, val_set, args, recipe, backend, dtype, output_dir, log)
     resumed = resume_run(trainer, model, args.resume, [output_dir / "last.pth"], load=_load_resumable, log=log)
     if resumed is not None:
         path, ckpt = resumed
-        task.best = dict(ckpt["best"])
+        task.best, task.latest, task.evaluations = dict(ckpt["best"]), dict(ckpt["latest"]), ckpt["evaluations"]
         log.info("resumed from %s at iteration %d (best mIoU %.2f)", path, trainer.step, 100 * task.best["mIoU"])
     else:
         log.info("%s", report.replace("\n", "; "))
@@ -245,11 +265,18 @@ def _train(args: argparse.Namespace, recipe: SegRecipe, plan: dict[str, Any], ba
              recipe.name, len(dataset), backend.world_size, per_device, recipe.batch_size, recipe.max_iter,
              recipe.lr, precision_name(dtype))
     trainer.fit(task)
-    final = None
     if backend.is_main:
         final = task._save_folder("model_final", f"trained {recipe.max_iter} iterations")
-        print(f"best mIoU {100 * task.best['mIoU']:.2f} at iteration {task.best['step']}; final model: {final}")
+        print(report_lines(task.latest, task.best, task.evaluations, output_dir))
         print(final)
     backend.barrier()
-    return {"best_mIoU": task.best["mIoU"], "best_step": task.best["step"], "final": output_dir / "model_final",
-            "best": output_dir / "model_best"}
+    return {**{k: task.latest[k] for k in ("mIoU", "mAcc", "aAcc")}, "best_mIoU": task.best["mIoU"],
+            "best_step": task.best["step"], "final": output_dir / "model_final", "best": output_dir / "model_best"}
+
+
+def report_lines(final: dict[str, Any], best: dict[str, Any], evaluations: int, output_dir: Path) -> str:
+    """The run's result (the final model, as the reference reports it) and, labelled, the best evaluation."""
+    return (f"final mIoU {100 * final['mIoU']:.2f} mAcc {100 * final['mAcc']:.2f} aAcc {100 * final['aAcc']:.2f} "
+            f"at iteration {final['step']}: the result ({output_dir / 'model_final'})\n"
+            f"best of {evaluations} evaluations: mIoU {100 * best['mIoU']:.2f} at iteration {best['step']} "
+            f"({output_dir / 'model_best'}; chosen on the validation set, so it reads higher than the recipe gives)")

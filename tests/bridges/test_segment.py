@@ -198,7 +198,7 @@ def test_dry_run_plans_print_the_recipes_and_scale_with_the_batch(lsmae_home, ca
     assert b["eval_period"] == b["checkpoint_period"] == 16000 and b["weight_decay"] == 0.05
     large = _plan(capsys, "vit_large/coco/4000", "--batch-size", "8")
     assert (large["config"], large["lr"], large["layer_decay"], large["drop_path"], large["out_indices"]) == (
-        "upernet_vit_l_ade20k_160k", 1e-5, 0.95, 0.2, [7, 11, 15, 23])
+        "upernet_vit_l_ade20k_160k", 4e-5, 0.9, 0.2, [7, 11, 15, 23])
     assert (large["batch_size"], large["max_iter"], large["warmup_iters"], large["eval_period"]) == (
         8, 320000, 3000, 32000)
     assert not any(lsmae_home.rglob("*.pth"))  # nothing fetched
@@ -257,6 +257,15 @@ def test_training_resumes_bit_identically_and_saves_transformers_folders(texture
     records = [json.loads(line) for line in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
     evals = [r for r in records if r["kind"] == "eval"]
     assert [r["step"] for r in evals] == [3, 6] and all(0 <= r["mIoU"] <= 1 for r in evals)
+    out = capsys.readouterr().out.splitlines()
+    final, best = evals[-1], max(evals, key=lambda r: r["mIoU"])  # the result is the final model's evaluation
+    runs = (tmp_path / "whole", tmp_path / "resumed")  # bit-identical: the same numbers
+    assert [line for line in out if line.startswith("final mIoU")] == [
+        f"final mIoU {100 * final['mIoU']:.2f} mAcc {100 * final['mAcc']:.2f} aAcc {100 * final['aAcc']:.2f} at "
+        f"iteration 6: the result ({run / 'model_final'})" for run in runs]
+    assert [line for line in out if line.startswith("best of")] == [
+        f"best of 2 evaluations: mIoU {100 * best['mIoU']:.2f} at iteration {best['step']} ({run / 'model_best'}; "
+        "chosen on the validation set, so it reads higher than the recipe gives)" for run in runs]
     final = model_class().from_pretrained(str(tmp_path / "whole" / "model_final"))
     assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in final.modules())
     assert final.config.lsmae["recipe"]["max_iter"] == 6
@@ -267,7 +276,8 @@ def test_training_resumes_bit_identically_and_saves_transformers_folders(texture
 
 
 def test_resuming_another_runs_checkpoint_is_a_one_line_error(texture_set, tmp_path, lsmae_home, capsys):
-    """Another lr (a batch size scales it) or another data set than the run's last.pth: refused, naming the field."""
+    """Another lr (a batch size scales it), another data set or another override than the run's last.pth:
+    refused, naming the field."""
     out = tmp_path / "run"
     assert _segment(texture_set, out, "--max-iter", "3") == 0
     before = (out / "last.pth").read_bytes()
@@ -276,7 +286,8 @@ def test_resuming_another_runs_checkpoint_is_a_one_line_error(texture_set, tmp_p
     demo = get_recipe("demo")
     for data, extra, field in (
             (texture_set, ("--batch-size", "4"), f"recipe.lr {demo.lr!r} -> {scale_to_batch(demo, 4).lr!r}"),
-            (other, (), f"data.path {str(texture_set.resolve())!r} -> {str(other.resolve())!r}")):
+            (other, (), f"data.path {str(texture_set.resolve())!r} -> {str(other.resolve())!r}"),
+            (texture_set, ("head_dropout=0.2",), "recipe.head_dropout 0.1 -> 0.2")):
         capsys.readouterr()
         assert _segment(data, out, *extra) == 1
         err = capsys.readouterr().err.strip()
