@@ -1,11 +1,13 @@
-"""Segmentation evaluation as mmsegmentation does it, so the numbers compare with published ones.
+"""Segmentation evaluation as mmsegmentation 0.x runs BEiT's ADE20K UperNet configs, so the numbers
+compare with published ones.
 
-Each image is resized to the recipe's test scale (short side 512, long side at most 2048),
-segmented with a sliding window (512, stride 341; windows average their logits; an image smaller
-than the window is padded), and its logits are resized back to the annotation's own resolution
-before scoring. ``aug_test`` adds scales 0.5..1.75 and flips, averaging the logits. Metrics are
-accumulated over the whole set: mIoU over the classes present in the prediction or the ground
-truth, mAcc (mean per-class recall), aAcc (correct / labelled pixels).
+Each image is resized to the recipe's test scale (short side max(512 x ratio, crop), no long-side
+limit: ``Resize(keep_ratio=True, min_size=crop)``), segmented with a sliding window (512, stride 341;
+windows average their logits; an image smaller than the window is padded), and its logits are
+resized back to the annotation's own resolution before scoring. ``aug_test`` adds scales 0.5..1.75
+and flips, averaging the logits. Metrics are accumulated over the whole set: mIoU over the classes
+present in the prediction or the ground truth, mAcc (mean per-class recall), aAcc (correct /
+labelled pixels).
 """
 from __future__ import annotations
 

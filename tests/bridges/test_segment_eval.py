@@ -1,13 +1,39 @@
-"""Segmentation evaluation: sliding-window inference, prediction at the annotation's resolution, metrics."""
+"""Segmentation evaluation against mmsegmentation 0.x with BEiT's ADE20K configs: the test resize
+(min_size = crop, no long-side limit), sliding-window inference, prediction, metrics."""
 from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
+from bridges.segmentation.data import test_size as eval_size  # not collected as a test
 from bridges.segmentation.evaluation import SegMetrics, predict, slide_logits
 from bridges.segmentation.recipes import get_recipe
 from pretrain.data import normalize
+
+
+# --------------------------------------------------------------------------- the test resize
+# (h, w) -> size, by hand from Resize(keep_ratio=True, min_size=crop) on the scale (int(long r), int(short r)):
+# short = max(int(short r), crop), long = short x aspect, then imrescale: int(side x factor + 0.5)
+@pytest.mark.parametrize("recipe, image, ratio, size", [
+    # demo: crop 64, scale (128, 64)
+    ("demo", (300, 400), 0.5, (64, 85)),     # short 32 < crop -> 64; 64 x 4/3 = 85.3
+    ("demo", (300, 400), 1.0, (64, 85)),
+    ("demo", (300, 400), 1.75, (112, 149)),  # int(64 x 1.75) = 112; 112 x 4/3 = 149.3
+    ("demo", (1000, 200), 0.5, (320, 64)),   # long 320 > int(128 x 0.5): no long-side limit
+    ("demo", (1000, 200), 1.0, (320, 64)),
+    ("demo", (1000, 200), 1.75, (560, 112)),
+    # ViT-B: crop 512, scale (2048, 512)
+    ("upernet_vit_b_ade20k_160k", (300, 400), 0.5, (512, 683)),    # 256 -> 512; 682.7
+    ("upernet_vit_b_ade20k_160k", (300, 400), 1.0, (512, 683)),
+    ("upernet_vit_b_ade20k_160k", (300, 400), 1.75, (896, 1195)),  # 1194.7
+    ("upernet_vit_b_ade20k_160k", (1000, 200), 0.5, (2560, 512)),  # above 2048 x 0.5 and 2048
+    ("upernet_vit_b_ade20k_160k", (1000, 200), 1.0, (2560, 512)),
+    ("upernet_vit_b_ade20k_160k", (1000, 200), 1.75, (4480, 896)),
+])
+def test_eval_resize_short_side_at_least_the_crop_no_long_side_limit(recipe, image, ratio, size):
+    assert eval_size(*image, get_recipe(recipe), ratio) == size
 
 
 # --------------------------------------------------------------------------- sliding windows
