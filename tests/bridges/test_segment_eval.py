@@ -1,16 +1,49 @@
 """Segmentation evaluation against mmsegmentation 0.x with BEiT's ADE20K configs: the test resize
-(min_size = crop, no long-side limit), sliding-window inference, prediction, metrics."""
+(min_size = crop, no long-side limit), sliding windows (stride, unpadded small windows), prediction,
+metrics."""
 from __future__ import annotations
 
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from bridges.segmentation.data import test_size as eval_size  # not collected as a test
 from bridges.segmentation.evaluation import SegMetrics, predict, slide_logits
 from bridges.segmentation.recipes import get_recipe
 from pretrain.data import normalize
+from tests.conftest import perturbed_mae
+
+
+class Recorder:
+    """A ``logits_of`` that keeps the windows it is given and answers with ``answer(window)``."""
+
+    def __init__(self, answer):
+        self.answer, self.windows = answer, []
+
+    def __call__(self, window: torch.Tensor) -> torch.Tensor:
+        self.windows.append(window.clone())
+        return self.answer(window)
+
+    def offsets(self, image: torch.Tensor) -> list[tuple[int, int]]:
+        """Where in ``image`` each window was cut (its pixels are all distinct, so one place fits)."""
+        found = []
+        for window in self.windows:
+            h, w = window.shape[-2:]
+            found.append(next((y, x) for y in range(image.shape[-2] - h + 1) for x in range(image.shape[-1] - w + 1)
+                              if torch.equal(image[..., y:y + h, x:x + w], window)))
+        return found
+
+
+def distinct_pixels(h: int, w: int) -> torch.Tensor:
+    """A normalised-like image [1, 3, h, w]: channel 0 = row, channel 1 = column, channel 2 = 0."""
+    rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    return torch.stack([rows, cols, torch.zeros_like(rows)]).float()[None]
+
+
+def zeros(classes: int):
+    return lambda window: window.new_zeros(1, classes, *window.shape[-2:])
 
 
 # --------------------------------------------------------------------------- the test resize
@@ -37,24 +70,71 @@ def test_eval_resize_short_side_at_least_the_crop_no_long_side_limit(recipe, ima
 
 
 # --------------------------------------------------------------------------- sliding windows
+def test_windows_step_by_the_stride_and_average_where_they_overlap():
+    image = distinct_pixels(100, 130)
+    position = Recorder(lambda w: w[:, :2, :1, :1].expand(1, 2, *w.shape[-2:]))  # the window's (top, left)
+    out = slide_logits(position, image, crop=64, stride=43, num_classes=2)
+    # rows: 0 and 100 - 64 = 36; columns: 0, 43 and 130 - 64 = 66 (stride 64 would give 0, 64, 66)
+    assert position.offsets(image) == [(0, 0), (0, 43), (0, 66), (36, 0), (36, 43), (36, 66)]
+    assert all(w.shape[-2:] == (64, 64) for w in position.windows)
+    # each pixel: the mean of the (top, left) of the windows that cover it
+    expected_left = {10: 0, 63: (0 + 43) / 2, 64: 43, 65: 43, 66: (43 + 66) / 2, 106: (43 + 66) / 2, 107: 66}
+    for col, left in expected_left.items():
+        assert out[0, 1, 0, col] == left, col
+    assert out[0, 0, 20, 0] == 0 and out[0, 0, 50, 0] == 36 / 2 and out[0, 0, 80, 0] == 36
+
+
+def test_predict_slides_with_the_recipes_stride():
+    recipe = get_recipe("demo")  # crop 64, stride 43; a 64 x 150 image keeps its size
+    cols = torch.arange(150, dtype=torch.uint8).expand(64, 150)
+    image = torch.stack([cols, torch.arange(64, dtype=torch.uint8)[:, None].expand(64, 150), cols * 0])
+    recorder = Recorder(zeros(recipe.num_labels))
+    predict(recorder, image, recipe, (64, 150))
+    assert recorder.offsets(normalize(image[None])) == [(0, 0), (0, 43), (0, 86)]  # stride 64: 0, 64, 86
+
+
+def test_a_side_shorter_than_the_window_is_run_unpadded():
+    recorder = Recorder(zeros(3))
+    slide_logits(recorder, distinct_pixels(40, 50), crop=64, stride=43, num_classes=3)
+    assert [w.shape[-2:] for w in recorder.windows] == [(40, 50)]
+    recorder = Recorder(zeros(3))
+    image = distinct_pixels(40, 100)
+    out = slide_logits(recorder, image, crop=64, stride=43, num_classes=3)
+    assert recorder.offsets(image) == [(0, 0), (0, 36)] and out.shape == (1, 3, 40, 100)
+    assert all(w.shape[-2:] == (40, 64) for w in recorder.windows)
+
+
 def test_sliding_window_equals_whole_image_when_the_window_covers_it():
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(3, 5, 4, stride=4)
 
-    image = torch.randn(1, 3, 64, 64)
-    whole = torch.nn.functional.interpolate(conv(image), size=(64, 64), mode="bilinear", align_corners=False)
-    torch.testing.assert_close(slide_logits(conv, image, crop=64, stride=43, num_classes=5), whole, atol=1e-6,
-                               rtol=0)
-    # smaller than the window: padded black, the padding's logits dropped
-    small = normalize(torch.zeros(1, 3, 40, 64, dtype=torch.uint8))
-    padded = normalize(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
-    torch.testing.assert_close(slide_logits(conv, small, crop=64, stride=43, num_classes=5),
-                               slide_logits(conv, padded, crop=64, stride=43, num_classes=5)[:, :, :40])
+    for size in ((64, 64), (40, 56)):  # the window, and smaller than the window
+        image = torch.randn(1, 3, *size)
+        whole = F.interpolate(conv(image), size=size, mode="bilinear", align_corners=False)
+        torch.testing.assert_close(slide_logits(conv, image, crop=64, stride=43, num_classes=5), whole, atol=1e-6,
+                                   rtol=0)
     # a per-pixel model gives the same logits from any tiling of overlapping windows
     pointwise = torch.nn.Conv2d(3, 5, 1)
     big = torch.randn(1, 3, 100, 130)
     torch.testing.assert_close(slide_logits(pointwise, big, crop=64, stride=43, num_classes=5), pointwise(big),
                                atol=1e-5, rtol=0)
+
+
+def test_the_segmentation_model_runs_a_window_smaller_than_its_image_size():
+    pytest.importorskip("transformers")
+    from bridges.segmentation.model import convert_to_upernet
+
+    model = convert_to_upernet(perturbed_mae(scale=0.02, img_size=64).state_dict(), img_size=64, num_labels=4).model
+    model.eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for layer in model.beit.layers:  # zero at conversion: give the resampled tables something to resample
+            layer.relative_position_bias.relative_position_bias_table.normal_()
+        image = torch.randn(1, 3, 40, 56)  # 5 x 7 patches of the 8 x 8 grid the model was built for
+        whole = model(image).logits
+        slid = slide_logits(lambda x: model(x).logits, image, crop=64, stride=43, num_classes=4)
+    assert whole.shape == (1, 4, 20, 28) and torch.isfinite(whole).all()
+    torch.testing.assert_close(slid, F.interpolate(whole, size=(40, 56), mode="bilinear", align_corners=False))
 
 
 # --------------------------------------------------------------------------- prediction and aug-test
