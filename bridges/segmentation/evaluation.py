@@ -5,9 +5,9 @@ Each image is resized to the recipe's test scale (short side max(512 x ratio, cr
 limit: ``Resize(keep_ratio=True, min_size=crop)``), segmented with a sliding window (512, stride 341;
 a window is clipped to the image, so an image smaller than it runs unpadded; overlapping windows
 average their logits), and its logits are resized back to the annotation's resolution. ``aug_test``
-adds scales 0.5..1.75 and flips, averaging the logits. Metrics are accumulated over the whole set:
-mIoU over the classes present in the prediction or the ground truth, mAcc (mean per-class recall),
-aAcc (correct / labelled pixels).
+adds scales 0.5..1.75, each also flipped horizontally, and averages the softmax probabilities of
+all of them. Metrics are accumulated over the whole set: mIoU over the classes present in the
+prediction or the ground truth, mAcc (mean per-class recall), aAcc (correct / labelled pixels).
 """
 from __future__ import annotations
 
@@ -52,7 +52,9 @@ def slide_logits(logits_of: Logits, image: torch.Tensor, crop: int, stride: int,
 
 def predict(logits_of: Logits, image: torch.Tensor, recipe: SegRecipe, out_size: Sequence[int],
             aug_test: bool = False) -> torch.Tensor:
-    """Class per pixel [H, W] at ``out_size`` for a uint8 image [3, h, w] (already on its device)."""
+    """Class per pixel [H, W] at ``out_size`` for a uint8 image [3, h, w] (already on its device).
+    Each scale x flip gives softmax probabilities at ``out_size`` (logits resized, then softmax, then
+    flipped back); the argmax of their mean (of their sum) is the class, as mmsegmentation's ``aug_test``."""
     scales = recipe.aug_test_scales if aug_test else (1.0,)
     flips = (False, True) if aug_test else (False,)
     summed = None
@@ -62,9 +64,10 @@ def predict(logits_of: Logits, image: torch.Tensor, recipe: SegRecipe, out_size:
         for flip in flips:
             x = resized.flip(-1) if flip else resized
             logits = slide_logits(logits_of, x, recipe.crop_size, recipe.eval_stride, recipe.num_labels)
-            logits = logits.flip(-1) if flip else logits
             logits = F.interpolate(logits, size=tuple(out_size), mode="bilinear", align_corners=False)
-            summed = logits if summed is None else summed + logits
+            probs = logits.softmax(1)
+            probs = probs.flip(-1) if flip else probs
+            summed = probs if summed is None else summed + probs
     return summed[0].argmax(0)
 
 

@@ -1,8 +1,9 @@
 """Segmentation evaluation against mmsegmentation 0.x with BEiT's ADE20K configs: the test resize
-(min_size = crop, no long-side limit), sliding windows (stride, unpadded small windows), prediction,
-metrics."""
+(min_size = crop, no long-side limit), sliding windows (stride, unpadded small windows), aug-test
+averaging softmax probabilities, metrics accumulated over a set."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -138,6 +139,39 @@ def test_the_segmentation_model_runs_a_window_smaller_than_its_image_size():
 
 
 # --------------------------------------------------------------------------- prediction and aug-test
+A = torch.tensor([5.0, 3.0, 0.0])  # softmax (0.876, 0.118, 0.006)
+B = torch.tensor([0.0, 3.0, 4.0])  # softmax (0.013, 0.265, 0.721)
+# mean of A and B: logits (2.5, 3, 2) -> class 1; probabilities (0.444, 0.192, 0.364) -> class 0
+
+
+def left_a_right_b(window: torch.Tensor) -> torch.Tensor:
+    """Logits A on the window's left half, B on its right half: a flipped pass swaps them."""
+    h, w = window.shape[-2:]
+    out = B[None, :, None, None].repeat(1, 1, h, w)
+    out[..., :w // 2] = A[:, None, None]
+    return out
+
+
+def test_aug_test_averages_probabilities_over_flips():
+    recipe = dataclasses.replace(get_recipe("demo"), num_labels=3, aug_test_scales=(1.0,))
+    image = torch.zeros(3, 64, 64, dtype=torch.uint8)  # one window; each pixel sees A once and B once
+    assert ((A + B) / 2).argmax() == 1 and (A.softmax(0) + B.softmax(0)).argmax() == 0
+    single = predict(left_a_right_b, image, recipe, (64, 64))
+    assert (single[:, :32] == 0).all() and (single[:, 32:] == 2).all()
+    assert (predict(left_a_right_b, image, recipe, (64, 64), aug_test=True) == 0).all()
+
+
+def test_aug_test_runs_every_scale_flipped_and_not():
+    recipe = get_recipe("demo")  # scales 0.75, 1.0, 1.25 of (128, 64): 64 x 64 (min_size), 64 x 64, 80 x 80
+    torch.manual_seed(0)
+    image = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
+    recorder = Recorder(zeros(recipe.num_labels))
+    predict(recorder, image, recipe, (64, 64), aug_test=True)
+    assert len(recorder.windows) == (1 + 1 + 4) * 2 and all(w.shape[-2:] == (64, 64) for w in recorder.windows)
+    unflipped = normalize(image[None])
+    assert torch.equal(recorder.windows[0], unflipped) and torch.equal(recorder.windows[1], unflipped.flip(-1))
+
+
 def test_predict_returns_the_annotation_resolution():
     recipe = get_recipe("demo")
     pointwise = torch.nn.Conv2d(3, 4, 1)
