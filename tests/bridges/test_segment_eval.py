@@ -198,3 +198,23 @@ def test_metric_definitions_on_hand_made_cases():
     assert math.isclose(s["mAcc"], (0.5 + 1.0) / 2) and math.isclose(s["aAcc"], 3 / 4)
     m.add(torch.tensor([2]), torch.tensor([0]))  # a false positive of class 2 makes it count, IoU 0
     assert m.summary()["IoU"][2] == 0.0
+
+
+def test_metrics_accumulate_areas_over_images_of_different_sizes():
+    images = [  # (pred, label)
+        (torch.tensor([[0, 1], [1, 2]]), torch.tensor([[0, 0], [1, 255]])),  # class 2 absent; the 255 pixel unscored
+        (torch.tensor([[2, 2, 0, 0]]), torch.tensor([[2, 2, 2, 0]])),        # class 1 absent
+    ]
+    m = SegMetrics.empty(3)
+    for pred, label in images:
+        m.add(pred, label)
+    # areas over both: class 0 inter 1+1, pred 1+2, label 2+1; class 1: 1, 2, 1; class 2: 0+2, 0+2, 0+3
+    assert m.intersect.tolist() == [2, 1, 2] and m.union.tolist() == [4, 2, 3] and m.label.tolist() == [3, 1, 3]
+    s = m.summary()
+    assert s["IoU"] == [0.5, 0.5, 2 / 3] and math.isclose(s["mIoU"], 5 / 9)  # per image: (1/2 + 7/12) / 2 = 13/24
+    assert math.isclose(s["mAcc"], (2 / 3 + 1 + 2 / 3) / 3) and math.isclose(s["aAcc"], 5 / 7)
+    # processes measure their images apart and sum the areas: the same numbers
+    parts = [SegMetrics.empty(3) for _ in images]
+    for part, (pred, label) in zip(parts, images):
+        part.add(pred, label)
+    assert SegMetrics.from_tensor(sum(p.as_tensor() for p in parts)).summary() == s
