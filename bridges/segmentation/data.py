@@ -206,5 +206,8 @@ def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def test_size(height: int, width: int, recipe: SegRecipe, ratio: float = 1.0) -> tuple[int, int]:
-    """The evaluation resize: (long, short) = recipe scale x ``ratio``, keeping the aspect ratio."""
-    return scale_to_fit(height, width, recipe.scale[0] * ratio, recipe.scale[1] * ratio)
+    """The evaluation resize of BEiT's ADE20K configs: the scale (int(long x ratio), int(short x ratio))
+    of MultiScaleFlipAug, then ``Resize(keep_ratio=True, min_size=crop)``, which sets the short side to
+    max(short scale, crop) and drops the long-side limit, so no image is smaller than a window."""
+    short = max(min(int(side * ratio) for side in recipe.scale), recipe.crop_size)
+    return scale_to_fit(height, width, short * max(height, width) / min(height, width), short)

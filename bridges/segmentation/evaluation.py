@@ -1,11 +1,13 @@
-"""Segmentation evaluation as mmsegmentation does it, so the numbers compare with published ones.
+"""Segmentation evaluation as mmsegmentation 0.x runs BEiT's ADE20K UperNet configs, so the numbers
+compare with published ones.
 
-Each image is resized to the recipe's test scale (short side 512, long side at most 2048),
-segmented with a sliding window (512, stride 341; windows average their logits; an image smaller
-than the window is padded), and its logits are resized back to the annotation's own resolution
-before scoring. ``aug_test`` adds scales 0.5..1.75 and flips, averaging the logits. Metrics are
-accumulated over the whole set: mIoU over the classes present in the prediction or the ground
-truth, mAcc (mean per-class recall), aAcc (correct / labelled pixels).
+Each image is resized to the recipe's test scale (short side max(512 x ratio, crop), no long-side
+limit: ``Resize(keep_ratio=True, min_size=crop)``), segmented with a sliding window (512, stride 341;
+a window is clipped to the image, so an image smaller than it runs unpadded; overlapping windows
+average their logits), and its logits are resized back to the annotation's resolution. ``aug_test``
+adds scales 0.5..1.75, each also flipped horizontally, and averages the softmax probabilities of
+all of them. Metrics are accumulated over the whole set: mIoU over the classes present in the
+prediction or the ground truth, mAcc (mean per-class recall), aAcc (correct / labelled pixels).
 """
 from __future__ import annotations
 
@@ -25,35 +27,34 @@ Logits = Callable[[torch.Tensor], torch.Tensor]  # normalised [B, 3, h, w] -> [B
 
 
 def _window_starts(size: int, crop: int, stride: int) -> list[int]:
+    """mmsegmentation's grid: every ``stride`` pixels, the last window moved back inside the image."""
     steps = max(size - crop + stride - 1, 0) // stride + 1
-    return sorted({max(min(i * stride + crop, size) - crop, 0) for i in range(steps)})
+    return [max(min(i * stride + crop, size) - crop, 0) for i in range(steps)]
 
 
 def slide_logits(logits_of: Logits, image: torch.Tensor, crop: int, stride: int, num_classes: int) -> torch.Tensor:
-    """Logits [1, C, H, W] of a normalised image [1, 3, H, W] from crop x crop windows every ``stride``
-    pixels, averaged where they overlap; an image smaller than a window is zero-padded (in pixel
-    space: the padding is black) and the padding's logits dropped."""
+    """Logits [1, C, H, W] of a normalised image [1, 3, H, W] from windows of at most crop x crop
+    every ``stride`` pixels, each window's logits resized to it and averaged where windows overlap.
+    A side shorter than the crop gives windows of that side (run as they are, not padded), as
+    mmsegmentation's ``slide_inference``."""
     _, _, h, w = image.shape
-    ph, pw = max(crop - h, 0), max(crop - w, 0)
-    if ph or pw:
-        black = normalize(torch.zeros(1, 3, 1, 1, dtype=torch.uint8, device=image.device)).to(image.dtype)
-        image = F.pad(image - black, (0, pw, 0, ph)) + black
-    H, W = image.shape[-2:]
-    total = image.new_zeros((1, num_classes, H, W), dtype=torch.float32)
-    count = image.new_zeros((1, 1, H, W), dtype=torch.float32)
-    for y in _window_starts(H, crop, stride):
-        for x in _window_starts(W, crop, stride):
+    total = image.new_zeros((1, num_classes, h, w), dtype=torch.float32)
+    count = image.new_zeros((1, 1, h, w), dtype=torch.float32)
+    for y in _window_starts(h, crop, stride):
+        for x in _window_starts(w, crop, stride):
             window = image[:, :, y:y + crop, x:x + crop]
             out = F.interpolate(logits_of(window).float(), size=window.shape[-2:], mode="bilinear",
                                 align_corners=False)
             total[:, :, y:y + crop, x:x + crop] += out
             count[:, :, y:y + crop, x:x + crop] += 1
-    return (total / count)[:, :, :h, :w]
+    return total / count
 
 
 def predict(logits_of: Logits, image: torch.Tensor, recipe: SegRecipe, out_size: Sequence[int],
             aug_test: bool = False) -> torch.Tensor:
-    """Class per pixel [H, W] at ``out_size`` for a uint8 image [3, h, w] (already on its device)."""
+    """Class per pixel [H, W] at ``out_size`` for a uint8 image [3, h, w] (already on its device).
+    Each scale x flip gives softmax probabilities at ``out_size`` (logits resized, then softmax, then
+    flipped back); the argmax of their mean (of their sum) is the class, as mmsegmentation's ``aug_test``."""
     scales = recipe.aug_test_scales if aug_test else (1.0,)
     flips = (False, True) if aug_test else (False,)
     summed = None
@@ -63,9 +64,10 @@ def predict(logits_of: Logits, image: torch.Tensor, recipe: SegRecipe, out_size:
         for flip in flips:
             x = resized.flip(-1) if flip else resized
             logits = slide_logits(logits_of, x, recipe.crop_size, recipe.eval_stride, recipe.num_labels)
-            logits = logits.flip(-1) if flip else logits
             logits = F.interpolate(logits, size=tuple(out_size), mode="bilinear", align_corners=False)
-            summed = logits if summed is None else summed + logits
+            probs = logits.softmax(1)
+            probs = probs.flip(-1) if flip else probs
+            summed = probs if summed is None else summed + probs
     return summed[0].argmax(0)
 
 
