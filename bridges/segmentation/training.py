@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from pretrain.engine.backends import TorchBackend, make_backend
-from pretrain.data import normalize
 from pretrain.errors import CheckpointError, LsmaeError
 from pretrain.engine.resume import resume_run, run_identity
 from pretrain.engine.run_logging import setup_logging
@@ -24,7 +23,7 @@ from pretrain.engine.serialization import load_checkpoint
 from pretrain.engine.run_plan import precision_name, resolve_precision
 from pretrain.engine.trainer import LoopConfig, Progress, Trainer
 
-from bridges.segmentation.data import ADE20K, train_transform
+from bridges.segmentation.data import ADE20K, TrainingCrops, normalize_crops
 from bridges.segmentation.evaluation import SegMetrics, predict
 from bridges.segmentation.recipes import EVAL_KEYS, SegRecipe, apply_overrides, get_recipe, recipe_for_depth
 from bridges.segmentation.model import convert_to_upernet, model_class, save_upernet
@@ -139,7 +138,7 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
 
 
 class SegmentationTask:
-    """UperNet training on uint8 crops (normalised on the device), evaluated every N iterations."""
+    """UperNet training on padded uint8 crops (normalised on the device), evaluated every N iterations."""
 
     def __init__(self, model: nn.Module, wrapped: nn.Module, val_set: ADE20K, args: argparse.Namespace,
                  recipe: SegRecipe, backend: TorchBackend, dtype: torch.dtype | None, output_dir: Path,
@@ -152,9 +151,9 @@ class SegmentationTask:
         self.evaluations = 0
 
     def forward_loss(self, batch: Any, generator: torch.Generator) -> torch.Tensor:
-        images, labels = batch
+        images, labels, sizes = batch
         with self.backend.autocast(self.dtype):
-            return self.model(normalize(images), labels=labels).loss
+            return self.model(normalize_crops(images, sizes), labels=labels).loss
 
     def evaluate(self, at: Progress, train_loss: float) -> dict[str, Any]:
         result = evaluate(self.plain, self.val_set, self.recipe, self.backend, self.dtype)
@@ -237,7 +236,7 @@ def _train(args: argparse.Namespace, recipe: SegRecipe, plan: dict[str, Any], ba
     output_dir = Path(args.output_dir)
     dtype = resolve_precision(args.precision, backend)
     per_device = plan["batch_per_device"]
-    dataset = ADE20K(args.data_path, "train", train_transform(recipe))
+    dataset = TrainingCrops(ADE20K(args.data_path, "train"), recipe)
     val_set = ADE20K(args.data_path, "val")  # a missing validation split fails now, not after the first period
     torch.manual_seed(args.seed)
     model, report = build_model(args, recipe)

@@ -4,10 +4,8 @@ from __future__ import annotations
 import json
 import shutil
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import pretrain
 from bridges.cli import main
@@ -15,8 +13,9 @@ from bridges.segmentation.recipes import RECIPES, default_taps, get_recipe, scal
 
 transformers = pytest.importorskip("transformers")
 
-from bridges.segmentation.data import ADE20K, reduce_zero_label, train_transform  # noqa: E402
-from bridges.segmentation.model import IGNORE_INDEX, convert_to_upernet, model_class, save_upernet  # noqa: E402
+from bridges.segmentation.data import ADE20K  # noqa: E402
+from bridges.segmentation.model import convert_to_upernet, model_class, save_upernet  # noqa: E402
+from tests.bridges.test_segment_data import write_ade  # noqa: E402
 from tests.conftest import perturbed_mae  # noqa: E402
 
 
@@ -87,41 +86,6 @@ def test_default_taps():
 
 
 # --------------------------------------------------------------------------- data
-def write_ade(root, names=("a", "b"), split="training", size=(40, 56), labels=None):
-    (root / "images" / split).mkdir(parents=True, exist_ok=True)
-    (root / "annotations" / split).mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for name in names:
-        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(root / "images" / split / f"{name}.jpg")
-        label = labels if labels is not None else rng.integers(0, 5, size, dtype=np.uint8)
-        Image.fromarray(label).save(root / "annotations" / split / f"{name}.png")
-    return root
-
-
-def test_labels_reduce_zero_and_ignore(tmp_path):
-    labels = np.array([[0, 1, 2], [150, 0, 3]], dtype=np.uint8).repeat(4, 0).repeat(4, 1)
-    write_ade(tmp_path, names=("x",), size=labels.shape, labels=labels)
-    image, label = ADE20K(tmp_path, "train")[0]
-    assert image.dtype == torch.uint8 and image.shape == (3, *labels.shape)
-    expected = torch.tensor([[IGNORE_INDEX, 0, 1], [149, IGNORE_INDEX, 2]]).repeat_interleave(4, 0).repeat_interleave(4, 1)
-    assert torch.equal(label, expected)
-    assert torch.equal(reduce_zero_label(torch.tensor([0, 1, 150], dtype=torch.uint8)),
-                       torch.tensor([255, 0, 149], dtype=torch.uint8))
-
-
-def test_training_pipeline_crops_pads_and_keeps_labels_aligned(tmp_path):
-    recipe = get_recipe("demo")
-    write_ade(tmp_path, names=("a",), size=(30, 40))  # smaller than the crop after some resizes: padded
-    dataset = ADE20K(tmp_path, "train", train_transform(recipe))
-    torch.manual_seed(0)
-    for _ in range(5):
-        image, label = dataset[0]
-        assert image.shape == (3, 64, 64) and label.shape == (64, 64)
-        assert set(label.unique().tolist()) <= {0, 1, 2, 3, IGNORE_INDEX}
-        padded = label == IGNORE_INDEX
-        assert (image[:, padded.all(1)] == 0).all()  # fully padded rows are black in the image too
-
-
 def test_bad_data_folders_are_one_line_errors(tmp_path, capsys):
     with pytest.raises(pretrain.LsmaeError, match="does not exist .*ADE20K layout"):
         ADE20K(tmp_path / "none", "val")
