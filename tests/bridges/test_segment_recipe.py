@@ -211,3 +211,14 @@ def test_overrides_parse_back_the_types_of_the_recipe():
     assert type(parsed["eval_stride"]) is int and parsed["scale"] == (256, 128)
     with pytest.raises(LsmaeError, match="scale=1,2,3: expected 2 comma-separated values"):
         apply_overrides(get_recipe("demo"), ["scale=1,2,3"])
+
+
+def test_the_model_takes_the_recipes_head_dropout_and_auxiliary_weight(upernet):
+    from bridges.segmentation.training import build_model
+    from tests.conftest import perturbed_mae
+
+    recipe = apply_overrides(get_recipe("demo"), ["head_dropout=0.3", "auxiliary_weight=0.25"])[0]
+    args = argparse.Namespace(source=perturbed_mae(scale=0.02, img_size=64).state_dict(), from_scratch=False)
+    model, _ = build_model(args, recipe)
+    assert model.config.auxiliary_loss_weight == 0.25
+    assert model.decode_head.classifier.dropout.p == model.auxiliary_head.classifier.dropout.p == 0.3
