@@ -47,6 +47,6 @@ for config, model in (run_spec.split(":") for run_spec in os.environ["RUNS"].spl
     elapsed = [2 * (k + 1) / rate for k, rate in enumerate(rates)]  # the trainer's rate counts since the start
     per_iter = (elapsed[-1] - elapsed[warmup - 1]) / (len(elapsed) - warmup)
     peak = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if cuda else "not measured on CPU"
-    print(f"{config}: batch 2, {resolve_recipe(args).crop_size} px crops, precision auto: "
+    print(f"{config}: batch 2, {resolve_recipe(args)[0].crop_size} px crops, precision auto: "
           f"{per_iter:.3f} s/iteration (iterations {warmup + 1}-{len(elapsed)}), peak memory {peak}", flush=True)
 PY
