@@ -47,7 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the untrained MAE initialisation of SOURCE's architecture: the baseline for the same budget")
     p.add_argument("--eval-only", metavar="MODEL_DIR", default=None,
                    help="evaluate a folder written by `lsmae segment` or `lsmae convert --to upernet`")
-    p.add_argument("--aug-test", action="store_true", help="evaluate at scales 0.5..1.75 with flips")
+    p.add_argument("--aug-test", action="store_true", help="evaluate at the recipe's scales (0.5..1.75) with flips, averaging softmax probabilities")
     p.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit (no data, no weights)")
     p.add_argument("--json", action="store_true", help="with --dry-run: the plan as one JSON object")
     p.add_argument("--device", choices=["cuda", "cpu"], default=None, help=DEVICE_HELP)

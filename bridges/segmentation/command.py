@@ -66,7 +66,8 @@ def print_plan(record: dict[str, Any], as_json: bool) -> None:
     if record["overrides"]:
         print("      overrides: " + " ".join(f"{k}={_shown(v)}" for k, v in record["overrides"].items()))
     for key, cited in record["citations"].items():
-        print(f"      {key} {_shown(record[key])}: {cited}")
+        replaced = " (overridden above; the recipe's value)" if key in record["overrides"] else ""
+        print(f"      source of {key}{replaced}: {cited}")
 
 
 def _shown(value: Any) -> str:

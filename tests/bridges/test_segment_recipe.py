@@ -54,9 +54,10 @@ def test_dry_run_marks_the_estimate_and_shows_its_sources_and_the_overrides(lsma
     assert "upernet_vit_l_ade20k_160k (ESTIMATED: not published for this model" in text.splitlines()[0]
     assert "lr 5e-05 " in text and "layer decay 0.85," in text
     assert "overrides: lr=5e-05 layer_decay=0.85" in text
-    assert "drop_path 0.2: estimate: ViT-B's 0.1 doubled" in text
+    assert "source of drop_path: estimate: ViT-B's 0.1 doubled" in text
+    assert "source of lr (overridden above; the recipe's value): estimate: the authors' ViT-B lr" in text
     base = _plan_text(capsys, "vit_base/coco/4000")
-    assert "ESTIMATED" not in base and "overrides" not in base and "lr 8e-05: long_seq_mae#1" in base
+    assert "ESTIMATED" not in base and "overrides" not in base and "source of lr: long_seq_mae#1" in base
 
 
 def _plan(capsys, *argv) -> dict:
