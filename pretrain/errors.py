@@ -103,13 +103,21 @@ INTERRUPTED_HINT = ("interrupted; running the same command again resumes (downlo
                     "training runs from their last checkpoint)")
 
 
+def _without_worker_traceback(message: str) -> str:
+    """An error raised in a DataLoader worker comes back as 'Caught X in DataLoader worker process N.'
+    with the worker's traceback, the original message on its last line: keep that line."""
+    if message.startswith("Caught ") and "\nOriginal Traceback" in message:
+        return message.rstrip().splitlines()[-1].split(": ", 1)[-1]
+    return message
+
+
 def report_errors(prog: str, func: Callable[..., Any], *args: Any) -> int:
     """Run ``func(*args)`` and map what a user can fix to one line on stderr and an exit status:
     0 on success, 1 for :class:`LsmaeError` and OS errors, 130 on Ctrl-C. Bugs keep their traceback."""
     try:
         func(*args)
     except LsmaeError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {_without_worker_traceback(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{prog}: {INTERRUPTED_HINT}", file=sys.stderr)

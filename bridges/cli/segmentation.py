@@ -35,7 +35,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="zoo id (e.g. vit_base/coco/4000), demo, or an MAE checkpoint file (not with --eval-only)")
     p.add_argument("--config", choices=sorted(RECIPES), default=None,
                    help="recipe (default: by the encoder width, upernet_vit_b/l_ade20k_160k; demo for the demo model)")
-    p.add_argument("--data-path", metavar="DATA", default=None, help="ADE20K-layout root (ADEChallengeData2016)")
+    p.add_argument("--data-path", metavar="DATA", default=None,
+                   help="a folder in the ADE20K layout: images/{training,validation} and annotations/{training,validation}")
+    p.add_argument("--train", metavar="IMAGES:MASKS", default=None,
+                   help="training images and their PNG masks (same file names), instead of --data-path")
+    p.add_argument("--val", metavar="IMAGES:MASKS", default=None, help="evaluation images and masks, with --train")
+    p.add_argument("--num-labels", type=int, default=None, metavar="N",
+                   help="classes after the reduction (ADE20K: 150); sizes the heads. Data of your own: give it")
+    p.add_argument("--ignore-index", type=int, default=None, metavar="VALUE",
+                   help="the mask value that is not scored (default 255)")
+    p.add_argument("--reduce-zero-label", action=argparse.BooleanOptionalAction, default=None,
+                   help="mask value 0 is ignored and k becomes class k-1, as ADE20K (default: on without --num-labels, "
+                        "i.e. for the recipe's benchmark; off with it)")
+    p.add_argument("--class-names", metavar="FILE", default=None,
+                   help="one class name a line: per-class IoU is printed and logged under these names")
     p.add_argument("--output-dir", default="runs/segment", help="checkpoints, logs, model_final (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="total images per step (default: the recipe's 16); lr and iteration counts are scaled")

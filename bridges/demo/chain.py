@@ -57,7 +57,7 @@ def write_data(data: Path) -> dict[str, Path]:
     if detectron2_available():
         sample_data.write_shapes_coco(data)
         folders["COCO-format set"] = data / "coco"
-    folders["ADE20K-layout textures"] = sample_data.write_textures_ade20k(data)
+    folders["texture masks (own classes)"] = sample_data.write_texture_masks(data / "textures")
     return folders
 
 
@@ -167,7 +167,10 @@ def segment_step(demo: Demo) -> str:
     demo.artefacts["UperNet folder (initialised)"] = upernet
     miou = {}
     for init, extra in (("pretrained", []), ("scratch", ["--from-scratch"])):
-        argv = ["demo", "--data-path", str(demo.data / "ade"), "--output-dir", str(demo.workdir / "segment" / init),
+        textures = demo.data / "textures"  # a set of one's own: mask value = class (0 is brick), 255 ignored
+        argv = ["demo", "--train", f"{textures}/train/images:{textures}/train/masks", "--val",
+                f"{textures}/val/images:{textures}/val/masks", "--num-labels", str(recipe.num_labels),
+                "--class-names", str(textures / "classes.txt"), "--output-dir", str(demo.workdir / "segment" / init),
                 "--num-workers", "0", "--resume", "", *extra, *demo.device_option()]
         with demo.logged(f"segment-{init}", ["segment", *argv], logger=logging.getLogger("bridges.segmentation"),
                          echo=EVALUATED):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -119,33 +119,61 @@ def write_shapes_coco(root: Path, train_images: int = 8, val_images: int = 4, wi
 TEXTURE_CLASSES = ("brick", "grass", "gravel", "coins")
 
 
+def _texture_scenes(classes: Sequence[str], count: int, height: int, width: int, seed: int
+                    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``count`` scenes: each image a Voronoi partition of 2-4 regions, each region cut from the
+    scikit-image photograph of one of ``classes``; yields (pixels, class index per pixel, the 1-pixel
+    borders between regions)."""
+    textures = [np.asarray(skimage_photo(name).resize((256, 256), Image.BICUBIC)) for name in classes]
+    ys, xs = np.mgrid[0:height, 0:width]
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        n = int(rng.integers(2, 5))
+        seeds = rng.uniform((0, 0), (height, width), size=(n, 2))
+        region = np.argmin((ys[..., None] - seeds[:, 0]) ** 2 + (xs[..., None] - seeds[:, 1]) ** 2, axis=-1)
+        picked = rng.integers(0, len(classes), n)
+        pixels = np.zeros((height, width, 3), np.uint8)
+        for r in range(n):
+            oy, ox = int(rng.integers(0, 256 - height)), int(rng.integers(0, 256 - width))
+            patch = textures[picked[r]][oy:oy + height, ox:ox + width]
+            pixels[region == r] = patch[region == r]
+        border = np.zeros_like(region, bool)
+        border[:-1] |= region[:-1] != region[1:]
+        border[:, :-1] |= region[:, :-1] != region[:, 1:]
+        yield pixels, picked[region], border
+
+
 def write_textures_ade20k(root: Path, train_images: int = 48, val_images: int = 12, height: int = 96,
                           width: int = 128, seed: int = 0) -> Path:
-    """``root/ade/{images,annotations}/{training,validation}``: each image a Voronoi partition of 2-4
-    regions, each region cut from one of :data:`TEXTURE_CLASSES` (label = its index + 1), with the
-    1-pixel borders between regions labelled 0 ("other", ignored): the ADE20K layout, 4 classes."""
-    textures = [np.asarray(skimage_photo(name).resize((256, 256), Image.BICUBIC)) for name in TEXTURE_CLASSES]
-    ys, xs = np.mgrid[0:height, 0:width]
+    """``root/ade/{images,annotations}/{training,validation}``: :func:`_texture_scenes` of
+    :data:`TEXTURE_CLASSES` in ADE20K's layout and convention (label = class index + 1, the borders 0,
+    "other", ignored): the benchmark path, 4 classes."""
     for split, count, split_seed in (("training", train_images, seed), ("validation", val_images, seed + 1)):
-        rng = np.random.default_rng(split_seed)
         images, annotations = root / "ade" / "images" / split, root / "ade" / "annotations" / split
         images.mkdir(parents=True, exist_ok=True)
         annotations.mkdir(parents=True, exist_ok=True)
-        for i in range(count):
-            n = int(rng.integers(2, 5))
-            seeds = rng.uniform((0, 0), (height, width), size=(n, 2))
-            region = np.argmin((ys[..., None] - seeds[:, 0]) ** 2 + (xs[..., None] - seeds[:, 1]) ** 2, axis=-1)
-            classes = rng.integers(0, len(TEXTURE_CLASSES), n)
-            pixels = np.zeros((height, width, 3), np.uint8)
-            for r in range(n):
-                oy, ox = int(rng.integers(0, 256 - height)), int(rng.integers(0, 256 - width))
-                patch = textures[classes[r]][oy:oy + height, ox:ox + width]
-                pixels[region == r] = patch[region == r]
-            label = (classes[region] + 1).astype(np.uint8)
-            border = np.zeros_like(region, bool)
-            border[:-1] |= region[:-1] != region[1:]
-            border[:, :-1] |= region[:, :-1] != region[:, 1:]
+        for i, (pixels, label, border) in enumerate(_texture_scenes(TEXTURE_CLASSES, count, height, width, split_seed)):
+            label = (label + 1).astype(np.uint8)
             label[border] = 0
             Image.fromarray(pixels).save(images / f"ADE_{split}_{i:08d}.jpg", quality=95)
             Image.fromarray(label).save(annotations / f"ADE_{split}_{i:08d}.png")
     return root / "ade"
+
+
+def write_texture_masks(root: Path, classes: Sequence[str] = TEXTURE_CLASSES, train_images: int = 48,
+                        val_images: int = 12, height: int = 96, width: int = 128, seed: int = 0) -> Path:
+    """A data set of one's own, not ADE20K's convention: ``root/{train,val}/{images,masks}`` and
+    ``root/classes.txt`` (one name a line); mask value = class index (0 is a class), borders 255
+    (ignored). Train with ``--train root/train/images:root/train/masks --val ... --num-labels N
+    --class-names root/classes.txt``."""
+    for split, count, split_seed in (("train", train_images, seed), ("val", val_images, seed + 1)):
+        images, masks = root / split / "images", root / split / "masks"
+        images.mkdir(parents=True, exist_ok=True)
+        masks.mkdir(parents=True, exist_ok=True)
+        for i, (pixels, label, border) in enumerate(_texture_scenes(classes, count, height, width, split_seed)):
+            label = label.astype(np.uint8)
+            label[border] = 255
+            Image.fromarray(pixels).save(images / f"{split}_{i:04d}.jpg", quality=95)
+            Image.fromarray(label).save(masks / f"{split}_{i:04d}.png")
+    (root / "classes.txt").write_text("".join(f"{name}\n" for name in classes), encoding="utf-8")
+    return root

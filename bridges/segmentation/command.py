@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from pretrain.errors import LsmaeError
 from pretrain.engine.launch_env import launched_processes
 
+from bridges.segmentation.data_spec import data_splits, describe_data, label_rule
 from bridges.segmentation.recipes import (SegRecipe, apply_overrides, get_recipe, plan, recipe_for_depth,
                                           scale_to_batch)
 
@@ -33,8 +35,6 @@ def split_positionals(args: argparse.Namespace) -> None:
 def resolve_recipe(args: argparse.Namespace) -> tuple[SegRecipe, dict[str, Any]]:
     """The recipe named by --config (or chosen by the encoder's depth), scaled to --batch-size, then the
     explicit --max-iter / --eval-period / --checkpoint-period, then the KEY=VALUE overrides (returned too)."""
-    from dataclasses import replace
-
     if args.config is None:
         if args.source is None:
             raise LsmaeError("name SOURCE (a zoo id or an MAE checkpoint) or --eval-only MODEL_DIR")
@@ -63,11 +63,32 @@ def print_plan(record: dict[str, Any], as_json: bool) -> None:
           f"decay {record['weight_decay']}, head dropout {record['head_dropout']}, taps {record['out_indices']}")
     print(f"      evaluation every {record['eval_period']} and checkpoints every {record['checkpoint_period']} "
           f"iterations; sliding window {record['crop_size']} stride {record['eval_stride']}")
+    print_data(record)
     if record["overrides"]:
         print("      overrides: " + " ".join(f"{k}={_shown(v)}" for k, v in record["overrides"].items()))
+    by_source: dict[str, list[str]] = {}
     for key, cited in record["citations"].items():
         replaced = " (overridden above; the recipe's value)" if key in record["overrides"] else ""
-        print(f"      source of {key}{replaced}: {cited}")
+        by_source.setdefault(cited, []).append(key + replaced)
+    for cited, keys in by_source.items():
+        print(f"      source of {', '.join(keys)}: {cited}")
+
+
+def print_data(record: dict[str, Any]) -> None:
+    """The plan's data lines: folders and counts, classes and mask values, passes over the training images."""
+    data = record["data"]
+    folders = [f"{name} {data[name]['images']}:{data[name]['masks']} ({data[name]['count']} images)"
+               for name in ("train", "val") if name in data]
+    if not folders and data["reduce_zero_label"] and data["ignore_index"] == 255 and not data["class_names"]:
+        return  # a benchmark plan without data: nothing to add
+    reduce = "on (0 ignored, k is class k-1)" if data["reduce_zero_label"] else "off"
+    print(f"      data: {'; '.join(folders) or 'none given'}; {data['num_labels']} classes, mask value "
+          f"{data['ignore_index']} ignored, reduce-zero-label {reduce}")
+    if data["class_names"]:
+        print(f"      classes: {', '.join(data['class_names'])}")
+    if "passes" in data:
+        print(f"      the recipe applies unchanged: {record['max_iter']} iterations x {record['batch_size']} images = "
+              f"{data['passes']:.1f} passes over the {data['train']['count']} training images")
 
 
 def _shown(value: Any) -> str:
@@ -82,13 +103,17 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
 
         return run_eval(args)
     recipe, overrides = resolve_recipe(args)
+    rule = label_rule(args, recipe.num_labels, overrides.get("num_labels"))
+    recipe = replace(recipe, num_labels=rule.num_labels)
+    splits = data_splits(args)
     record = plan(recipe, launched_processes(), args.source, overrides, grad_checkpointing=args.grad_checkpointing,
-                  from_scratch=args.from_scratch)
+                  from_scratch=args.from_scratch, data=describe_data(splits, rule, recipe.max_iter, recipe.batch_size))
     if args.dry_run:
         print_plan(record, args.json)
         return None
-    if args.data_path is None:
-        raise LsmaeError("--data-path DATA (an ADE20K-layout folder) is needed to train")
+    if not splits:
+        raise LsmaeError("--data-path DIR (the ADE20K layout) or --train IMAGES:MASKS --val IMAGES:MASKS is needed "
+                         "to train")
     from bridges.segmentation.training import train
 
-    return train(args, recipe, record)
+    return train(args, recipe, record, splits, rule)

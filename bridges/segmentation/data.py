@@ -1,9 +1,10 @@
-"""ADE20K scene parsing (``ADEChallengeData2016`` layout) and mmsegmentation 0.x's training pipeline
-(BEiT's ADE20K UperNet configs), on ``torchvision.transforms.v2`` with ``tv_tensors``.
+"""Segmentation data (a :class:`MaskFolder` per split: ADE20K's layout or folders of one's own, see
+:mod:`bridges.segmentation.data_spec`) and mmsegmentation 0.x's training pipeline (BEiT's ADE20K UperNet
+configs), on ``torchvision.transforms.v2`` with ``tv_tensors``.
 
-:class:`ADE20K` items are ``(uint8 image [3, H, W], int64 labels [H, W])`` at full resolution (the
-validation set); labels follow mmsegmentation's ``reduce_zero_label``: annotation 0 ("other") becomes
-the ignore index 255, 1..150 become 0..149.
+:class:`MaskFolder` items are ``(uint8 image [3, H, W], int64 labels [H, W])`` at full resolution (the
+validation set); mask values become labels by the run's :class:`LabelRule` (ADE20K:
+``reduce_zero_label``, annotation 0 "other" ignored, 1..150 become 0..149), ignored pixels 255.
 
 :class:`TrainingCrops` runs the reference training pipeline, setting by setting:
 
@@ -34,73 +35,53 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from pretrain.data import normalize
-from pretrain.errors import DataError, MissingDataError
+from pretrain.errors import DataError
 
+from bridges.segmentation.data_spec import IGNORE_INDEX, LabelRule, SplitFolders, pairs
 from bridges.segmentation.recipes import SegRecipe
-from bridges.segmentation.model import IGNORE_INDEX
 
-SPLITS = {"train": "training", "val": "validation"}
-LAYOUT = "ROOT/images/{training,validation}/*.jpg and ROOT/annotations/{training,validation}/*.png"
+class MaskFolder(Dataset):
+    """One split: images and their masks paired by file stem, the mask values read by a :class:`LabelRule`."""
 
-
-def _listing(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
-    if not folder.is_dir():
-        expected = f" (expected the ADE20K layout {LAYOUT})"
-        if folder.exists():
-            raise DataError(f"{folder} is not a folder{expected}")
-        raise MissingDataError(f"{folder} does not exist{expected}")
-    return {p.stem: p for p in folder.iterdir() if p.suffix.lower() in suffixes}
-
-
-def _few(names: set[str]) -> str:
-    listed = sorted(names)
-    return ", ".join(listed[:5]) + (f" and {len(listed) - 5} more" if len(listed) > 5 else "")
-
-
-class ADE20K(Dataset):
-    """One split of an ADE20K-layout folder, image and annotation paired by file name."""
-
-    def __init__(self, root: str | Path, split: str) -> None:
-        root = Path(root).expanduser()
-        folder = SPLITS[split]
-        images = _listing(root / "images" / folder, (".jpg", ".jpeg", ".png"))
-        labels = _listing(root / "annotations" / folder, (".png",))
-        if images.keys() != labels.keys():
-            problems = []
-            if images.keys() - labels.keys():
-                problems.append(f"images without annotation: {_few(images.keys() - labels.keys())}")
-            if labels.keys() - images.keys():
-                problems.append(f"annotations without image: {_few(labels.keys() - images.keys())}")
-            raise DataError(f"{root} ({folder}): " + "; ".join(problems))
-        if not images:
-            raise DataError(f"{root / 'images' / folder} holds no images (expected the ADE20K layout {LAYOUT})")
-        self.pairs = [(images[k], labels[k]) for k in sorted(images)]
+    def __init__(self, split: SplitFolders, rule: LabelRule) -> None:
+        self.pairs, self.rule = pairs(split), rule
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def read(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
-        """The image (RGB uint8) and its labels after ``reduce_zero_label``, at full resolution."""
-        image_path, label_path = self.pairs[index]
+        """The image (RGB uint8) and its labels (uint8, ignored pixels :data:`IGNORE_INDEX`), full size."""
+        image_path, mask_path = self.pairs[index]
         try:
             image = decode_image(str(image_path), mode=ImageReadMode.RGB)
-            label = decode_image(str(label_path), mode=ImageReadMode.GRAY)[0]
+            mask = decode_image(str(mask_path), mode=ImageReadMode.GRAY)[0]
         except RuntimeError as e:
-            raise DataError(f"cannot read {image_path.name}/{label_path.name}: {e}") from None
-        if image.shape[-2:] != label.shape:
-            raise DataError(f"{image_path.name} is {tuple(image.shape[-2:])} but its annotation is {tuple(label.shape)}")
-        return tv_tensors.Image(image), tv_tensors.Mask(reduce_zero_label(label))
+            raise DataError(f"cannot read {image_path.name}/{mask_path.name}: {e}") from None
+        if image.shape[-2:] != mask.shape:
+            raise DataError(f"{image_path.name} is {tuple(image.shape[-2:])} but its mask is {tuple(mask.shape)}")
+        return tv_tensors.Image(image), tv_tensors.Mask(mask_labels(mask, self.rule, mask_path))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, label = self.read(index)
         return image.as_subclass(torch.Tensor), label.as_subclass(torch.Tensor).long()
 
 
-def reduce_zero_label(label: torch.Tensor) -> torch.Tensor:
-    """0 ("other") -> ignore (255), k -> k - 1."""
-    out = label.to(torch.int64) - 1
-    out[label == 0] = IGNORE_INDEX
-    return out.to(torch.uint8)
+def mask_labels(mask: torch.Tensor, rule: LabelRule, path: Path | str = "mask") -> torch.Tensor:
+    """Mask values -> labels: the rule's ignore value (and 0 with ``reduce_zero_label``, k -> k - 1)
+    become :data:`IGNORE_INDEX`, as mmsegmentation (an ignored pixel stays ignored after the reduction);
+    a value that is neither a class nor ignored is a one-line error naming the file."""
+    ignored = mask == rule.ignore_index
+    labels = mask.to(torch.int64)
+    if rule.reduce_zero_label:
+        ignored |= mask == 0
+        labels = labels - 1
+    unknown = ~ignored & (labels >= rule.num_labels)
+    if unknown.any():
+        value = int(mask[unknown].min())
+        raise DataError(f"{path}: mask value {value} is neither a class ({rule.class_values()} with "
+                        f"{rule.num_labels} labels{', reduce-zero-label' if rule.reduce_zero_label else ''}) nor "
+                        f"the ignore index {rule.ignore_index}")
+    return labels.masked_fill_(ignored, IGNORE_INDEX).to(torch.uint8)
 
 
 def scale_to_fit(height: int, width: int, long_side: float, short_side: float) -> tuple[int, int]:
@@ -283,12 +264,12 @@ def train_transform(recipe: SegRecipe) -> v2.Compose:
 
 
 class TrainingCrops(Dataset):
-    """The training items of an :class:`ADE20K` split through :func:`train_transform`: ``(uint8 image
+    """The training items of a :class:`MaskFolder` through :func:`train_transform`: ``(uint8 image
     [3, S, S], int64 labels [S, S], valid (h, w) int64 [2])`` at the crop size S, padded bottom/right,
     the labels with the ignore index. The image's padding is 0 until :func:`normalize_crops` makes it
     the mean colour, as the reference pads after normalising."""
 
-    def __init__(self, images: ADE20K, recipe: SegRecipe) -> None:
+    def __init__(self, images: MaskFolder, recipe: SegRecipe) -> None:
         self.images, self.transform, self.crop = images, train_transform(recipe), recipe.crop_size
 
     def __len__(self) -> int:

@@ -104,9 +104,9 @@ class SegMetrics:
         return cls(*t.unbind(0))
 
     def summary(self) -> dict[str, float | list[float]]:
-        """mIoU and mAcc over the classes that occur (NaN classes left out), aAcc, per-class IoU."""
+        """mIoU and mAcc over the classes that occur (NaN classes left out), aAcc, per-class IoU and Acc."""
         iou = self.intersect / self.union  # NaN where a class is in neither prediction nor labels
         acc = self.intersect / self.label
         return {"mIoU": float(iou.nanmean()), "mAcc": float(acc.nanmean()),
                 "aAcc": float(self.intersect.sum() / self.label.sum().clamp(min=1)),
-                "IoU": [float(v) for v in iou.cpu()]}
+                "IoU": [float(v) for v in iou.cpu()], "Acc": [float(v) for v in acc.cpu()]}

@@ -25,13 +25,13 @@ from pretrain.errors import ConversionError
 from pretrain.optional import require
 from zoo.checkpoint import CheckpointInfo, check_structure
 
+from bridges.segmentation.data_spec import IGNORE_INDEX
 from bridges.segmentation.recipes import ADE20K_CLASSES
 from bridges.hf.support import card_license, encoder_config, layer_tensors, provenance_record, write_folder, zoo_entry_of
 from bridges.conversion import ConversionReport
 from bridges.mae_weights import (ENCODER_KEYS, Provenance, load_mae_weights, resample_pos_embed, split_qkv_bias,
                                  untrained_mae_weights)
 
-IGNORE_INDEX = 255
 HEAD_DROPOUT = 0.1  # mmsegmentation's decode heads (UPerHead and FCNHead): ``dropout_ratio=0.1``
 
 

@@ -23,7 +23,8 @@ from pretrain.engine.serialization import load_checkpoint
 from pretrain.engine.run_plan import precision_name, resolve_precision
 from pretrain.engine.trainer import LoopConfig, Progress, Trainer
 
-from bridges.segmentation.data import ADE20K, TrainingCrops, normalize_crops
+from bridges.segmentation.data import MaskFolder, TrainingCrops, normalize_crops
+from bridges.segmentation.data_spec import LabelRule, SplitFolders, data_splits
 from bridges.segmentation.evaluation import SegMetrics, predict
 from bridges.segmentation.recipes import EVAL_KEYS, SegRecipe, apply_overrides, get_recipe, recipe_for_depth
 from bridges.segmentation.model import convert_to_upernet, model_class, save_upernet
@@ -57,18 +58,35 @@ def param_groups(model: Any, weight_decay: float, layer_decay: float) -> list[di
     return list(groups.values())
 
 
-def build_model(args: argparse.Namespace, recipe: SegRecipe) -> tuple[Any, str]:
-    """The UperNet model from SOURCE (or its untrained architecture) and the conversion report."""
+def build_model(args: argparse.Namespace, recipe: SegRecipe, rule: LabelRule | None = None) -> tuple[Any, str]:
+    """The UperNet model from SOURCE (or its untrained architecture) and the conversion report; the
+    label rule (class names, ignore value, reduction) goes into its config, for ``--eval-only``."""
 
     conversion = convert_to_upernet(args.source, img_size=recipe.crop_size, num_labels=recipe.num_labels,
                                     block_taps=list(recipe.out_indices), drop_path=recipe.drop_path,
                                     pretrained=not args.from_scratch, head_dropout=recipe.head_dropout)
     conversion.model.config.auxiliary_loss_weight = recipe.auxiliary_weight  # read by the loss at every step
+    if rule is not None:
+        store_rule(conversion.model.config, rule)
     return conversion.model, conversion.report.text()
 
 
+def store_rule(config: Any, rule: LabelRule) -> None:
+    """The labels' meaning in a model config: names as ``id2label``, the mask value ignored, the reduction."""
+    config.id2label = dict(enumerate(rule.names()))
+    config.label2id = {name: k for k, name in config.id2label.items()}
+    config.lsmae_ignore_index, config.lsmae_reduce_zero_label = rule.ignore_index, rule.reduce_zero_label
+    config.lsmae_class_names = list(rule.class_names)
+
+
+def stored_rule(config: Any) -> LabelRule:
+    """The label rule a model folder was trained with (ADE20K's for folders that predate the setting)."""
+    return LabelRule(config.num_labels, getattr(config, "lsmae_ignore_index", 255),
+                     getattr(config, "lsmae_reduce_zero_label", True), tuple(getattr(config, "lsmae_class_names", ())))
+
+
 # --------------------------------------------------------------------------- evaluation
-def evaluate(model: Any, dataset: ADE20K, recipe: SegRecipe, backend: Any, dtype: Any,
+def evaluate(model: Any, dataset: MaskFolder, recipe: SegRecipe, backend: Any, dtype: Any,
              aug_test: bool = False) -> dict[str, Any]:
     """mIoU/mAcc/aAcc on the validation split; under DDP each image is measured by one process."""
     metrics = SegMetrics.empty(recipe.num_labels, backend.device)
@@ -115,32 +133,47 @@ def recipe_of(model: Any) -> SegRecipe:
 
 
 def run_eval(args: argparse.Namespace) -> dict[str, Any]:
-    if args.data_path is None:
-        raise LsmaeError("--eval-only needs --data-path")
     unused = [o for o in args.overrides if o.partition("=")[0] not in EVAL_KEYS]
     if unused:
         raise LsmaeError(f"--eval-only takes only the evaluation overrides ({', '.join(EVAL_KEYS)}), not {unused[0]}")
+    if args.train:
+        raise LsmaeError("--eval-only reads only --val IMAGES:MASKS (or --data-path), not --train")
+    val = data_splits(args).get("val")
+    if val is None:
+        raise LsmaeError("--eval-only needs --data-path DIR or --val IMAGES:MASKS")
     model = load_segmentation_model(args.eval_only)
+    rule = stored_rule(model.config)
+    given = {"--num-labels": (args.num_labels, rule.num_labels), "--ignore-index": (args.ignore_index, rule.ignore_index),
+             "--reduce-zero-label": (args.reduce_zero_label, rule.reduce_zero_label)}
+    for option, (value, stored) in given.items():
+        if value is not None and value != stored:
+            raise LsmaeError(f"{option} {value}: {args.eval_only} was trained with {stored} (stored in its config)")
     recipe = apply_overrides(recipe_of(model), args.overrides)[0]
     backend = make_backend(args.device)
     try:
         model.to(backend.device)
-        result = evaluate(model, ADE20K(args.data_path, "val"), recipe, backend,
-                          resolve_precision(args.precision, backend), args.aug_test)
+        result = evaluate(model, MaskFolder(val, rule), recipe, backend, resolve_precision(args.precision, backend),
+                          args.aug_test)
     finally:
         backend.shutdown()
     if backend.is_main:
         print(f"mIoU {100 * result['mIoU']:.2f} mAcc {100 * result['mAcc']:.2f} aAcc {100 * result['aAcc']:.2f} "
               f"on {result['images']} images" + (" (multi-scale + flip)" if args.aug_test else ""))
+        print(class_table(result, rule))
     return result
 
 
+def class_table(result: dict[str, Any], rule: LabelRule) -> str:
+    """IoU and accuracy per class, by name (NaN: the class is in neither the predictions nor the labels)."""
+    width = max(len(name) for name in rule.names())
+    return "\n".join(f"  {name:<{width}}  IoU {100 * iou:6.2f}  Acc {100 * acc:6.2f}"
+                     for name, iou, acc in zip(rule.names(), result["IoU"], result["Acc"]))
 
 
 class SegmentationTask:
     """UperNet training on padded uint8 crops (normalised on the device), evaluated every N iterations."""
 
-    def __init__(self, model: nn.Module, wrapped: nn.Module, val_set: ADE20K, args: argparse.Namespace,
+    def __init__(self, model: nn.Module, wrapped: nn.Module, val_set: MaskFolder, args: argparse.Namespace,
                  recipe: SegRecipe, backend: TorchBackend, dtype: torch.dtype | None, output_dir: Path,
                  logger: logging.Logger) -> None:
         self.plain, self.model, self.val_set = model, wrapped, val_set
@@ -157,7 +190,7 @@ class SegmentationTask:
 
     def evaluate(self, at: Progress, train_loss: float) -> dict[str, Any]:
         result = evaluate(self.plain, self.val_set, self.recipe, self.backend, self.dtype)
-        self.latest = {"mIoU": result["mIoU"], "mAcc": result["mAcc"], "aAcc": result["aAcc"], "step": at.step}
+        self.latest = {**{k: result[k] for k in ("mIoU", "mAcc", "aAcc", "IoU", "Acc")}, "step": at.step}
         self.evaluations += 1
         improved = result["mIoU"] > self.best["mIoU"]
         if improved:
@@ -169,7 +202,9 @@ class SegmentationTask:
                       "%.2f at iteration %d", at.step, self.recipe.max_iter, train_loss, 100 * result["mIoU"],
                       100 * result["mAcc"], 100 * result["aAcc"], result["images"], 100 * self.best["mIoU"],
                       self.best["step"])
-        return {"kind": "eval", "step": at.step, "train_loss": train_loss, **result, "best_mIoU": self.best["mIoU"]}
+        names = self.val_set.rule.names()
+        return {"kind": "eval", "step": at.step, "train_loss": train_loss, **result, "best_mIoU": self.best["mIoU"],
+                "class_IoU": dict(zip(names, result["IoU"]))}
 
     def checkpoint_path(self, at: Progress) -> Path:
         return self.output_dir / "last.pth"
@@ -204,42 +239,46 @@ def _load_resumable(path: Path) -> dict[str, Any]:
 
 
 def _run_identity(args: argparse.Namespace, recipe: SegRecipe, overrides: dict[str, Any], provenance: dict[str, Any],
-                  images: int) -> dict[str, Any]:
+                  splits: dict[str, SplitFolders], rule: LabelRule, images: int) -> dict[str, Any]:
     """This run's identity (:func:`pretrain.engine.resume.run_identity`): the encoder, the digest of its
     source, the recipe at this batch size and the KEY=VALUE overrides (not the run's length or cadence,
     ``max_iter``, ``eval_period``, ``checkpoint_period``: a rerun may extend it, by flag or override), the
-    initialisation and seed, and the data."""
+    initialisation and seed, and the data: its folders, size and label rule."""
     left_out = {"source", "max_iter", "eval_period", "checkpoint_period"}  # ``source``: the recipe's citation
+    folders = {"path": str(Path(args.data_path).expanduser().resolve())} if args.data_path is not None else {
+        name: [str(split.images.resolve()), str(split.masks.resolve())] for name, split in splits.items()}
     return run_identity(
         "segment", input_size=recipe.crop_size, source=provenance.get("source_sha256"),
         model={"arch": provenance["arch"]},
         recipe={**{k: v for k, v in dataclasses.asdict(recipe).items() if k not in left_out},
                 "overrides": {k: v for k, v in overrides.items() if k not in left_out},
                 "init": "scratch" if args.from_scratch else "pretrained", "seed": args.seed},
-        data={"path": str(Path(args.data_path).expanduser().resolve()), "images": images})
+        data={**folders, "images": images, "ignore_index": rule.ignore_index,
+              "reduce_zero_label": rule.reduce_zero_label, "class_names": list(rule.class_names)})
 
 
-def train(args: argparse.Namespace, recipe: SegRecipe, plan: dict[str, Any]) -> dict[str, Any]:
+def train(args: argparse.Namespace, recipe: SegRecipe, plan: dict[str, Any], splits: dict[str, SplitFolders],
+          rule: LabelRule) -> dict[str, Any]:
     """Train (or resume) and evaluate. The result is the final model's evaluation (``mIoU``, as the reference
     reports it); the best of the periodic evaluations is returned beside it (``best_mIoU``, ``best_step``),
     with the folders ``final`` and ``best``."""
     backend = make_backend(args.device)
     try:
-        return _train(args, recipe, plan, backend)
+        return _train(args, recipe, plan, splits, rule, backend)
     finally:
         backend.shutdown()
 
 
-def _train(args: argparse.Namespace, recipe: SegRecipe, plan: dict[str, Any], backend: TorchBackend
-           ) -> dict[str, Any]:
+def _train(args: argparse.Namespace, recipe: SegRecipe, plan: dict[str, Any], splits: dict[str, SplitFolders],
+           rule: LabelRule, backend: TorchBackend) -> dict[str, Any]:
     setup_logging(log, backend.is_main)
     output_dir = Path(args.output_dir)
     dtype = resolve_precision(args.precision, backend)
     per_device = plan["batch_per_device"]
-    dataset = TrainingCrops(ADE20K(args.data_path, "train"), recipe)
-    val_set = ADE20K(args.data_path, "val")  # a missing validation split fails now, not after the first period
+    dataset = TrainingCrops(MaskFolder(splits["train"], rule), recipe)
+    val_set = MaskFolder(splits["val"], rule)  # a missing validation split fails now, not after the first period
     torch.manual_seed(args.seed)
-    model, report = build_model(args, recipe)
+    model, report = build_model(args, recipe, rule)
     if args.grad_checkpointing:
         model.gradient_checkpointing_enable()
     model.to(backend.device)
@@ -251,7 +290,8 @@ def _train(args: argparse.Namespace, recipe: SegRecipe, plan: dict[str, Any], ba
                       dtype=dtype, config=config, output_dir=output_dir, log=log,
                       stop_hint=f"Resume from {output_dir / 'last.pth'} (the default) after lowering the lr or "
                                 "switching --precision",
-                      identity=_run_identity(args, recipe, plan["overrides"], model.config.lsmae, len(dataset)))
+                      identity=_run_identity(args, recipe, plan["overrides"], model.config.lsmae, splits, rule,
+                                             len(dataset)))
     task = SegmentationTask(model, wrapped, val_set, args, recipe, backend, dtype, output_dir, log)
     resumed = resume_run(trainer, model, args.resume, [output_dir / "last.pth"], load=_load_resumable, log=log)
     if resumed is not None:
@@ -267,6 +307,7 @@ def _train(args: argparse.Namespace, recipe: SegRecipe, plan: dict[str, Any], ba
     if backend.is_main:
         final = task._save_folder("model_final", f"trained {recipe.max_iter} iterations")
         print(report_lines(task.latest, task.best, task.evaluations, output_dir))
+        print(class_table(task.latest, rule))
         print(final)
     backend.barrier()
     return {**{k: task.latest[k] for k in ("mIoU", "mAcc", "aAcc")}, "best_mIoU": task.best["mIoU"],

@@ -13,7 +13,8 @@ from bridges.segmentation.recipes import RECIPES, default_taps, get_recipe, scal
 
 transformers = pytest.importorskip("transformers")
 
-from bridges.segmentation.data import ADE20K  # noqa: E402
+from bridges.segmentation.data import MaskFolder  # noqa: E402
+from bridges.segmentation.data_spec import LabelRule, layout_split  # noqa: E402
 from bridges.segmentation.model import convert_to_upernet, model_class, save_upernet  # noqa: E402
 from tests.bridges.test_segment_data import write_ade  # noqa: E402
 from tests.conftest import perturbed_mae  # noqa: E402
@@ -88,12 +89,12 @@ def test_default_taps():
 # --------------------------------------------------------------------------- data
 def test_bad_data_folders_are_one_line_errors(tmp_path, capsys):
     with pytest.raises(pretrain.LsmaeError, match="does not exist .*ADE20K layout"):
-        ADE20K(tmp_path / "none", "val")
+        MaskFolder(layout_split(tmp_path / "none", "val"), LabelRule(150))
     write_ade(tmp_path, names=("a", "b", "c"), split="validation")
     (tmp_path / "annotations" / "validation" / "b.png").unlink()
     (tmp_path / "images" / "validation" / "c.jpg").unlink()
-    with pytest.raises(pretrain.LsmaeError, match="images without annotation: b; annotations without image: c"):
-        ADE20K(tmp_path, "val")
+    with pytest.raises(pretrain.LsmaeError, match="images without a mask: b; masks without an image: c"):
+        MaskFolder(layout_split(tmp_path, "val"), LabelRule(150))
 
 
 # --------------------------------------------------------------------------- plans

@@ -10,17 +10,20 @@ import dataclasses
 import random
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import tv_tensors
 
-from bridges.segmentation.data import (ADE20K, CategoryBalancedCrop, PhotoMetricDistortion, RandomResizeRatio,
-                                       TrainingCrops, hsv8_to_rgb, normalize_crops, reduce_zero_label, resize_image,
+from bridges.segmentation.data_spec import LabelRule, layout_split
+from bridges.segmentation.data import (MaskFolder, CategoryBalancedCrop, PhotoMetricDistortion, RandomResizeRatio,
+                                       TrainingCrops, hsv8_to_rgb, normalize_crops, mask_labels, resize_image,
                                        resize_labels, rgb_to_hsv8, scale_to_fit, train_transform)
 from bridges.segmentation.model import IGNORE_INDEX
 from bridges.segmentation.recipes import get_recipe
 from pretrain.data import normalize
+from pretrain.errors import DataError
 
 OPENCV = {
     "resize_a_4x5": (
@@ -116,12 +119,37 @@ def write_ade(root, names=("a", "b"), split="training", size=(40, 56), labels=No
 def test_labels_reduce_zero_and_ignore(tmp_path):
     labels = np.array([[0, 1, 2], [150, 0, 3]], dtype=np.uint8).repeat(4, 0).repeat(4, 1)
     write_ade(tmp_path, names=("x",), size=labels.shape, labels=labels)
-    image, label = ADE20K(tmp_path, "train")[0]
+    image, label = MaskFolder(layout_split(tmp_path, "train"), LabelRule(150))[0]
     assert image.dtype == torch.uint8 and image.shape == (3, *labels.shape)
     expected = torch.tensor([[IGNORE_INDEX, 0, 1], [149, IGNORE_INDEX, 2]]).repeat_interleave(4, 0).repeat_interleave(4, 1)
     assert torch.equal(label, expected)
-    assert torch.equal(reduce_zero_label(torch.tensor([0, 1, 150], dtype=torch.uint8)),
-                       torch.tensor([255, 0, 149], dtype=torch.uint8))
+    # mmsegmentation's rule: 255 stays ignored after the reduction (it does not become class 254)
+    assert mask_labels(torch.tensor([0, 1, 150, 255], dtype=torch.uint8), LabelRule(150)).tolist() == [
+        255, 0, 149, 255]
+
+
+@pytest.mark.parametrize("rule, values, expected", [
+    (LabelRule(5, reduce_zero_label=False), [0, 4, 255], [0, 4, 255]),  # 0 a class, 255 ignored
+    (LabelRule(4, reduce_zero_label=True), [0, 1, 4, 255], [255, 0, 3, 255]),
+    (LabelRule(3, ignore_index=9, reduce_zero_label=False), [0, 2, 9], [0, 2, 255]),  # another ignore value
+    (LabelRule(3, ignore_index=9, reduce_zero_label=True), [0, 3, 9], [255, 2, 255]),
+])
+def test_mask_values_become_labels_by_the_rule(rule, values, expected):
+    assert mask_labels(torch.tensor(values, dtype=torch.uint8), rule).tolist() == expected
+
+
+@pytest.mark.parametrize("rule, value, message", [
+    (LabelRule(5, reduce_zero_label=False), 5, "mask value 5 is neither a class (0..4 with 5 labels) nor the ignore "
+                                               "index 255"),
+    (LabelRule(4), 5, "mask value 5 is neither a class (1..4 with 4 labels, reduce-zero-label) nor the ignore index "
+                      "255"),
+    (LabelRule(3, ignore_index=9, reduce_zero_label=False), 255, "mask value 255 is neither a class (0..2 with 3 "
+                                                                 "labels) nor the ignore index 9"),
+])
+def test_a_mask_value_that_is_neither_class_nor_ignored_is_one_line_naming_the_file(rule, value, message):
+    with pytest.raises(DataError) as caught:
+        mask_labels(torch.tensor([0, 1, value], dtype=torch.uint8), rule, "masks/a.png")
+    assert str(caught.value) == f"masks/a.png: {message}"
 
 
 # --------------------------------------------------------------------------- resize
@@ -269,7 +297,7 @@ def test_normalize_crops_makes_the_padding_the_mean_colour():
 
 def test_training_crops_pad_labels_with_ignore_and_images_for_the_mean_colour(tmp_path):
     write_ade(tmp_path, names=("a", "b"), size=(30, 40))  # smaller than the 64 crop below ratio ~1
-    crops = TrainingCrops(ADE20K(tmp_path, "train"), get_recipe("demo"))
+    crops = TrainingCrops(MaskFolder(layout_split(tmp_path, "train"), LabelRule(150)), get_recipe("demo"))
     random.seed(0)
     torch.manual_seed(0)
     padded = 0

@@ -57,7 +57,7 @@ def test_dry_run_marks_the_estimate_and_shows_its_sources_and_the_overrides(lsma
     assert "source of drop_path: estimate: ViT-B's 0.1 doubled" in text
     assert "source of lr (overridden above; the recipe's value): estimate: the authors' ViT-B lr" in text
     base = _plan_text(capsys, "vit_base/coco/4000")
-    assert "ESTIMATED" not in base and "overrides" not in base and "source of lr: long_seq_mae#1" in base
+    assert "ESTIMATED" not in base and "overrides" not in base and "source of lr, layer_decay, drop_path, batch_size, max_iter, crop_size: long_seq_mae#1" in base
 
 
 def _plan(capsys, *argv) -> dict:
