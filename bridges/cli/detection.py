@@ -69,7 +69,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "read (and their images looked for)")
     p.add_argument("--json", action="store_true", help="with --dry-run: the plan as one JSON object")
     p.add_argument("--eval-only", action="store_true",
-                   help="evaluate train.init_checkpoint (e.g. OUTPUT/model_final.pth) on the test set (--val when given)")
+                   help="evaluate train.init_checkpoint (e.g. OUTPUT/model_final.pth) on the test set (--val when "
+                        "given)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the last checkpoint in train.output_dir when there is one")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
