@@ -351,6 +351,28 @@ def test_detection_in_two_processes_resumes_at_its_iteration(home, tmp_path):
     assert (killed / "model_final.pth").exists()
 
 
+def test_detection_on_own_data_registers_the_sets_in_each_worker(home, tmp_path):
+    pytest.importorskip("detectron2")
+    from bridges.demo.sample_data import OWN_CLASSES, write_shapes_own_classes
+
+    train, val = (tmp_path / "train.json", tmp_path / "train"), (tmp_path / "val.json", tmp_path / "val")
+    write_shapes_own_classes(train, val)
+    out = tmp_path / "out"
+    run = launch(lsmae("detect", "demo", "--config", "mask_rcnn_vitdet_demo", "--num-gpus", "2",
+                       "--train", f"{train[0]}:{train[1]}", "--val", f"{val[0]}:{val[1]}", f"train.output_dir={out}",
+                       "train.max_iter=2", "train.eval_period=2"),
+                 home, out, DETECTRON2_DATASETS=str(tmp_path / "no_coco"))
+    assert_one_writer(run)
+    assert run.lines("2 process(es), gloo") == 1 and (out / "model_final.pth").is_file()
+    # the worker of rank 1 (spawned: nothing registered in the launcher carries over) read both sets itself
+    rank1 = (out / "log.txt.rank1").read_text()
+    assert f"Loaded 8 images in COCO format from {train[0]}" in rank1
+    assert f"Loaded 4 images in COCO format from {val[0]}" in rank1
+    assert run.lines("Per-category bbox AP") == 1  # evaluated once, under the category names
+    assert all(f"AP-{name}" in json.loads((out / "eval_results.json").read_text())["bbox"]
+               for name in OWN_CLASSES.values())
+
+
 def training_iterations(out: Path) -> list[int]:
     """The iterations of the training records in detectron2's metrics.json (evaluations excluded)."""
     return [r["iteration"] for line in (out / "metrics.json").read_text().splitlines()

@@ -7,7 +7,8 @@ import argparse
 from bridges.cli.intermixed import IntermixedParser
 from bridges.detection.configs import config_names
 
-DESCRIPTION = ("Fine-tune a long-seq MAE encoder as a ViTDet (Cascade) Mask R-CNN on COCO with Detectron2. SOURCE "
+DESCRIPTION = ("Fine-tune a long-seq MAE encoder as a ViTDet (Cascade) Mask R-CNN on COCO, or on a COCO-format set of "
+               "your own (--train, --val), with Detectron2. SOURCE "
                "is fetched, verified and converted; train.init_checkpoint and model.backbone.net.pretrain_img_size "
                "are set from it; the checkpoint must load into the model without gaps (load contract) before "
                "anything is launched.")
@@ -20,11 +21,16 @@ EXAMPLES = """examples:
       train.init_checkpoint=out/vitl/model_final.pth
   lsmae detect vit_base/coco/4000 --config mask_rcnn_vitdet_b_100ep train.device=cpu train.max_iter=2 \\
       dataloader.train.total_batch_size=1 train.output_dir=out/smoke      (CPU: for testing only)
+  lsmae detect vit_base/coco/4000 --config mask_rcnn_vitdet_b_100ep --batch-size 16 \\
+      --train shapes/train.json:shapes/train --val shapes/val.json:shapes/val train.output_dir=out/shapes
 
 COCO is read from $DETECTRON2_DATASETS/coco/{train2017,val2017,annotations} (Detectron2's builtin
-coco_2017_train / coco_2017_val). Overrides are KEY=VALUE on the LazyConfig (prefix + to add a key
-the config does not have), applied after the --batch-size scaling. In a LazyConfig of your own,
-train.init_checkpoint = "lsmae://ID" loads a zoo entry converted for ViTDet.
+coco_2017_train / coco_2017_val). --train/--val replace it by COCO-format sets of your own: the heads
+get their classes (any category ids), AP is reported per category name, and the plan (--dry-run)
+shows the sets, their classes and how many passes over the training images max_iter makes.
+Overrides are KEY=VALUE on the LazyConfig (prefix + to add a key the config does not have), applied
+after the --batch-size scaling. In a LazyConfig of your own, train.init_checkpoint = "lsmae://ID"
+loads a zoo entry converted for ViTDet.
 """
 
 
@@ -44,6 +50,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dist-url", default=None,
                    help="rendezvous URL, e.g. tcp://HOST:PORT (needed with several machines; default: a free "
                         "local port)")
+    p.add_argument("--train", metavar="JSON:IMAGE_DIR",
+                   help="train on this COCO-format instance set (annotation file and the folder of its images; "
+                        "its own classes, any category ids) instead of COCO train2017; needs --val")
+    p.add_argument("--val", metavar="JSON:IMAGE_DIR",
+                   help="evaluate on this COCO-format set (the classes of --train) instead of COCO val2017: AP per "
+                        "category name")
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
                    help="total images per step over all GPUs and machines (the shipped recipes: 64): lr x N/recipe; "
                         "max_iter, lr steps, eval and checkpoint periods x recipe/N (the warmup, a fraction of "
@@ -52,11 +64,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="activation checkpointing in the ViT blocks (model.backbone.net.use_act_checkpoint=True): "
                         "recomputed in the backward pass, less GPU memory, slower steps; needs fairscale")
     p.add_argument("--dry-run", action="store_true",
-                   help="print the resolved plan (batch, lr, schedule, devices) and exit: nothing is fetched or "
-                        "converted, no dataset is read")
+                   help="print the resolved plan (batch, lr, schedule, devices; the --train/--val sets) and exit: "
+                        "nothing is fetched or converted; of the data, only the --train/--val annotation files are "
+                        "read (and their images looked for)")
     p.add_argument("--json", action="store_true", help="with --dry-run: the plan as one JSON object")
     p.add_argument("--eval-only", action="store_true",
-                   help="evaluate train.init_checkpoint (e.g. OUTPUT/model_final.pth) on the test set")
+                   help="evaluate train.init_checkpoint (e.g. OUTPUT/model_final.pth) on the test set (--val when "
+                        "given)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the last checkpoint in train.output_dir when there is one")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",

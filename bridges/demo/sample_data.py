@@ -4,8 +4,8 @@ the recorded recipe of the ``demo`` checkpoint and the tests.
 - photographs bundled with scikit-image (``skimage.data``), split into the pretraining set of the
   demo checkpoint and held-out pictures for reconstructions;
 - scikit-learn's 8x8 handwritten digits (1797 labelled images) as an ImageFolder;
-- a generated COCO-format instance set (boxes and polygon masks) for Detectron2's builtin
-  ``coco_2017_train`` / ``coco_2017_val`` names.
+- generated COCO-format instance sets (boxes and polygon masks): one for Detectron2's builtin
+  ``coco_2017_train`` / ``coco_2017_val`` names, one of its own classes for ``--train``/``--val``.
 
 scikit-image and scikit-learn come with the ``demo`` extra: ``pip install -e '.[demo]'``.
 """
@@ -76,6 +76,55 @@ def write_digits(root: Path, train_per_class: int, val_per_class: int, size: int
 
 # two COCO classes drawn as filled shapes: person (id 1) as a rectangle, car (id 3) as a triangle
 _SHAPES = {1: "rectangle", 3: "triangle"}
+# a set of one's own: three classes whose ids are not 1..3 (the loader must map them) under their own names
+OWN_CLASSES = {7: "square", 12: "triangle", 40: "disc"}
+_DISC_VERTICES = 16
+
+
+def _polygon(shape: str, x0: int, y0: int, x1: int, y1: int) -> list[int]:
+    """The outline of ``shape`` in the box (x0, y0)-(x1, y1) as COCO's flat [x, y, ...] list."""
+    if shape == "triangle":
+        return [x0, y0, x1, y0, (x0 + x1) // 2, y1]
+    if shape in ("square", "disc"):
+        side = min(x1 - x0, y1 - y0)
+        x1, y1 = x0 + side, y0 + side
+    if shape == "disc":
+        angles = np.linspace(0, 2 * np.pi, _DISC_VERTICES, endpoint=False)
+        xs, ys = (x0 + x1) / 2 + (x1 - x0) / 2 * np.cos(angles), (y0 + y1) / 2 + (y1 - y0) / 2 * np.sin(angles)
+        return [int(round(v)) for xy in zip(xs, ys) for v in xy]
+    return [x0, y0, x1, y0, x1, y1, x0, y1]
+
+
+def _area(polygon: list[int]) -> float:
+    """The shoelace formula."""
+    xs, ys = np.array(polygon[0::2], float), np.array(polygon[1::2], float)
+    return float(abs(np.dot(xs, np.roll(ys, -1)) - np.dot(ys, np.roll(xs, -1))) / 2)
+
+
+def _write_shapes_split(json_file: Path, image_dir: Path, shapes: dict[int, str], categories: list[dict],
+                        count: int, seed: int, width: int, height: int) -> None:
+    """``count`` images in ``image_dir`` (random background, one filled instance of each of ``shapes``, category
+    id -> shape) and their COCO instances file ``json_file`` (boxes and polygon masks) declaring ``categories``."""
+    rng = np.random.default_rng(seed)
+    image_dir.mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for i in range(count):
+        img = Image.new("RGB", (width, height), tuple(int(c) for c in rng.integers(0, 80, 3)))
+        draw = ImageDraw.Draw(img)
+        for category, shape in shapes.items():
+            x0, y0 = int(rng.integers(5, width // 2)), int(rng.integers(5, height // 2))
+            x1 = min(x0 + int(rng.integers(25, 70)), width - 1)
+            y1 = min(y0 + int(rng.integers(25, 60)), height - 1)
+            polygon = _polygon(shape, x0, y0, x1, y1)
+            xs, ys = polygon[0::2], polygon[1::2]
+            draw.polygon(polygon, fill=tuple(int(c) for c in rng.integers(120, 255, 3)))
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": category,
+                                "iscrowd": 0, "bbox": [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)],
+                                "area": _area(polygon), "segmentation": [polygon]})
+        img.save(image_dir / f"{i:012d}.jpg", quality=95)
+        images.append({"id": i + 1, "file_name": f"{i:012d}.jpg", "width": width, "height": height})
+    json_file.parent.mkdir(parents=True, exist_ok=True)
+    json_file.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
 
 
 def write_shapes_coco(root: Path, train_images: int = 8, val_images: int = 4, width: int = 160,
@@ -88,31 +137,19 @@ def write_shapes_coco(root: Path, train_images: int = 8, val_images: int = 4, wi
         builtin_meta = optional.require("detectron2.data.datasets.builtin_meta", NEEDED_BY)
     categories = [{"id": c["id"], "name": c["name"]} for c in builtin_meta.COCO_CATEGORIES if c["isthing"]]
     for split, count, seed in (("train2017", train_images, 0), ("val2017", val_images, 1)):
-        rng = np.random.default_rng(seed)
-        folder = root / "coco" / split
-        folder.mkdir(parents=True, exist_ok=True)
-        images, annotations = [], []
-        for i in range(count):
-            img = Image.new("RGB", (width, height), tuple(int(c) for c in rng.integers(0, 80, 3)))
-            draw = ImageDraw.Draw(img)
-            for category, shape in _SHAPES.items():
-                x0, y0 = int(rng.integers(5, width // 2)), int(rng.integers(5, height // 2))
-                x1 = min(x0 + int(rng.integers(25, 70)), width - 1)
-                y1 = min(y0 + int(rng.integers(25, 60)), height - 1)
-                if shape == "rectangle":
-                    polygon, area = [x0, y0, x1, y0, x1, y1, x0, y1], float((x1 - x0) * (y1 - y0))
-                else:
-                    polygon, area = [x0, y0, x1, y0, (x0 + x1) // 2, y1], float((x1 - x0) * (y1 - y0)) / 2
-                draw.polygon(polygon, fill=tuple(int(c) for c in rng.integers(120, 255, 3)))
-                annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": category,
-                                    "iscrowd": 0, "bbox": [x0, y0, x1 - x0, y1 - y0], "area": area,
-                                    "segmentation": [polygon]})
-            img.save(folder / f"{i:012d}.jpg", quality=95)
-            images.append({"id": i + 1, "file_name": f"{i:012d}.jpg", "width": width, "height": height})
-        (root / "coco" / "annotations").mkdir(exist_ok=True)
-        (root / "coco" / "annotations" / f"instances_{split}.json").write_text(
-            json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+        _write_shapes_split(root / "coco" / "annotations" / f"instances_{split}.json", root / "coco" / split,
+                            _SHAPES, categories, count, seed, width, height)
     return root
+
+
+def write_shapes_own_classes(train: tuple[Path, Path], val: tuple[Path, Path], train_images: int = 8,
+                             val_images: int = 4, width: int = 160, height: int = 128) -> None:
+    """A COCO-format instance set of one's own for ``lsmae detect --train JSON:IMAGE_DIR --val JSON:IMAGE_DIR``:
+    ``train`` and ``val`` are each (annotation file, image folder); the :data:`OWN_CLASSES` (ids 7, 12, 40), one
+    instance of each per image. Needs no detectron2."""
+    categories = [{"id": cid, "name": name} for cid, name in OWN_CLASSES.items()]
+    for (json_file, image_dir), count, seed in ((train, train_images, 0), (val, val_images, 1)):
+        _write_shapes_split(json_file, image_dir, OWN_CLASSES, categories, count, seed, width, height)
 
 
 # scikit-image textures as the classes of a small scene-parsing set (ADE20K labels 1..4; 0 = "other")

@@ -1,4 +1,5 @@
-"""``lsmae detect``: ViTDet (Cascade) Mask R-CNN on COCO from a long-seq MAE checkpoint, with Detectron2.
+"""``lsmae detect``: ViTDet (Cascade) Mask R-CNN on COCO, or on a COCO-format set of your own (``--train``,
+``--val``), from a long-seq MAE checkpoint, with Detectron2.
 
     lsmae detect vit_large/coco/4000 --config mask_rcnn_vitdet_l_100ep --num-gpus 8 train.output_dir=out/vitl
     lsmae detect vit_large/coco/4000 --config mask_rcnn_vitdet_l_100ep --eval-only \\
@@ -29,9 +30,10 @@ from pretrain.errors import DetectError
 from pretrain.optional import require
 
 from bridges.detection.configs import resolve_config
-from bridges.detection.plan import (BATCH_KEY, Plan, build_config, check_act_checkpoint, check_batch, check_datasets,
-                                    check_schedule, gpus_per_machine, is_cpu, override_key, plan_lines, plan_report,
-                                    resolve_plan)
+from bridges.detection.data import read_sets, register
+from bridges.detection.plan import (BATCH_KEY, Plan, build_config, check_act_checkpoint, check_batch, check_classes,
+                                    check_datasets, check_schedule, gpus_per_machine, is_cpu, override_key, plan_lines,
+                                    plan_report, resolve_plan)
 from bridges.detection.source import (INIT_KEY, PRETRAIN_IMG_SIZE_KEY, backbone_init_shapes, enforce_load_contract,
                                       summarise_missing)
 
@@ -45,12 +47,15 @@ def run(args: argparse.Namespace) -> None:
     if args.batch_size is not None and BATCH_KEY in keys:
         raise DetectError(f"--batch-size and {BATCH_KEY}: give the batch once (--batch-size also scales the lr and "
                           "the schedule)")
+    datasets = read_sets(args.train, args.val, args.eval_only)
     launch = require("detectron2.engine", "lsmae detect").launch
     from omegaconf import OmegaConf
 
     from bridges.detection import paths as vitdet_paths  # noqa: F401  (lsmae:// in train.init_checkpoint, whatever the config imports)
 
-    plan, cfg, init = resolve_plan(args, config, convert=not args.dry_run and INIT_KEY not in keys)
+    plan, cfg, init = resolve_plan(args, config, not args.dry_run and INIT_KEY not in keys, datasets)
+    if datasets:
+        check_classes(cfg, datasets)
     cpu = is_cpu(cfg)
     num_gpus = gpus_per_machine(args, cpu)
     report = plan_report(plan, cfg, init.description, num_gpus * args.num_machines)
@@ -85,6 +90,7 @@ def run(args: argparse.Namespace) -> None:
         dist_url = "auto"
 
     check_act_checkpoint(cfg)
+    register(plan.datasets)
     check_datasets(cfg, args.eval_only)
 
     output_dir = report["output_dir"]
@@ -178,6 +184,7 @@ def _worker(plan: Plan) -> None:
 
     from bridges.detection import paths as vitdet_paths  # noqa: F401  (registers lsmae:// in this process)
 
+    register(plan.datasets)  # a spawned worker inherits no registration from the launcher
     cfg = build_config(plan)
     default_setup(cfg, argparse.Namespace(config_file=plan.config, eval_only=plan.eval_only, resume=plan.resume,
                                           opts=plan.overrides, command=" ".join(plan.argv)))

@@ -1,6 +1,7 @@
-"""The plan of ``lsmae detect``: the LazyConfig with the source's settings, ``--batch-size`` scaling
-and ``KEY=VALUE`` overrides (each checked against the config), what ``--dry-run`` prints, and the
-checks made before launching (batch, schedule, activation checkpointing, data sets, processes)."""
+"""The plan of ``lsmae detect``: the LazyConfig with the source's settings, ``--batch-size`` scaling,
+``--train``/``--val`` sets and ``KEY=VALUE`` overrides (each checked against the config), what
+``--dry-run`` prints, and the checks made before launching (batch, schedule, activation checkpointing,
+classes, data sets, processes)."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +9,7 @@ import difflib
 import inspect
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from pretrain.optional import installed, missing
 
 from bridges.batch_scaling import scale_iterations
 from pretrain.errors import DetectError
+from bridges.detection.data import EVALUATOR_KEY, NUM_CLASSES_KEY, CocoSet, data_lines, data_report, data_settings
 from bridges.detection.source import INIT_KEY, PRETRAIN_IMG_SIZE_KEY, Init, prepare_source
 
 ACT_CHECKPOINT_KEY = "model.backbone.net.use_act_checkpoint"  # --grad-checkpointing
@@ -41,6 +44,7 @@ class Plan:
     eval_only: bool = False
     resume: bool = False
     argv: list[str] = field(default_factory=list)
+    datasets: list[CocoSet] = field(default_factory=list)  # --train/--val: registered in each process
 
 
 _ABSENT = object()
@@ -170,16 +174,21 @@ def batch_settings(recipe: Any, batch_size: int) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- the plan
-def resolve_plan(args: argparse.Namespace, config: Path, convert: bool) -> tuple[Plan, Any, Init]:
-    """The plan every process rebuilds the config from: the recipe at --batch-size, --grad-checkpointing and what
-    SOURCE dictates (fetched and converted only when ``convert``), then the overrides; and the config it builds."""
+def resolve_plan(args: argparse.Namespace, config: Path, convert: bool,
+                 datasets: Sequence[CocoSet] = ()) -> tuple[Plan, Any, Init]:
+    """The plan every process rebuilds the config from: the recipe at --batch-size, --grad-checkpointing, the
+    ``datasets`` of --train/--val and what SOURCE dictates (fetched and converted only when ``convert``), then the
+    overrides; and the config it builds."""
     from omegaconf import OmegaConf
 
-    plan = Plan(str(config), {}, list(args.overrides), args.eval_only, args.resume, argv=list(sys.argv))
+    plan = Plan(str(config), {}, list(args.overrides), args.eval_only, args.resume, argv=list(sys.argv),
+                datasets=list(datasets))
     if args.batch_size is not None:
         plan.settings.update(batch_settings(build_config(Plan(plan.config, {}, [])), args.batch_size))
     if args.grad_checkpointing:
         plan.settings[ACT_CHECKPOINT_KEY] = True
+    if datasets:
+        plan.settings.update(data_settings(plan.datasets))
     # the output folder (where a SOURCE file's conversion goes) as the overrides will set it
     output_dir = str(OmegaConf.select(build_config(plan), "train.output_dir", default="./output"))
     init = prepare_source(args.source, output_dir, convert)
@@ -203,7 +212,7 @@ def plan_report(plan: Plan, cfg: Any, source: str, devices: int) -> dict[str, An
         num_updates, milestones = milestones[-1], milestones[:-1]
     # the scheduler sees iteration / max_iter, so milestone m of num_updates falls at m * max_iter / num_updates
     lr_steps = [-(-m * max_iter // num_updates) for m in milestones]
-    return {
+    report = {
         "config": plan.config,
         "source": source,
         "pretrain_img_size": get(PRETRAIN_IMG_SIZE_KEY),
@@ -218,6 +227,9 @@ def plan_report(plan: Plan, cfg: Any, source: str, devices: int) -> dict[str, An
         "grad_checkpointing": bool(get(ACT_CHECKPOINT_KEY, False)),
         "output_dir": str(get("train.output_dir", "./output")),
     }
+    if plan.datasets:
+        report.update(data_report(plan.datasets, max_iter, report["batch_size"]))
+    return report
 
 
 def plan_lines(report: dict[str, Any]) -> list[str]:
@@ -230,6 +242,7 @@ def plan_lines(report: dict[str, Any]) -> list[str]:
         f"activation checkpointing {'on' if report['grad_checkpointing'] else 'off'}",
         f"  max_iter {report['max_iter']}, lr steps at {steps}, warmup {report['warmup_iters']} iterations",
         f"  eval every {report['eval_period']}, checkpoint every {report['checkpoint_period']} iterations",
+        *data_lines(report),
     ]
 
 
@@ -269,6 +282,22 @@ def check_act_checkpoint(cfg: Any) -> None:
 
     if OmegaConf.select(cfg, ACT_CHECKPOINT_KEY, default=False) and not installed("fairscale"):
         raise missing("fairscale", f"--grad-checkpointing ({ACT_CHECKPOINT_KEY})")
+
+
+def check_classes(cfg: Any, datasets: list[CocoSet]) -> None:
+    """The config reads --train/--val and sizes every head to their classes: a config that writes a dataset name
+    or a head's num_classes out (instead of interpolating it), or an override of one, would not follow them."""
+    from omegaconf import OmegaConf
+
+    settings = data_settings(datasets)
+    heads = [k for k in _all_keys(_required(cfg, "model.roi_heads", "the heads --train/--val size"),
+                                  "model.roi_heads.") if k.endswith(".num_classes")]
+    wanted = {**settings, **{k: settings[NUM_CLASSES_KEY] for k in heads}, EVALUATOR_KEY: datasets[-1].name}
+    for key, value in wanted.items():
+        have = OmegaConf.select(cfg, key, default=None)
+        if have != value:
+            raise DetectError(f"{key} is {have!r} but --train/--val need {value!r}: interpolate it in the config "
+                              f"(as the shipped configs do) or drop its override")
 
 
 def check_datasets(cfg: Any, eval_only: bool) -> None:
