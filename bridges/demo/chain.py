@@ -54,9 +54,9 @@ def write_data(data: Path) -> dict[str, Path]:
     sample_data.write_photos(folders["pretrain photos"], sample_data.PRETRAIN_PHOTOS)
     sample_data.write_photos(folders["held-out photos"], sample_data.HELDOUT_PHOTOS)
     sample_data.write_digits(folders["digits"], DIGITS_TRAIN, DIGITS_VAL, size=FINETUNE_SIZE)
-    if detectron2_available():
-        sample_data.write_shapes_coco(data)
-        folders["COCO-format set"] = data / "coco"
+    shapes = data / "shapes"  # a COCO-format set of one's own: 3 classes, ids 7, 12, 40
+    sample_data.write_shapes_own_classes((shapes / "train.json", shapes / "train"), (shapes / "val.json", shapes / "val"))
+    folders["COCO-format shapes (own classes)"] = shapes
     folders["texture masks (own classes)"] = sample_data.write_texture_masks(data / "textures")
     return folders
 
@@ -183,9 +183,11 @@ def segment_step(demo: Demo) -> str:
 
 def detect_step(demo: Demo) -> str:
     run_dir = demo.workdir / "detect"
+    shapes = demo.data / "shapes"
     demo.lsmae_child("detect", ["detect", str(outputs(demo)["vitdet"]), "--config", DETECT_CONFIG,
-                                f"train.output_dir={run_dir}"],
-                     progress=r"iter: \d+ |Total inference time", env={"DETECTRON2_DATASETS": str(demo.data)})
+                                "--train", f"{shapes / 'train.json'}:{shapes / 'train'}",
+                                "--val", f"{shapes / 'val.json'}:{shapes / 'val'}", f"train.output_dir={run_dir}"],
+                     progress=r"iter: \d+ |Total inference time")
     results = json.loads((run_dir / "eval_results.json").read_text())
     demo.artefacts["detector"] = run_dir / "model_final.pth"
     demo.artefacts["detection metrics"] = run_dir / "eval_results.json"
@@ -194,8 +196,12 @@ def detect_step(demo: Demo) -> str:
 
 
 def _ap(results: dict, task: str) -> str:
-    ap = results.get(task, {}).get("AP")
-    return "n/a" if ap is None or ap != ap else f"{ap:.1f}"
+    """AP of one task, then per class by name (detectron2's ``AP-NAME`` keys)."""
+    def shown(ap: float | None) -> str:
+        return "n/a" if ap is None or ap != ap else f"{ap:.1f}"
+
+    by_class = {k[3:]: v for k, v in results.get(task, {}).items() if k.startswith("AP-")}
+    return shown(results.get(task, {}).get("AP")) + f" ({', '.join(f'{k} {shown(v)}' for k, v in by_class.items())})"
 
 
 # --------------------------------------------------------------------------- the table

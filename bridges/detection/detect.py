@@ -26,11 +26,12 @@ from typing import Any
 
 import torch
 
+from pretrain.engine.resume import check_same_run, run_identity
 from pretrain.errors import DetectError
 from pretrain.optional import require
 
 from bridges.detection.configs import resolve_config
-from bridges.detection.data import read_sets, register
+from bridges.detection.data import NAMES_KEYS, read_sets, register
 from bridges.detection.plan import (BATCH_KEY, Plan, build_config, check_act_checkpoint, check_batch, check_classes,
                                     check_datasets, check_schedule, gpus_per_machine, is_cpu, override_key, plan_lines,
                                     plan_report, resolve_plan)
@@ -96,6 +97,8 @@ def run(args: argparse.Namespace) -> None:
     output_dir = report["output_dir"]
     init_checkpoint = str(OmegaConf.select(cfg, INIT_KEY, default="") or "")
     resuming = args.resume and not args.eval_only and (Path(output_dir) / "last_checkpoint").is_file()
+    if not args.eval_only:
+        record_or_check_data(Path(output_dir), run_data(report, cfg), resuming)
     if resuming:
         print(f"resuming from the last checkpoint in {output_dir} (the load contract applies to initialisation only)")
     else:
@@ -116,6 +119,40 @@ def run(args: argparse.Namespace) -> None:
         print(Path(output_dir) / "eval_results.json")
     else:
         print(Path(output_dir) / "model_final.pth")
+
+
+log = logging.getLogger("bridges.detection")
+RUN_DATA = "lsmae_run.json"  # in the output folder: the data a run trains on, checked when it resumes
+
+
+def run_data(report: dict[str, Any], cfg: Any) -> dict[str, Any]:
+    """The data of this run: its own sets (files resolved, counts, classes) or the config's dataset names,
+    and the size of the class heads."""
+    from omegaconf import OmegaConf
+
+    if "datasets" in report:
+        sets = {option: {**s, "json": str(Path(s["json"]).resolve()), "image_dir": str(Path(s["image_dir"]).resolve())}
+                for option, s in report["datasets"].items()}
+    else:
+        sets = {option: OmegaConf.to_container(OmegaConf.select(cfg, key), resolve=True)
+                if OmegaConf.is_config(OmegaConf.select(cfg, key)) else OmegaConf.select(cfg, key)
+                for option, key in NAMES_KEYS.items()}
+    return {"datasets": sets, "classes": report.get("classes"),
+            "num_classes": OmegaConf.select(cfg, "model.roi_heads.num_classes", default=None)}
+
+
+def record_or_check_data(output_dir: Path, data: dict[str, Any], resuming: bool) -> None:
+    """A fresh run records its data in ``OUTPUT/lsmae_run.json``; a resumed one must train on the same
+    (Detectron2's checkpointer would load a checkpoint of other classes with its heads skipped)."""
+    identity = run_identity("detect", model={}, input_size=0, source=None, recipe={}, data=data)
+    path = output_dir / RUN_DATA
+    if resuming:
+        check_same_run(path, json.loads(path.read_text()) if path.is_file() else None, identity, log)
+        return
+    output_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(identity, indent=1))
+    tmp.replace(path)
 
 
 # --------------------------------------------------------------------------- in each process

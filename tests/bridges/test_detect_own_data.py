@@ -176,6 +176,17 @@ def test_train_and_evaluate_on_own_classes(d2, sets, lsmae_home, tmp_path):
                      f"train.output_dir={tmp_path / 'eval'}")
     assert_ap_per_class(printed, tmp_path / "eval" / "eval_results.json")
 
+    # the run's data is recorded; resuming it on other data is refused before anything is launched
+    recorded = json.loads((out / "lsmae_run.json").read_text())["data"]
+    assert recorded["datasets"]["train"]["json"] == str(sets.train_json.resolve()) and recorded["num_classes"] == 3
+    other = Sets(tmp_path / "other")
+    edit(other.train_json, lambda coco: coco["images"].pop())
+    done = subprocess.run([sys.executable, "-m", "bridges", "detect", "demo", "--config", DEMO_CONFIG,
+                           "--train", other.train, "--val", sets.val, "train.max_iter=8", f"train.output_dir={out}",
+                           "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and done.stderr.strip().splitlines()[-1].startswith(
+        f"lsmae detect: error: {out / 'lsmae_run.json'} belongs to another run: data.datasets.train")
+
 
 def assert_ap_per_class(printed: str, results: Path) -> None:
     """Detectron2's per-category tables (bbox and segm) in the output, and AP-NAME in the results."""
