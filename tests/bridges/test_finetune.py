@@ -411,6 +411,7 @@ def test_layer_decay_reaches_the_optimizers_param_groups(micro_source, tmp_path,
                                                       "--effective-batch-size", "4", "--lr", "1e-3",
                                                       "--layer-decay", "0.5", "--mixup", "0", "--cutmix", "0")])
     model, opt = built["model"], built["opt"]
+    assert isinstance(opt, torch.optim.AdamW)
     depth, decay = len(model.blocks), 0.5
     group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
     peak = max(g["lr"] for g in opt.param_groups)
@@ -519,3 +520,27 @@ def test_linear_probe_optimizer_is_lars_with_trust_ratio_on_the_head_weight(micr
     assert trust < 0.1  # far from 1: a missing trust ratio would show
     torch.testing.assert_close(w - head.weight.detach(), 0.5 * trust * g, rtol=1e-5, atol=1e-8)
     torch.testing.assert_close(b - head.bias.detach(), 0.5 * head.bias.grad, rtol=1e-5, atol=1e-8)
+
+
+def test_recipe_augmentation_and_loss_are_in_the_built_transform_and_criterion():
+    """README: RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25 (per-pixel, one box), mixup 0.8 /
+    cutmix 1.0 with label smoothing 0.1 (soft-target loss); without mixup, smoothing 0.1 in the loss."""
+    from types import SimpleNamespace
+
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    args = _resolved("finetune", 768, "--input-size", "32")
+    train = classification_data.train_transform(args, "finetune")
+    randaug, erasing = train.transforms[2], train.transforms[-1]
+    assert randaug.num_layers == 2 and all((o.magnitude, o.magnitude_std) == (9, 0.5) for o in randaug.ops)
+    assert "PosterizeIncreasing" in [o.name for o in randaug.ops]  # 'inc1'
+    assert (erasing.probability, erasing.mode, erasing.max_count) == (0.25, "pixel", 1)
+    backend = SimpleNamespace(wrap_model=lambda m: m)
+    task = finetune.Classification(torch.nn.Linear(2, 2), "finetune", args, backend, None, None,
+                                   {"num_classes": 10}, {})
+    assert (task.mixup.mixup_alpha, task.mixup.cutmix_alpha, task.mixup.label_smoothing) == (0.8, 1.0, 0.1)
+    assert isinstance(task.criterion, SoftTargetCrossEntropy)
+    plain = finetune.Classification(torch.nn.Linear(2, 2), "finetune", _resolved("finetune", 768, "--mixup", "0",
+                                    "--cutmix", "0"), backend, None, None, {"num_classes": 10}, {})
+    assert plain.mixup is None and isinstance(plain.criterion, LabelSmoothingCrossEntropy)
+    assert plain.criterion.smoothing == 0.1
