@@ -377,3 +377,170 @@ def test_module_entry_point_for_torchrun_reports_errors_in_one_line(tmp_path):
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.strip() == f"lsmae finetune: error: data folder {tmp_path / 'none' / 'train'} does not exist " \
                                    "(expected ImageFolder splits DATA/train/CLASS/* and DATA/val/CLASS/*)"
+
+
+# --- promises pinned where they take effect (issue 22) --------------------------------------------
+def _parsed(mode: str, source: str, *argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, mode)
+    return parser.parse_args([source, "--data-path", "unused", "--device", "cpu", *argv])
+
+
+@pytest.fixture
+def micro_source(tmp_path) -> Path:
+    """A release-format file of the micro MAE (tensors moved off their initialisation)."""
+    from tests.conftest import perturbed_mae
+
+    path = tmp_path / "micro.pth"
+    torch.save({"model": perturbed_mae(seed=3).state_dict()}, path)
+    return path
+
+
+def test_layer_decay_reaches_the_optimizers_param_groups(micro_source, tmp_path, monkeypatch):
+    """MAE's layer-wise lr decay in the optimizer the run trains with, after the scheduler set the lr:
+    patch/pos embeddings and cls token decay^(depth+1), block i decay^(depth-i), fc_norm and head 1."""
+    built = {}
+
+    def recording(model, args, mode, backend):
+        built["model"], built["opt"] = model, classification_model.make_optimizer(model, args, mode, backend)
+        return built["opt"]
+
+    monkeypatch.setattr(finetune, "make_optimizer", recording)
+    data = write_digits(tmp_path / "data", 2, 1, size=32)
+    run_mode("finetune", [str(micro_source), *common(data, tmp_path / "run", "--epochs", "1", "--warmup-epochs", "0",
+                                                      "--effective-batch-size", "4", "--lr", "1e-3",
+                                                      "--layer-decay", "0.5", "--mixup", "0", "--cutmix", "0")])
+    model, opt = built["model"], built["opt"]
+    assert isinstance(opt, torch.optim.AdamW)
+    depth, decay = len(model.blocks), 0.5
+    group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
+    peak = max(g["lr"] for g in opt.param_groups)
+    assert peak > 0
+    seen = 0
+    for name, p in model.named_parameters():
+        if name.startswith(("cls_token", "pos_embed", "patch_embed.")):
+            scale = decay ** (depth + 1)
+        elif name.startswith("blocks."):
+            scale = decay ** (depth - int(name.split(".")[1]))
+        else:
+            assert name.startswith(("fc_norm.", "head.")), name
+            scale = 1.0
+        group = group_of[id(p)]
+        assert group["lr_scale"] == pytest.approx(scale), name
+        assert group["lr"] == pytest.approx(peak * scale), name  # the scheduler applied the scale
+        no_decay = p.ndim <= 1 or name in ("cls_token", "pos_embed")
+        assert group["weight_decay"] == (0.0 if no_decay else 0.05), name
+        seen += 1
+    assert seen == sum(len(g["params"]) for g in opt.param_groups)  # every parameter is trained
+
+
+@pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter")
+@pytest.mark.parametrize("width, depth, heads, rate", [(768, 12, 12, 0.1), (1024, 24, 16, 0.2)])
+def test_recipe_drop_path_is_in_the_built_model(width, depth, heads, rate, tmp_path):
+    """FINETUNE.md's drop path (ViT-B 0.1, ViT-L 0.2) in the timm blocks the run trains (timm's linear
+    rule: 0 in the first block, the rate in the last), for a source file of that width; none in a probe."""
+    from pretrain.models.archs import resolve_model_name
+    from zoo.checkpoint import expected_shapes
+
+    name = resolve_model_name({768: "mae_vit_base_patch16", 1024: "mae_vit_large_patch16"}[width])
+    shapes = {k: s for k, s in expected_shapes(name).items() if not k.startswith(("decoder", "mask_token"))}
+    zeros = torch.zeros(max(s.numel() for s in shapes.values()))  # one shared buffer: a small file
+    source = tmp_path / "encoder.pth"
+    torch.save({"model": {k: zeros[: s.numel()].view(s) for k, s in shapes.items()}}, source)
+    for mode, expected in (("finetune", rate), ("linprobe", 0.0)):
+        args = _parsed(mode, str(source))
+        classification_recipes.resolve_recipe(args, mode, classification_recipes.source_width(str(source)))
+        with torch.device("meta"):  # the modules without their weights' memory
+            model, _, _ = classification_model.build_model(args, mode, 10)
+        assert len(model.blocks) == depth and model.embed_dim == width
+        probs = [getattr(b.drop_path1, "drop_prob", 0.0) for b in model.blocks]
+        assert probs == pytest.approx([expected * i / (depth - 1) for i in range(depth)])
+        assert [getattr(b.drop_path2, "drop_prob", 0.0) for b in model.blocks] == probs
+
+
+def _blocks_image(width: int, height: int, block: int = 32) -> tuple[Image.Image, callable]:
+    """An image of ``block``-px squares, each its own colour; and the colour of the square at (x, y)."""
+    import numpy as np
+
+    def colour(x: int, y: int) -> tuple[int, int, int]:
+        bx, by = x // block, y // block
+        return (bx * 12 % 256, by * 15 % 256, (bx * 7 + by * 11) % 256)
+
+    pixels = np.array([[colour(x, y) for x in range(width)] for y in range(height)], dtype=np.uint8)
+    return Image.fromarray(pixels), colour
+
+
+@pytest.mark.parametrize("input_size, resized, offset", [
+    (224, (320, 256), (48, 16)),  # short side to 224/0.875 = 256, centre 224 crop of 320x256
+    (256, (320, 256), (32, 0)),  # above 224: crop ratio 1: short side to 256, centre 256 crop
+    (448, (560, 448), (56, 0)),
+])
+def test_eval_transform_geometry(input_size, resized, offset):
+    """MAE's evaluation crop on a 640x512 image: which source pixels land where in the output."""
+    import numpy as np
+
+    source, colour = _blocks_image(640, 512)
+    out = classification_data.eval_transform(input_size)(source)
+    assert out.shape == (3, input_size, input_size)
+    mean, std = torch.tensor(classification_data.IMAGENET_DEFAULT_MEAN), torch.tensor(classification_data.IMAGENET_DEFAULT_STD)
+    rgb = ((out * std[:, None, None] + mean[:, None, None]) * 255).permute(1, 2, 0).numpy()
+    scale = 640 / resized[0]
+    assert 512 / resized[1] == scale
+    checked = 0
+    for oy in range(0, input_size, 3):
+        for ox in range(0, input_size, 3):
+            # the output pixel's centre in the source image
+            sx, sy = (ox + offset[0] + 0.5) * scale, (oy + offset[1] + 0.5) * scale
+            if min(sx % 32, 32 - sx % 32, sy % 32, 32 - sy % 32) < 6:  # bicubic mixes squares near their edges
+                continue
+            assert np.abs(rgb[oy, ox] - colour(int(sx), int(sy))).max() < 1.5, (oy, ox)
+            checked += 1
+    assert checked > input_size ** 2 / 9 / 3
+
+
+def test_linear_probe_optimizer_is_lars_with_trust_ratio_on_the_head_weight(micro_source):
+    """main_linprobe.py's LARS: the head weight moves by lr x trust_coeff x ||w|| / ||g|| x g, the bias by
+    lr x g (no trust ratio, no weight decay); nothing else is in the optimizer."""
+    from timm.optim import Lars
+
+    args = _parsed("linprobe", str(micro_source), "--lr", "0.5", "--weight-decay", "0")
+    classification_recipes.resolve_recipe(args, "linprobe", None)
+    torch.manual_seed(0)
+    model, _, _ = classification_model.build_model(args, "linprobe", 10)
+    opt = classification_model.make_optimizer(model, args, "linprobe", None)
+    assert isinstance(opt, Lars)
+    head = model.head[1]
+    assert [p for g in opt.param_groups for p in g["params"]] == [head.weight, head.bias]
+    head.weight.grad = torch.randn_like(head.weight) * 3
+    head.bias.grad = torch.randn_like(head.bias)
+    w, b = head.weight.detach().clone(), head.bias.detach().clone()
+    opt.step()
+    g = head.weight.grad
+    trust = 0.001 * w.norm() / g.norm()
+    assert trust < 0.1  # far from 1: a missing trust ratio would show
+    torch.testing.assert_close(w - head.weight.detach(), 0.5 * trust * g, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(b - head.bias.detach(), 0.5 * head.bias.grad, rtol=1e-5, atol=1e-8)
+
+
+def test_recipe_augmentation_and_loss_are_in_the_built_transform_and_criterion():
+    """README: RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25 (per-pixel, one box), mixup 0.8 /
+    cutmix 1.0 with label smoothing 0.1 (soft-target loss); without mixup, smoothing 0.1 in the loss."""
+    from types import SimpleNamespace
+
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    args = _resolved("finetune", 768, "--input-size", "32")
+    train = classification_data.train_transform(args, "finetune")
+    randaug, erasing = train.transforms[2], train.transforms[-1]
+    assert randaug.num_layers == 2 and all((o.magnitude, o.magnitude_std) == (9, 0.5) for o in randaug.ops)
+    assert "PosterizeIncreasing" in [o.name for o in randaug.ops]  # 'inc1'
+    assert (erasing.probability, erasing.mode, erasing.max_count) == (0.25, "pixel", 1)
+    backend = SimpleNamespace(wrap_model=lambda m: m)
+    task = finetune.Classification(torch.nn.Linear(2, 2), "finetune", args, backend, None, None,
+                                   {"num_classes": 10}, {})
+    assert (task.mixup.mixup_alpha, task.mixup.cutmix_alpha, task.mixup.label_smoothing) == (0.8, 1.0, 0.1)
+    assert isinstance(task.criterion, SoftTargetCrossEntropy)
+    plain = finetune.Classification(torch.nn.Linear(2, 2), "finetune", _resolved("finetune", 768, "--mixup", "0",
+                                    "--cutmix", "0"), backend, None, None, {"num_classes": 10}, {})
+    assert plain.mixup is None and isinstance(plain.criterion, LabelSmoothingCrossEntropy)
+    assert plain.criterion.smoothing == 0.1

@@ -179,6 +179,40 @@ def test_vit_base_448_pos_embed():
     assert torch.equal(kept.state_dict["pos_embed"], sd["pos_embed"])
 
 
+
+def _timms_own_resampling(pos_embed: torch.Tensor, img_size: int, patch_size: int) -> torch.Tensor:
+    """What timm itself does to a pretrained ``pos_embed`` loaded into a ViT at ``img_size``."""
+    from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+
+    with torch.device("meta"):
+        model = VisionTransformer(img_size=img_size, patch_size=patch_size, embed_dim=pos_embed.shape[-1], depth=1,
+                                  num_heads=1)
+    return checkpoint_filter_fn({"pos_embed": pos_embed}, model)["pos_embed"]
+
+
+@pytest.mark.parametrize("grid, img_size", [(8, 32), (8, 128)])
+def test_micro_pos_embed_resampling_equals_timms_own(grid, img_size):
+    """8x8 -> 4x4 (downsampling: timm antialiases) and 8x8 -> 16x16, the cls slot untouched."""
+    sd = perturbed_mae(seed=10).state_dict()
+    pos = convert_to_timm(sd, img_size=img_size).state_dict["pos_embed"]
+    assert torch.equal(pos, _timms_own_resampling(sd["pos_embed"], img_size, 8))
+    assert torch.equal(pos[:, 0], sd["pos_embed"][:, 0])
+
+
+def test_release_grid_pos_embed_resampling_equals_timms_own():
+    """The released 28x28 grid (448px at patch 16) to 32x32 (512px) and to 14x14 (224px)."""
+    from bridges.mae_weights import resample_pos_embed
+
+    info = describe({"cls_token": torch.zeros(1, 1, 32), "pos_embed": torch.zeros(1, 785, 32),
+                     "patch_embed.proj.weight": torch.zeros(32, 3, 16, 16)})
+    original = torch.randn(1, 785, 32, generator=torch.Generator().manual_seed(3))
+    for img_size, grid in ((512, 32), (224, 14)):
+        resampled, line = resample_pos_embed(original, info, img_size)
+        assert resampled.shape == (1, 1 + grid * grid, 32) and f"28x28 -> {grid}x{grid}" in line
+        assert torch.equal(resampled, _timms_own_resampling(original, img_size, 16))
+        assert torch.equal(resampled[:, 0], original[:, 0])
+
+
 # --------------------------------------------------------------------------- 4. kept / dropped
 def test_avg_drops_norm_mask_token_and_decoder_token_keeps_norm():
     sd = perturbed_mae(seed=10).state_dict()

@@ -280,6 +280,48 @@ def test_unpinned_download_with_broken_zip_is_rejected(tiny_zoo):
     assert_verified(tiny_zoo, COCO, zoo.fetch(COCO, quiet=True))
 
 
+
+@pytest.fixture
+def deeper_micro(monkeypatch) -> str:
+    """A second known architecture: the micro MAE with 5 encoder blocks (entries are of the 4-block one)."""
+    from pretrain.models import archs
+
+    name = "mae_vit_micro_patch8_dec64d4h2b_depth5"
+    monkeypatch.setitem(archs.ARCHITECTURES, name, {**archs.model_config(archs.list_models("mae_vit_micro*")[0]),
+                                                    "depth": 5})
+    return name
+
+
+@pytest.mark.parametrize("other", ["architecture", "input_size"])
+def test_download_of_another_architecture_or_input_size_is_refused(tiny_zoo, tmp_path, deeper_micro, other):
+    """Without a digest, the structure check is against the entry's own architecture and image size:
+    a valid checkpoint of another known architecture, or of the entry's at another size, is refused."""
+    import torch
+
+    import pretrain
+    from zoo.checkpoint import VerificationError, check_structure
+
+    torch.manual_seed(0)
+    model = pretrain.create_model(deeper_micro) if other == "architecture" else \
+        pretrain.create_model(zoo.get_entry(COCO).model, img_size=32)
+    path = tmp_path / "other.pth"
+    torch.save({"model": model.state_dict()}, path)
+    check_structure(model.state_dict())  # a valid checkpoint of a known architecture...
+    tiny_zoo.server.add_file(tiny_zoo.paths[COCO], path.read_bytes())
+    expected = "does not match mae_vit_micro_patch8_dec64d4h2b" if other == "architecture" else \
+        "position embeddings are for a 4x4 grid .* expected 64px"
+    with pytest.raises(VerificationError, match=expected):  # ...but not of this entry
+        zoo.fetch(COCO, quiet=True)
+    assert_nothing_cached(COCO)
+    assert not (zoo.cache_root() / "pinned-digests.json").exists()
+    # the same file put into the cache by hand (no pin) is refused on its first use
+    cache_file(COCO).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(path, cache_file(COCO))
+    with pytest.raises(VerificationError, match=expected):
+        zoo.fetch(COCO, quiet=True)
+    assert not (zoo.cache_root() / "pinned-digests.json").exists()
+
+
 # --------------------------------------------------------------------------- 7. slow
 def test_slow_server(tiny_zoo):
     tiny_zoo.server.slow_delay = 0.005
