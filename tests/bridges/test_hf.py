@@ -134,6 +134,14 @@ def test_micro_loss_and_features_equal_ours(micro, tmp_path):
     assert diff["loss_rel"] < 1e-5 and diff["features_rel"] < 1e-5
 
 
+@pytest.mark.parametrize("no_k_bias", [False, True])
+def test_loss_is_ours_to_1e_7_relative(tmp_path, no_k_bias):
+    """README: with ``block_mask_noise`` transformers' loss equals ours to 1e-7 relative or better."""
+    file = release_file(tmp_path / "release.pth", no_k_bias=no_k_bias)
+    diff = compare_mae(file, convert(file, "hf-mae", tmp_path / "hf").path, batch=4)
+    assert diff["loss_rel"] <= 1e-7, diff
+
+
 def test_k_bias_checkpoint_keeps_its_key_bias(micro, tmp_path):
     model = transformers.ViTMAEForPreTraining.from_pretrained(convert(micro, "hf-mae", tmp_path / "hf").path)
     sd = model_state_dict(load_checkpoint(micro))
@@ -263,6 +271,12 @@ def test_both_key_generations_are_read(micro, tmp_path):
     transformers.ViTMAEForPreTraining.from_pretrained(folder).save_pretrained(default)
     assert_equal_dicts(read_checkpoint(default)["model"], expected)
     assert_equal_dicts(read_checkpoint(default / "model.safetensors")["model"], expected)
+
+
+def test_folders_are_read_without_importing_transformers(micro, tmp_path, monkeypatch):
+    folder = convert(micro, "hf-mae", tmp_path / "hf").path
+    monkeypatch.setitem(sys.modules, "transformers", None)  # any import of it now raises
+    assert_equal_dicts(read_checkpoint(folder)["model"], model_state_dict(load_checkpoint(micro)))
 
 
 def test_a_folder_is_a_source_everywhere(micro, tmp_path, capsys):
