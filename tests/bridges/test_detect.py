@@ -180,6 +180,20 @@ def test_full_size_config_builds_golden_state_dict(d2, name):
     assert state == want  # pyramid, RPN and (cascade) heads too
 
 
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_full_size_config_is_1024_lsj_and_adamw(d2, name):
+    """README: 1024 LSJ, AdamW lr 1e-4 (weight decay 0.1), warmup 250 of 184375 iterations, in every shipped config."""
+    cfg = load_config(GOLDEN[name][0])
+    assert cfg.model.backbone.net.img_size == 1024
+    flip, resize, crop = cfg.dataloader.train.mapper.augmentations
+    assert flip.horizontal and (resize.min_scale, resize.max_scale) == (0.1, 2.0)
+    assert (resize.target_height, resize.target_width) == (1024, 1024) and tuple(crop.crop_size) == (1024, 1024)
+    assert cfg.dataloader.test.mapper.augmentations[0].short_edge_length == 1024
+    assert cfg.optimizer._target_ is torch.optim.AdamW
+    assert (cfg.optimizer.lr, cfg.optimizer.weight_decay) == (1e-4, 0.1)
+    assert cfg.lr_multiplier.warmup_length * cfg.train.max_iter == pytest.approx(250)
+
+
 @pytest.fixture(scope="module")
 def vit_b_converted():
     """The ViTDet conversion of a full-size long-seq MAE ViT-B (448 px, decoder included)."""
