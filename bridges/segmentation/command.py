@@ -15,7 +15,7 @@ from typing import Any
 from pretrain.errors import LsmaeError
 from pretrain.engine.launch_env import launched_processes
 
-from bridges.segmentation.data_spec import data_splits, describe_data, label_rule
+from bridges.segmentation.data_spec import IGNORE_INDEX, data_splits, describe_data, label_rule
 from bridges.segmentation.recipes import (SegRecipe, apply_overrides, get_recipe, plan, recipe_for_depth,
                                           scale_to_batch)
 
@@ -79,7 +79,8 @@ def print_data(record: dict[str, Any]) -> None:
     data = record["data"]
     folders = [f"{name} {data[name]['images']}:{data[name]['masks']} ({data[name]['count']} images)"
                for name in ("train", "val") if name in data]
-    if not folders and data["reduce_zero_label"] and data["ignore_index"] == 255 and not data["class_names"]:
+    benchmark_labels = data["reduce_zero_label"] and data["ignore_index"] == IGNORE_INDEX and not data["class_names"]
+    if not folders and benchmark_labels:
         return  # a benchmark plan without data: nothing to add
     reduce = "on (0 ignored, k is class k-1)" if data["reduce_zero_label"] else "off"
     print(f"      data: {'; '.join(folders) or 'none given'}; {data['num_labels']} classes, mask value "

@@ -24,7 +24,7 @@ from pretrain.engine.run_plan import precision_name, resolve_precision
 from pretrain.engine.trainer import LoopConfig, Progress, Trainer
 
 from bridges.segmentation.data import MaskFolder, TrainingCrops, normalize_crops
-from bridges.segmentation.data_spec import LabelRule, SplitFolders, data_splits
+from bridges.segmentation.data_spec import IGNORE_INDEX, LabelRule, SplitFolders, data_splits
 from bridges.segmentation.evaluation import SegMetrics, predict
 from bridges.segmentation.recipes import EVAL_KEYS, SegRecipe, apply_overrides, get_recipe, recipe_for_depth
 from bridges.segmentation.model import convert_to_upernet, model_class, save_upernet
@@ -81,7 +81,7 @@ def store_rule(config: Any, rule: LabelRule) -> None:
 
 def stored_rule(config: Any) -> LabelRule:
     """The label rule a model folder was trained with (ADE20K's for folders that predate the setting)."""
-    return LabelRule(config.num_labels, getattr(config, "lsmae_ignore_index", 255),
+    return LabelRule(config.num_labels, getattr(config, "lsmae_ignore_index", IGNORE_INDEX),
                      getattr(config, "lsmae_reduce_zero_label", True), tuple(getattr(config, "lsmae_class_names", ())))
 
 
