@@ -27,16 +27,21 @@ from typing import Any
 import torch
 
 from pretrain.engine.resume import check_same_run, run_identity
+from pretrain.engine.serialization import atomic_save
 from pretrain.errors import DetectError
 from pretrain.optional import require
 
 from bridges.detection.configs import resolve_config
-from bridges.detection.data import NAMES_KEYS, read_sets, register
+from bridges.detection.data import NAMES_KEYS, NUM_CLASSES_KEY, read_sets, register
 from bridges.detection.plan import (BATCH_KEY, Plan, build_config, check_act_checkpoint, check_batch, check_classes,
                                     check_datasets, check_schedule, gpus_per_machine, is_cpu, override_key, plan_lines,
                                     plan_report, resolve_plan)
 from bridges.detection.source import (INIT_KEY, PRETRAIN_IMG_SIZE_KEY, backbone_init_shapes, enforce_load_contract,
                                       summarise_missing)
+
+
+log = logging.getLogger("bridges.detection")
+RUN_DATA = "lsmae_run.json"  # in the output folder: the data a run trains on, checked when it resumes
 
 
 # --------------------------------------------------------------------------- the run
@@ -121,24 +126,18 @@ def run(args: argparse.Namespace) -> None:
         print(Path(output_dir) / "model_final.pth")
 
 
-log = logging.getLogger("bridges.detection")
-RUN_DATA = "lsmae_run.json"  # in the output folder: the data a run trains on, checked when it resumes
-
-
 def run_data(report: dict[str, Any], cfg: Any) -> dict[str, Any]:
-    """The data of this run: its own sets (files resolved, counts, classes) or the config's dataset names,
+    """The data of this run: its own sets (absolute files, counts, classes) or the config's dataset names,
     and the size of the class heads."""
     from omegaconf import OmegaConf
 
     if "datasets" in report:
-        sets = {option: {**s, "json": str(Path(s["json"]).resolve()), "image_dir": str(Path(s["image_dir"]).resolve())}
-                for option, s in report["datasets"].items()}
+        sets = report["datasets"]
     else:
-        sets = {option: OmegaConf.to_container(OmegaConf.select(cfg, key), resolve=True)
-                if OmegaConf.is_config(OmegaConf.select(cfg, key)) else OmegaConf.select(cfg, key)
+        sets = {option: OmegaConf.to_container(OmegaConf.create({"names": OmegaConf.select(cfg, key)}))["names"]
                 for option, key in NAMES_KEYS.items()}
     return {"datasets": sets, "classes": report.get("classes"),
-            "num_classes": OmegaConf.select(cfg, "model.roi_heads.num_classes", default=None)}
+            "num_classes": OmegaConf.select(cfg, NUM_CLASSES_KEY, default=None)}
 
 
 def record_or_check_data(output_dir: Path, data: dict[str, Any], resuming: bool) -> None:
@@ -150,9 +149,7 @@ def record_or_check_data(output_dir: Path, data: dict[str, Any], resuming: bool)
         check_same_run(path, json.loads(path.read_text()) if path.is_file() else None, identity, log)
         return
     output_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(identity, indent=1))
-    tmp.replace(path)
+    atomic_save(identity, path, lambda obj, tmp: Path(tmp).write_text(json.dumps(obj, indent=1)))
 
 
 # --------------------------------------------------------------------------- in each process
