@@ -29,9 +29,13 @@ class Reconstructions:
 
     path: Path
     loss: float
-    num_images: int
+    losses: list[float]  # each image's, in the order of its row
     mask_ratio: float
     norm_pix: bool
+
+    @property
+    def num_images(self) -> int:
+        return len(self.losses)
 
     @property
     def summary(self) -> str:
@@ -40,7 +44,7 @@ class Reconstructions:
 
     def lines(self) -> list[str]:
         return [f"columns: original | masked ({self.mask_ratio:.0%}) | reconstruction | reconstruction + visible",
-                self.summary, str(self.path)]
+                "per image: " + ", ".join(f"{v:.3f}" for v in self.losses), self.summary, str(self.path)]
 
 
 @dataclass
@@ -69,17 +73,19 @@ def export(run: str | Path, output: str | Path) -> Exported:
 
 def visualize(checkpoint: str, images: list[str | Path], output: str | Path, mask_ratio: float = 0.75,
               mask_downsampling: int = 2, seed: int = 0, norm_pix: bool = True) -> Reconstructions:
-    """Save rows of original | masked | reconstruction | reconstruction + visible for ``images``."""
+    """Save a titled page, a row of original | masked | reconstruction | reconstruction + visible for each
+    of ``images`` with its masked-patch loss."""
+    from pretrain.engine.serialization import atomic_save
     from pretrain.visualize import load_images, reconstruction_grid
     from zoo.models import load_model
 
     model = load_model(checkpoint, require_decoder=True)
     batch = load_images(images, model.img_size)
-    picture, loss = reconstruction_grid(model, batch, mask_ratio, mask_downsampling, seed, norm_pix=norm_pix)
+    picture, losses, loss = reconstruction_grid(model, batch, mask_ratio, mask_downsampling, seed, norm_pix=norm_pix)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    picture.save(output)
-    return Reconstructions(output, loss, len(batch), mask_ratio, norm_pix)
+    atomic_save(picture, output, lambda page, path: page.save(path, format="PNG"))
+    return Reconstructions(output, loss, losses, mask_ratio, norm_pix)
 
 
 def convert(source: str | Path, to: str, output: str | Path, img_size: int | None = None,

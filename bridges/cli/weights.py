@@ -66,8 +66,10 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_visualize_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = ("Rows of: original | masked input | reconstruction | reconstruction with the visible patches "
-                     "pasted, for a checkpoint with a decoder.")
+    p.description = ("A titled picture, one row per image: original | masked input | reconstruction | "
+                     "reconstruction with the visible patches pasted back, each row's loss on its masked patches "
+                     "beside it, for a checkpoint with a decoder. Images are centre-cropped to the model's size; "
+                     "small ones are scaled up by a whole factor (nearest) to panels of at least 192 px.")
     p.add_argument("checkpoint", help="a zoo id (e.g. demo) or a checkpoint file")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("-o", "--output", default="reconstruction.png")
