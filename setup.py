@@ -22,7 +22,7 @@ setup(
         "torchvision>=0.19",  # the torchvision release of torch 2.4
         "timm>=1.0.15,<2",  # Block(attn_layer=...), layers.resample_abs_pos_embed
         "numpy>=1.24",
-        "Pillow>=9.1",
+        "Pillow>=10.1",  # ImageFont.load_default(size=...): the scalable font of the picture titles
         "safetensors>=0.4",
         "requests>=2.28",
         "filelock>=3.12",

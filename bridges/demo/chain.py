@@ -97,6 +97,7 @@ def visualize_step(demo: Demo) -> str:
     with demo.logged("visualize", ["visualize", "demo", *map(str, demo.heldout), "-o", str(out)]):
         result = visualize("demo", demo.heldout, out)
     demo.artefacts["reconstructions of held-out photographs"] = result.path
+    demo.show(result.path, "held-out photographs, 75% of their patches masked: each row's loss beside it")
     demo.losses["lsmae"] = result.loss
     return result.summary
 
@@ -251,7 +252,10 @@ def skip_line(step: Step) -> str:
 
 
 def run(args: argparse.Namespace) -> None:
-    """Run every step; raises :class:`DemoError` (or the failing step's own error) at the first failure."""
+    """Run every step, then write the report page; raises :class:`DemoError` (or the failing step's own
+    error) at the first failure."""
+    from bridges.demo.report import write_report
+
     require("skimage.data", "lsmae demo")
     require("sklearn.datasets", "lsmae demo")
     total_start = time.perf_counter()
@@ -261,12 +265,18 @@ def run(args: argparse.Namespace) -> None:
         return
     heldout = ", ".join(p.stem for p in demo.heldout)
     planned = planned_steps()
+    skipped = []
     for step in STEPS:
         if step not in planned:
-            print(skip_line(step))
+            skipped.append(skip_line(step))
+            print(skipped[-1])
             continue
         number = f"{planned.index(step) + 1}/{len(planned)}"
         demo.step(number, step.title.format(heldout=heldout), lambda: step.run(demo))
-    print(f"done in {time.perf_counter() - total_start:.0f} s; artefacts:")
-    for what, path in {**demo.artefacts, "logs": demo.logs}.items():
+    seconds = time.perf_counter() - total_start
+    artefacts = {**demo.artefacts, "logs": demo.logs}
+    print(f"done in {seconds:.0f} s; artefacts:")
+    for what, path in artefacts.items():
         print(f"  {what:40s} {path}")
+    page = write_report(demo.workdir / "report.html", demo.steps, skipped, artefacts, seconds)
+    print(f"report (steps, commands, results, pictures and curves): {page}")

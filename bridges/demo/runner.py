@@ -1,6 +1,7 @@
 """How one step of ``lsmae demo`` runs: numbered and timed, its command line printed (to copy), what
 it prints sent to ``WORKDIR/logs/STEP.log`` with the progress lines echoed, a bug turned into a
-one-line error with the traceback kept; detection as a child ``lsmae detect`` process."""
+one-line error with the traceback kept; detection as a child ``lsmae detect`` process. Each step's
+commands, result line and pictures are kept in :attr:`Demo.steps` for the report page."""
 from __future__ import annotations
 
 import argparse
@@ -24,6 +25,18 @@ EPOCH_DONE = re.compile(r"epoch \d+/\d+ done")
 
 
 @dataclass
+class StepRecord:
+    """What one step did, for the report: its commands, its one-line result and the pictures it made."""
+
+    number: str
+    title: str
+    commands: list[str] = field(default_factory=list)
+    result: str = ""
+    seconds: float = 0.0
+    pictures: list[tuple[Path, str]] = field(default_factory=list)  # (file, caption)
+
+
+@dataclass
 class Demo:
     """What the steps of one demo run share: where things go, the options, and what earlier steps made."""
 
@@ -31,6 +44,7 @@ class Demo:
     options: argparse.Namespace
     artefacts: dict[str, Path] = field(default_factory=dict)
     losses: dict[str, float] = field(default_factory=dict)  # visualize's, for the transformers export to compare
+    steps: list[StepRecord] = field(default_factory=list)  # in the order they ran, the running one last
 
     @property
     def logs(self) -> Path:
@@ -54,6 +68,8 @@ class Demo:
     def step(self, number: str, title: str, action: Callable[[], str]) -> None:
         """Run ``action`` (which returns its one-line result) and print the result with the time taken."""
         print(f"[{number}] {title}", flush=True)
+        record = StepRecord(number, title)
+        self.steps.append(record)
         start = time.perf_counter()
         try:
             result = action()
@@ -63,14 +79,24 @@ class Demo:
             log = self.log_path("traceback")
             log.write_text(traceback.format_exc())
             raise DemoError(f"step {number} ({title}) broke: {sys.exc_info()[1]!r}; traceback in {log}") from None
-        print(f"      {result} ({time.perf_counter() - start:.1f} s)", flush=True)
+        record.result, record.seconds = result, time.perf_counter() - start
+        print(f"      {result} ({record.seconds:.1f} s)", flush=True)
+
+    def show(self, picture: Path, caption: str) -> None:
+        """Put ``picture`` on the report page under the running step."""
+        self.steps[-1].pictures.append((picture, caption))
+
+    def _command(self, argv: list[str]) -> None:
+        line = f"lsmae {shlex.join(argv)}"
+        self.steps[-1].commands.append(line)
+        print(f"      $ {line}", flush=True)
 
     @contextlib.contextmanager
     def logged(self, name: str, argv: list[str], logger: logging.Logger | None = None,
                echo: re.Pattern[str] | None = None):
         """Print the command line a step stands for; send what the step prints (and ``logger``'s
         records, echoing those matching ``echo``) to the step's log. Yields the log's path."""
-        print(f"      $ lsmae {shlex.join(argv)}", flush=True)
+        self._command(argv)
         log = self.log_path(name)
         console = sys.stdout
         with open(log, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
@@ -91,7 +117,7 @@ class Demo:
     def lsmae_child(self, name: str, argv: list[str], progress: str, env: dict[str, str] | None = None) -> None:
         """``lsmae ARGV`` as a child process; lines matching ``progress`` are echoed, all go to the step's log."""
         log = self.log_path(name)
-        print(f"      $ lsmae {shlex.join(argv)}", flush=True)
+        self._command(argv)
         cmd = [sys.executable, "-m", "bridges", *argv]
         with open(log, "w") as f, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                                    env={**os.environ, **(env or {})}) as child:

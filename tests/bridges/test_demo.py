@@ -5,14 +5,17 @@ import os
 import re
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from bridges.demo import chain as demo
 from bridges.cli.demo import DEFAULT_WORKDIR
 from pretrain.optional import installed
+from pretrain.panels import Layout
 from bridges.cli import main
 from bridges.classification.convert import create_timm_model, convert_to_timm
 from tests.conftest import REPO
@@ -54,6 +57,58 @@ def test_quickstart_runs_every_step_and_reports_artefacts(quickstart):
     assert (workdir / "logs" / "finetune-scratch.log").is_file()
     if with_detection:
         assert artefacts["detection metrics"].name == "eval_results.json"
+
+
+class _Page(HTMLParser):
+    """The parts of report.html a reader follows: step headings, pictures and links."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.headings: list[str] = []
+        self.pictures: list[str] = []
+        self.links: list[str] = []
+        self.texts: list[str] = []
+        self._in: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if tag == "img":
+            self.pictures.append(found["src"])
+        elif tag == "a":
+            self.links.append(found["href"])
+        elif tag == "script" or "http" in str(found.get("src", "")) + str(found.get("href", "")):
+            raise AssertionError(f"the page must work offline without scripts: <{tag} {found}>")
+        self._in = tag
+
+    def handle_data(self, data: str) -> None:
+        self.texts.append(data)
+        if self._in == "h2":
+            self.headings.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in = None
+
+
+def test_report_page_shows_every_step_and_links_pictures_that_exist(quickstart):
+    workdir, lines = quickstart
+    page_path = workdir / "report.html"
+    assert lines[-1].endswith(f": {page_path}")
+    page = _Page()
+    page.feed(page_path.read_text(encoding="utf-8"))
+    planned = demo.planned_steps()
+    heldout = "astronaut, chelsea, rocket"
+    assert page.headings == [f"[data] {demo.DATA_STEP.title}",
+                             *(f"[{i}/{len(planned)}] {s.title.format(heldout=heldout)}"
+                               for i, s in enumerate(planned, 1))]
+    text = "\n".join(page.texts)
+    for line in lines:  # every command and result line the console showed
+        if line.strip().startswith("$ lsmae ") or line.startswith("[skip] "):
+            assert line.strip() in text
+    for target in page.pictures + page.links:
+        assert not Path(target).is_absolute() and (workdir / target).exists(), target
+    assert "reconstructions.png" in page.pictures
+    with Image.open(workdir / "reconstructions.png") as picture:  # 3 rows of four 192-px panels and a note column
+        assert picture.height == Layout((192, 192), 4, 3, 0, 0).size[1] and picture.width > 4 * 192
 
 
 def test_pretraining_shows_in_reconstructions_and_fine_tuning(quickstart):
