@@ -2,7 +2,8 @@ from setuptools import find_packages, setup
 
 TRANSFORMERS = "transformers>=5.0,<6"
 TENSORBOARD = "tensorboard>=2.12"
-DEMO = ["scikit-image>=0.21", "scikit-learn>=1.2", TRANSFORMERS]
+MATPLOTLIB = "matplotlib>=3.5"
+DEMO = ["scikit-image>=0.21", "scikit-learn>=1.2", TRANSFORMERS, MATPLOTLIB]
 
 setup(
     name="long-seq-mae",
@@ -38,8 +39,10 @@ setup(
         "tensorboard": [TENSORBOARD],
         # the Hugging Face bridges (segmentation, transformers export)
         "hf": [TRANSFORMERS],
+        # `lsmae plot`: training curves of run folders
+        "plot": [MATPLOTLIB],
         # `lsmae demo`: photographs bundled in scikit-image, digits in scikit-learn; transformers for its HF and
-        # segmentation steps
+        # segmentation steps, matplotlib for its training curves
         "demo": DEMO,
         "test": ["pytest>=7", TENSORBOARD, *DEMO],
     },

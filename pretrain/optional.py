@@ -29,6 +29,7 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "skimage": ("scikit-image", _extra("demo")),
     "sklearn": ("scikit-learn", _extra("demo")),
     "tensorboard": ("tensorboard", _extra("tensorboard")),
+    "matplotlib": ("matplotlib", _extra("plot")),
     "torch_xla": ("torch_xla", _extra("tpu") + " (torch_xla pins its own torch version)"),
     "fairscale": ("fairscale", _extra("detect")),
     "detectron2": ("detectron2", DETECTRON2_INSTALL),

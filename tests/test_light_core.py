@@ -47,6 +47,17 @@ def test_look_up_commands_import_no_torch(tmp_path):
         assert report == {"code": 0, "heavy": []}, argv
 
 
+def test_plot_imports_no_torch(tmp_path):
+    """``lsmae plot`` reads logs and draws with matplotlib (which brings numpy): no torch."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.jsonl").write_text(json.dumps({"kind": "train", "epoch": 0, "step": 0, "global_step": 0,
+                                               "loss": 1.0, "lr": 0.1}) + "\n")
+    report = _probe(["plot", str(run), "-o", str(tmp_path / "curves.png")], tmp_path / "home")
+    assert report["code"] == 0 and not set(report["heavy"]) & {"torch", "timm", "torchvision"}, report
+    assert (tmp_path / "curves.png").is_file()
+
+
 # --------------------------------------------------------------------------- layering
 PACKAGES = ("pretrain", "zoo", "bridges", "detection_configs")
 LAYER = {"pretrain": 0, "zoo": 1, "bridges": 2, "detection_configs": 3}

@@ -50,6 +50,8 @@ COMMANDS = [
     Command("pretrain", "pretrain a long-seq MAE (GPU/DDP, CPU, TPU)", "pretrain"),
     Command("export", "write a run's weights in the release format", "weights"),
     Command("visualize", "PNG of masked reconstructions", "weights"),
+    Command("plot", "PNG of the training curves of run folders (loss, learning rate, validation metric by step)",
+            "plot"),
     Command("bench", "benchmarks: pretrain (step time, memory, FLOP/s), zoo (fetch/verify/convert throughput and "
                      "memory), cli (look-up commands vs import torch)", "bench"),
 ]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import pickle
 import re
 import zipfile
@@ -12,6 +11,7 @@ from typing import Any
 
 import torch
 
+from pretrain.atomic import atomic_write
 from pretrain.errors import CheckpointError
 
 # The release's training checkpoints pickle their command line as an argparse.Namespace.
@@ -20,9 +20,7 @@ SAFE_GLOBALS = [argparse.Namespace]
 
 def atomic_save(obj: Any, path: Path, save: Callable[[Any, str], None] = torch.save) -> None:
     """Write ``obj`` to a temporary file beside ``path``, then rename: never a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save(obj, str(tmp))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save(obj, tmp))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

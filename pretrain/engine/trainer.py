@@ -292,8 +292,10 @@ class Trainer:
         else:
             self.log.info("step %d/%d (epoch %d, batch %d/%d) loss %.4f lr %.3g %.1f img/s ETA %s", step + 1,
                           self.total_steps, epoch + 1, pos + 1, self.steps_per_epoch, value, lr, rate, eta)
-        self._logger.write({"kind": "train", "epoch": epoch, "step": pos, "loss": value, "lr": lr,
-                            "images_per_s": rate, **self.backend.diagnostics()}, epoch * self.steps_per_epoch + pos)
+        # "step" is the batch in the epoch (kept for older readers); "global_step" the optimizer updates done
+        self._logger.write({"kind": "train", "epoch": epoch, "step": pos, "global_step": step, "loss": value,
+                            "lr": lr, "images_per_s": rate, **self.backend.diagnostics()},
+                           epoch * self.steps_per_epoch + pos)
 
     def _after_update(self, task: Task) -> None:
         end = self.step >= self.total_steps
@@ -306,7 +308,7 @@ class Trainer:
         if evaluate:
             train_loss = self.backend.all_reduce_mean(self._loss_sum / max(1, self._loss_count)).item()
             self._loss_sum, self._loss_count = torch.zeros_like(self._loss_sum), 0
-            record = {**task.evaluate(at, train_loss), "lr": self._lr_now}
+            record = {**task.evaluate(at, train_loss), "lr": self._lr_now, "global_step": at.step}
             self._logger.write(record, at.epoch - 1 if self.config.epochs is not None else at.step)
             task.model.train()
         if save:
