@@ -139,6 +139,8 @@ def finetune_step(demo: Demo) -> str:
             result = finetune.run(finetune_parser("finetune").parse_args(argv), "finetune")
         top1[init] = 100 * result["best_top1"]
         demo.artefacts[f"digits classifier ({init})"] = result["best"]
+    curves(demo, "finetune", [demo.workdir / "finetune" / init for init in top1],
+           "digits: the pretrained run and its from-scratch twin")
     gain = top1["pretrained"] - top1["scratch"]
     return (f"digits val top-1 after {demo.options.epochs} epochs: pretrained {top1['pretrained']:.1f}% vs from "
             f"scratch {top1['scratch']:.1f}% ({gain:+.1f} points, {DIGITS_VAL * 10} images)")
@@ -178,6 +180,8 @@ def segment_step(demo: Demo) -> str:
             result = segment.run(segment_parser().parse_args(argv))
         miou[init] = 100 * result["mIoU"]  # the final model's, as the reference reports
         demo.artefacts[f"segmentation model ({init})"] = result["final"]
+    curves(demo, "segment", [demo.workdir / "segment" / init for init in miou],
+           "textures: the pretrained run and its from-scratch twin")
     return (f"texture val mIoU after {recipe.max_iter} iterations: pretrained {miou['pretrained']:.1f} vs from "
             f"scratch {miou['scratch']:.1f} ({miou['pretrained'] - miou['scratch']:+.1f} points)")
 
@@ -192,6 +196,7 @@ def detect_step(demo: Demo) -> str:
     results = json.loads((run_dir / "eval_results.json").read_text())
     demo.artefacts["detector"] = run_dir / "model_final.pth"
     demo.artefacts["detection metrics"] = run_dir / "eval_results.json"
+    curves(demo, "detect", [run_dir], "ViTDet Mask R-CNN (detectron2's metrics.json)")
     return (f"box AP {_ap(results, 'bbox')}, mask AP {_ap(results, 'segm')} on the generated val set "
             f"(a few iterations: this checks the chain, not the accuracy)")
 
@@ -203,6 +208,16 @@ def _ap(results: dict, task: str) -> str:
 
     by_class = {k[3:]: v for k, v in results.get(task, {}).items() if k.startswith("AP-")}
     return shown(results.get(task, {}).get("AP")) + f" ({', '.join(f'{k} {shown(v)}' for k, v in by_class.items())})"
+
+
+def curves(demo: Demo, name: str, runs: list[Path], caption: str) -> None:
+    """``lsmae plot RUNS -o WORKDIR/NAME/curves.png``, shown on the report under the running step."""
+    from bridges.curves import plot_runs
+
+    out = demo.workdir / name / "curves.png"
+    with demo.logged(f"plot-{name}", ["plot", *map(str, runs), "-o", str(out)]):
+        plotted = plot_runs(runs, out)
+    demo.show(plotted.path, f"training curves, {caption}")
 
 
 # --------------------------------------------------------------------------- the table
