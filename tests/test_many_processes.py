@@ -288,8 +288,12 @@ def segment_argv(data: Path, out: Path) -> list[str]:
 
 def test_segmentation_in_two_processes_writes_once_resumes_and_evaluates_each_image_once(textures, home, tmp_path):
     pytest.importorskip("transformers")
-    whole = launch(torchrun(2, *segment_argv(textures, tmp_path / "whole")), home, tmp_path / "whole")
+    whole = launch(torchrun(2, *segment_argv(textures, tmp_path / "whole"), "--save-pictures", "2"), home,
+                   tmp_path / "whole")
     assert_one_writer(whole)
+    pictures = [f"pictures/ADE_validation_{i:08d}{kind}.png" for i in range(2) for kind in ("", "_pred")]
+    assert sorted(name for name in whole.writes if name.startswith("pictures/")) == sorted(pictures)
+    assert all(whole.renames(name) == 1 for name in pictures) and whole.lines(" pictures in ") == 1
     assert whole.renames("last.pth") == 2
     assert whole.renames("model_final/model.safetensors") == 1
     assert 1 <= whole.renames("model_best/model.safetensors") <= 2
@@ -308,12 +312,17 @@ def test_segmentation_in_two_processes_writes_once_resumes_and_evaluates_each_im
     assert a["best"] == b["best"]
 
     metrics = {}
+    model_final = tmp_path / "whole" / "model_final"
     for n in (1, 2):
-        run = launch(torchrun(n, "-m", "bridges", "segment", "--eval-only", str(tmp_path / "whole" / "model_final"),
-                              "--data-path", str(textures), "--device", "cpu", "--precision", "fp32"),
-                     home, tmp_path / "eval")
+        pictures = ["--save-pictures", "2"] if n == 2 else []
+        run = launch(torchrun(n, "-m", "bridges", "segment", "--eval-only", str(model_final), "--data-path",
+                              str(textures), "--device", "cpu", "--precision", "fp32", *pictures), home, model_final)
         [metrics[n]] = run.starting("mIoU")
     assert metrics[1] == metrics[2] and metrics[2].endswith("on 5 images")
+    assert_one_writer(run)  # the 2-process --eval-only: its pictures from one process, once each
+    assert sorted(run.writes) == sorted(f"pictures/ADE_validation_{i:08d}{kind}.png" for i in range(2)
+                                        for kind in ("", "_pred"))
+    assert all(run.renames(name) == 1 for name in run.writes) and run.lines(" pictures in ") == 1
 
 
 # --------------------------------------------------------------------------- detection

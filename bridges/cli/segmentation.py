@@ -61,6 +61,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-only", metavar="MODEL_DIR", default=None,
                    help="evaluate a folder written by `lsmae segment` or `lsmae convert --to upernet`")
     p.add_argument("--aug-test", action="store_true", help="evaluate at the recipe's scales (0.5..1.75) with flips, averaging softmax probabilities")
+    p.add_argument("--save-pictures", type=int, default=0, metavar="N",
+                   help="after the final evaluation (and with --eval-only), draw the first N validation images as "
+                        "image | ground truth | prediction (a colour per class, a legend of the classes present) into "
+                        "OUTPUT_DIR/pictures (--eval-only: MODEL_DIR/pictures) as STEM.png, with the prediction as a "
+                        "label PNG in the masks' values, STEM_pred.png (default 0: none)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit (no data, no weights)")
     p.add_argument("--json", action="store_true", help="with --dry-run: the plan as one JSON object")
     p.add_argument("--device", choices=["cuda", "cpu"], default=None, help=DEVICE_HELP)

@@ -64,6 +64,9 @@ def print_plan(record: dict[str, Any], as_json: bool) -> None:
     print(f"      evaluation every {record['eval_period']} and checkpoints every {record['checkpoint_period']} "
           f"iterations; sliding window {record['crop_size']} stride {record['eval_stride']}")
     print_data(record)
+    if record["pictures"]:
+        print(f"      pictures: the first {record['pictures']['count']} validation images (image | ground truth | "
+              f"prediction, and the prediction as a label PNG) from the final model into {record['pictures']['folder']}")
     if record["overrides"]:
         print("      overrides: " + " ".join(f"{k}={_shown(v)}" for k, v in record["overrides"].items()))
     by_source: dict[str, list[str]] = {}
@@ -97,8 +100,18 @@ def _shown(value: Any) -> str:
 
 
 # --------------------------------------------------------------------------- entry points
+def picture_plan(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any] | None:
+    """The plan's pictures (``--save-pictures N``): how many (at most the validation images) and where."""
+    if not args.save_pictures:
+        return None
+    count = min(args.save_pictures, data["val"]["count"]) if "val" in data else args.save_pictures
+    return {"count": count, "folder": str(Path(args.output_dir) / "pictures")}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any] | None:
     split_positionals(args)
+    if args.save_pictures < 0:
+        raise LsmaeError(f"--save-pictures {args.save_pictures}: the number of pictures must be 0 or more")
     if args.eval_only:
         from bridges.segmentation.training import run_eval
 
@@ -107,8 +120,9 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     rule = label_rule(args, recipe.num_labels, overrides.get("num_labels"))
     recipe = replace(recipe, num_labels=rule.num_labels)
     splits = data_splits(args)
+    data = describe_data(splits, rule, recipe.max_iter, recipe.batch_size)
     record = plan(recipe, launched_processes(), args.source, overrides, grad_checkpointing=args.grad_checkpointing,
-                  from_scratch=args.from_scratch, data=describe_data(splits, rule, recipe.max_iter, recipe.batch_size))
+                  from_scratch=args.from_scratch, data=data, pictures=picture_plan(args, data))
     if args.dry_run:
         print_plan(record, args.json)
         return None

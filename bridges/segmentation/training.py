@@ -25,7 +25,8 @@ from pretrain.engine.trainer import LoopConfig, Progress, Trainer
 
 from bridges.segmentation.data import MaskFolder, TrainingCrops, normalize_crops
 from bridges.segmentation.data_spec import IGNORE_INDEX, LabelRule, SplitFolders, data_splits
-from bridges.segmentation.evaluation import SegMetrics, predict
+from bridges.segmentation.evaluation import Logits, SegMetrics, predict
+from bridges.segmentation.pictures import FOLDER as PICTURES, write_pictures
 from bridges.segmentation.recipes import EVAL_KEYS, SegRecipe, apply_overrides, get_recipe, recipe_for_depth
 from bridges.segmentation.model import convert_to_upernet, model_class, save_upernet
 
@@ -92,11 +93,7 @@ def evaluate(model: Any, dataset: MaskFolder, recipe: SegRecipe, backend: Any, d
     metrics = SegMetrics.empty(recipe.num_labels, backend.device)
     was_training = model.training
     model.eval()
-
-    def logits_of(x: torch.Tensor) -> torch.Tensor:
-        with backend.autocast(dtype):
-            return model(x).logits
-
+    logits_of = logits_function(model, backend, dtype)
     with torch.no_grad():
         for i in backend.eval_sampler(dataset):
             image, label = dataset[i]
@@ -105,6 +102,30 @@ def evaluate(model: Any, dataset: MaskFolder, recipe: SegRecipe, backend: Any, d
     model.train(was_training)
     total = backend.all_reduce_sum(metrics.as_tensor())
     return {**SegMetrics.from_tensor(total).summary(), "images": len(dataset)}
+
+
+def logits_function(model: Any, backend: Any, dtype: Any) -> Logits:
+    """The model's logits of a normalised batch, under the run's autocast."""
+    def logits_of(x: torch.Tensor) -> torch.Tensor:
+        with backend.autocast(dtype):
+            return model(x).logits
+
+    return logits_of
+
+
+def save_pictures(model: Any, dataset: MaskFolder, recipe: SegRecipe, backend: Any, dtype: Any, count: int,
+                  folder: Path, aug_test: bool = False) -> list[Path]:
+    """The first ``count`` validation pictures (:mod:`bridges.segmentation.pictures`) from ``model`` (the
+    unwrapped one: no DDP collective runs, so the main process alone calls this) in eval mode, named by
+    the classes of its config (``id2label``)."""
+    was_training = model.training
+    model.eval()
+    try:
+        names = [model.config.id2label[k] for k in range(model.config.num_labels)]
+        return write_pictures(logits_function(model, backend, dtype), dataset, recipe, names, count, folder,
+                              backend.device, aug_test)
+    finally:
+        model.train(was_training)
 
 
 def load_segmentation_model(folder: str | Path) -> Any:
@@ -149,17 +170,24 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None and value != stored:
             raise LsmaeError(f"{option} {value}: {args.eval_only} was trained with {stored} (stored in its config)")
     recipe = apply_overrides(recipe_of(model), args.overrides)[0]
+    dataset = MaskFolder(val, rule)
     backend = make_backend(args.device)
     try:
         model.to(backend.device)
-        result = evaluate(model, MaskFolder(val, rule), recipe, backend, resolve_precision(args.precision, backend),
-                          args.aug_test)
+        dtype = resolve_precision(args.precision, backend)
+        result = evaluate(model, dataset, recipe, backend, dtype, args.aug_test)
     finally:
-        backend.shutdown()
+        backend.shutdown()  # the pictures below run no collective: the other processes may end
+    result["pictures"] = []
     if backend.is_main:
         print(f"mIoU {100 * result['mIoU']:.2f} mAcc {100 * result['mAcc']:.2f} aAcc {100 * result['aAcc']:.2f} "
               f"on {result['images']} images" + (" (multi-scale + flip)" if args.aug_test else ""))
         print(class_table(result, rule))
+        folder = Path(args.eval_only).expanduser() / PICTURES  # --eval-only has no output folder: the model's
+        result["pictures"] = save_pictures(model, dataset, recipe, backend, dtype, args.save_pictures, folder,
+                                           args.aug_test)
+        if result["pictures"]:
+            print(f"{len(result['pictures'])} pictures in {folder}")
     return result
 
 
@@ -304,14 +332,19 @@ def _train(args: argparse.Namespace, recipe: SegRecipe, plan: dict[str, Any], sp
              recipe.name, len(dataset), backend.world_size, per_device, recipe.batch_size, recipe.max_iter,
              recipe.lr, precision_name(dtype))
     trainer.fit(task)
+    pictures: list[Path] = []
     if backend.is_main:
         final = task._save_folder("model_final", f"trained {recipe.max_iter} iterations")
         print(report_lines(task.latest, task.best, task.evaluations, output_dir))
         print(class_table(task.latest, rule))
         print(final)
-    backend.barrier()
+        pictures = save_pictures(model, val_set, recipe, backend, dtype, args.save_pictures, output_dir / PICTURES)
+        if pictures:
+            log.info("%d pictures in %s", len(pictures), output_dir / PICTURES)
+    backend.barrier()  # the other processes wait here while the main one saves and draws
     return {**{k: task.latest[k] for k in ("mIoU", "mAcc", "aAcc")}, "best_mIoU": task.best["mIoU"],
-            "best_step": task.best["step"], "final": output_dir / "model_final", "best": output_dir / "model_best"}
+            "best_step": task.best["step"], "final": output_dir / "model_final", "best": output_dir / "model_best",
+            "pictures": pictures}
 
 
 def report_lines(final: dict[str, Any], best: dict[str, Any], evaluations: int, output_dir: Path) -> str:

@@ -17,6 +17,7 @@ from bridges.segmentation.data import MaskFolder  # noqa: E402
 from bridges.segmentation.data_spec import LabelRule, layout_split  # noqa: E402
 from bridges.segmentation.model import convert_to_upernet, model_class, save_upernet  # noqa: E402
 from tests.bridges.test_segment_data import write_ade  # noqa: E402
+from tests.bridges.test_segment_own_data import check_pictures  # noqa: E402
 from tests.conftest import perturbed_mae  # noqa: E402
 
 
@@ -185,8 +186,13 @@ def test_training_resumes_bit_identically_and_saves_transformers_folders(texture
     assert final.config.lsmae["recipe"]["max_iter"] == 6
     capsys.readouterr()
     assert main(["segment", "--eval-only", str(tmp_path / "whole" / "model_final"), "--data-path", str(texture_set),
-                 "--device", "cpu"]) == 0
+                 "--device", "cpu", "--save-pictures", "2"]) == 0
     assert capsys.readouterr().out.startswith("mIoU ")
+    # ADE20K's masks: the label PNGs hold class + 1 (reduce-zero-label), 0 "other" drawn as ignored
+    check_pictures(tmp_path / "whole" / "model_final" / "pictures", texture_set / "images" / "validation",
+                   texture_set / "annotations" / "validation", 2, [f"class {k}" for k in range(4)], reduce=True,
+                   model_dir=tmp_path / "whole" / "model_final")
+    assert not (tmp_path / "whole" / "pictures").exists()  # training without --save-pictures draws none
 
 
 def test_resuming_another_runs_checkpoint_is_a_one_line_error(texture_set, tmp_path, lsmae_home, capsys):

@@ -4,16 +4,89 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from bridges.cli import main
+from pretrain.panels import GAP, labelled_grid, scale_factor
 
 transformers = pytest.importorskip("transformers")
 
 CLASSES = ("brick", "grass", "gravel", "coins", "moon")
+# PASCAL VOC's colour map, entries 0..6 (class k is drawn in entry k + 1; 0, black, is "ignored")
+VOC = np.array([(0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), (128, 0, 128), (0, 128, 128)],
+               np.uint8)
+
+
+def _paint(classes: np.ndarray, ignored: np.ndarray) -> np.ndarray:
+    """RGB [H, W, 3] of class indices: class k in VOC entry k + 1, ignored pixels black."""
+    return np.where(ignored[..., None], 0, VOC[np.clip(classes, 0, len(VOC) - 2) + 1]).astype(np.uint8)
+
+
+def check_pictures(folder: Path, images: Path, masks: Path, count: int, names, reduce: bool,
+                   model_dir: Path | None = None) -> None:
+    """``folder`` holds exactly the pictures and label PNGs of the first ``count`` images (by stem); each picture
+    is one row of 3 panels as labelled_grid lays them out, the ground-truth panel the mask's classes, the
+    prediction panel the label PNG beside it (its own palette and the class colours), the PNG in the masks'
+    values (class + 1 with ``reduce``), the legend the classes present and no other. With ``model_dir``,
+    the PNG is that model's prediction as the evaluation makes it (at the mask's resolution)."""
+    from bridges.segmentation.pictures import TITLES
+
+    stems = sorted(p.stem for p in images.iterdir())[:count]
+    assert sorted(p.name for p in folder.iterdir()) == sorted([f"{s}.png" for s in stems] + [f"{s}_pred.png" for s in stems])
+    shift, n = int(reduce), len(names)
+    for stem in stems:
+        mask = np.asarray(Image.open(masks / f"{stem}.png"))
+        ignored = (mask == 255) | (reduce & (mask == 0))
+        truth = mask.astype(np.int64) - shift
+        label_png = Image.open(folder / f"{stem}_pred.png")
+        values = np.asarray(label_png)
+        assert label_png.mode == "P" and values.shape == mask.shape  # at the ground truth's resolution
+        assert shift <= values.min() and values.max() < n + shift  # the masks' convention
+        pred = values.astype(np.int64) - shift
+        if model_dir is not None:
+            assert np.array_equal(pred, _evaluation_prediction(model_dir, images, masks, stem))
+        page = np.asarray(Image.open(folder / f"{stem}.png").convert("RGB"))
+        h, w = mask.shape
+        k = scale_factor(w, h)
+        blank = Image.new("RGB", (w, h))
+        scored = ~ignored
+        note = f"pixel accuracy {(pred[scored] == truth[scored]).mean():.0%}"
+        present = sorted(set(truth[scored].tolist()) | set(pred.ravel().tolist()))
+        legend = [(tuple(VOC[c + 1]), names[c]) for c in present] + ([((0, 0, 0), "ignored")] if ignored.any() else [])
+        _, layout = labelled_grid([[blank] * 3], TITLES, notes=[note], legend=legend)
+        assert page.shape[:2] == layout.size[::-1]
+        panels = []
+        for c in range(3):
+            left, top, right, bottom = layout.panel_box(c, 0)
+            assert (page[top:bottom, left - GAP:left] == 255).all() and (page[top:bottom, right:right + GAP] == 255).all()
+            panels.append(page[top:bottom, left:right])
+            assert panels[-1].shape[:2] == (h * k, w * k) and not (panels[-1] == 255).all()
+        photo = np.asarray(Image.open(images / f"{stem}.jpg").convert("RGB")).astype(int)
+        assert np.abs(panels[0][::k, ::k].astype(int) - photo).max() <= 2
+        assert np.array_equal(panels[1][::k, ::k], _paint(truth, ignored))
+        assert np.array_equal(panels[2][::k, ::k], _paint(pred, np.zeros_like(ignored)))
+        assert np.array_equal(panels[2][::k, ::k], np.asarray(label_png.convert("RGB")))  # the PNG's own palette
+        legend_area = page[layout.panel_box(0, 0)[3] + GAP:].reshape(-1, 3)
+        swatches = {tuple(c) for c in np.unique(legend_area, axis=0)}
+        assert {tuple(VOC[c + 1]) for c in range(n)} & swatches == {tuple(VOC[c + 1]) for c in present}
+
+
+def _evaluation_prediction(model_dir: Path, images: Path, masks: Path, stem: str) -> np.ndarray:
+    from bridges.segmentation.data import MaskFolder
+    from bridges.segmentation.data_spec import SplitFolders
+    from bridges.segmentation.evaluation import predict
+    from bridges.segmentation.training import load_segmentation_model, recipe_of, stored_rule
+
+    model = load_segmentation_model(model_dir).eval()
+    dataset = MaskFolder(SplitFolders(images, masks), stored_rule(model.config))
+    image, label = dataset[[p.stem for p, _ in dataset.pairs].index(stem)]
+    with torch.no_grad():
+        return predict(lambda x: model(x).logits, image, recipe_of(model), label.shape).numpy()
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +115,14 @@ def test_masks_generated_as_a_user_would_have_them(own):
 
 def test_five_classes_with_zero_a_class_train_and_evaluate_by_name(own, tmp_path, lsmae_home, capsys):
     out = tmp_path / "run"
-    assert _segment(own, out, "--num-labels", "5", "--class-names", str(own / "classes.txt")) == 0
-    printed = capsys.readouterr().out.splitlines()
+    assert _segment(own, out, "--num-labels", "5", "--class-names", str(own / "classes.txt"), "--save-pictures",
+                    "2") == 0
+    captured = capsys.readouterr()
+    printed = captured.out.splitlines()
+    # the final model's pictures of the first 2 validation images, what the evaluation scored
+    val = (own / "val" / "images", own / "val" / "masks")
+    check_pictures(out / "pictures", *val, 2, CLASSES, reduce=False, model_dir=out / "model_final")
+    assert captured.err.count(" pictures in ") == 1 and f" 2 pictures in {out / 'pictures'}\n" in captured.err
     table = [line.split() for line in printed if line.startswith("  ") and "IoU" in line]
     assert [row[0] for row in table] == list(CLASSES)
     evals = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
@@ -57,6 +136,12 @@ def test_five_classes_with_zero_a_class_train_and_evaluate_by_name(own, tmp_path
                  f"{own}/val/images:{own}/val/masks", "--device", "cpu"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("mIoU ") and [line.split()[0] for line in lines[1:]] == list(CLASSES)
+    assert not (out / "model_final" / "pictures").exists()  # --save-pictures 0, the default
+    # ... and draws its pictures into the model folder
+    assert main(["segment", "--eval-only", str(out / "model_final"), "--val", f"{own}/val/images:{own}/val/masks",
+                 "--device", "cpu", "--save-pictures", "2"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"2 pictures in {out / 'model_final' / 'pictures'}"
+    check_pictures(out / "model_final" / "pictures", *val, 2, CLASSES, reduce=False, model_dir=out / "model_final")
     # ... and refuses one that differs from the folder's
     assert main(["segment", "--eval-only", str(out / "model_final"), "--val", f"{own}/val/images:{own}/val/masks",
                  "--num-labels", "4"]) == 1
@@ -72,11 +157,30 @@ def test_the_same_folder_with_zero_reduced_has_four_classes(own, tmp_path, lsmae
     names = tmp_path / "four.txt"
     names.write_text("\n".join(CLASSES[1:]) + "\n")
     out = tmp_path / "run"
-    assert _segment(own, out, "--reduce-zero-label", "--num-labels", "4", "--class-names", str(names)) == 0
-    table = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ") and "IoU" in line]
+    assert _segment(own, out, "--reduce-zero-label", "--num-labels", "4", "--class-names", str(names),
+                    "--save-pictures", "0") == 0
+    captured = capsys.readouterr()
+    table = [line.split()[0] for line in captured.out.splitlines() if line.startswith("  ") and "IoU" in line]
     assert table == list(CLASSES[1:])
+    assert not (out / "pictures").exists() and "pictures in" not in captured.err
     config = json.loads((out / "model_final" / "config.json").read_text())
     assert len(config["id2label"]) == 4 and config["lsmae_reduce_zero_label"] is True
+    # the label PNGs hold class + 1, as these masks do (0 ignored)
+    assert main(["segment", "--eval-only", str(out / "model_final"), "--val", f"{own}/val/images:{own}/val/masks",
+                 "--device", "cpu", "--save-pictures", "5"]) == 0  # more than the 3 images: all 3
+    check_pictures(out / "model_final" / "pictures", own / "val" / "images", own / "val" / "masks", 3, CLASSES[1:],
+                   reduce=True, model_dir=out / "model_final")
+
+
+def test_a_legend_names_only_the_classes_in_its_picture():
+    from bridges.segmentation.pictures import legend, picture
+
+    label = torch.tensor([[0, 0, 255], [2, 2, 2]])
+    pred = torch.tensor([[0, 2, 2], [2, 2, 0]])
+    assert legend(label, pred, CLASSES) == [(tuple(VOC[1]), "brick"), (tuple(VOC[3]), "gravel"), ((0, 0, 0), "ignored")]
+    page = np.asarray(picture(torch.zeros(3, 2, 3, dtype=torch.uint8), label, pred, CLASSES))
+    swatches = {tuple(c) for c in np.unique(page.reshape(-1, 3), axis=0)}
+    assert {tuple(VOC[c]) for c in range(1, 6)} & swatches == {tuple(VOC[1]), tuple(VOC[3])}
 
 
 def test_the_plan_shows_the_data_the_classes_and_the_passes(own, lsmae_home, capsys):
@@ -86,12 +190,20 @@ def test_the_plan_shows_the_data_the_classes_and_the_passes(own, lsmae_home, cap
     assert (f"data: train {own}/train/images:{own}/train/masks (8 images); val {own}/val/images:{own}/val/masks "
             "(3 images); 5 classes, mask value 255 ignored, reduce-zero-label off") in text
     assert "classes: brick, grass, gravel, coins, moon" in text
+    assert "pictures:" not in text
+    assert main(["segment", "vit_base/coco/4000", *_folders(own), "--num-labels", "5", "--dry-run", "--save-pictures",
+                 "9", "--output-dir", "OUT"]) == 0
+    assert ("      pictures: the first 3 validation images (image | ground truth | prediction, and the prediction as "
+            "a label PNG) from the final model into OUT/pictures") in capsys.readouterr().out.splitlines()
     assert ("the recipe applies unchanged: 160000 iterations x 16 images = 320000.0 passes over the 8 training "
             "images") in text
     assert main(["segment", "vit_base/coco/4000", *_folders(own), "--num-labels", "5", "--dry-run", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert (plan["num_labels"], plan["lr"], plan["max_iter"]) == (5, 8e-5, 160000)  # the recipe, sized by N
-    assert plan["data"]["train"]["count"] == 8 and plan["data"]["passes"] == 320000.0
+    assert plan["data"]["train"]["count"] == 8 and plan["data"]["passes"] == 320000.0 and plan["pictures"] is None
+    assert main(["segment", "vit_base/coco/4000", *_folders(own), "--num-labels", "5", "--dry-run", "--json",
+                 "--save-pictures", "2", "--output-dir", "OUT"]) == 0
+    assert json.loads(capsys.readouterr().out)["pictures"] == {"count": 2, "folder": "OUT/pictures"}
     # the benchmark plan without data is as before: no data lines
     assert main(["segment", "vit_base/coco/4000", "--dry-run"]) == 0
     assert "data:" not in capsys.readouterr().out
@@ -103,6 +215,7 @@ def test_the_plan_shows_the_data_the_classes_and_the_passes(own, lsmae_home, cap
     (["--num-labels", "5", "--class-names", "NAMES4"], "--class-names NAMES4: 4 names for 5 classes"),
     (["--num-labels", "5", "num_labels=4"], "--num-labels 5 and num_labels=4 differ: give the number once"),
     (["--num-labels", "5", "--ignore-index", "3"], "--ignore-index 3 is one of the class values 0..4"),
+    (["--num-labels", "5", "--save-pictures", "-1"], "--save-pictures -1: the number of pictures must be 0 or more"),
     (["--num-labels", "5", "--train", "images_only"], "--train images_only: expected IMAGES:MASKS (an images folder and its masks folder)"),
 ])
 def test_bad_label_settings_are_one_line_errors(own, tmp_path, lsmae_home, capsys, extra, message):
