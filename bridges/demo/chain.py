@@ -36,6 +36,7 @@ FINETUNE_RECIPE = ("--input-size", str(FINETUNE_SIZE), "--warmup-epochs", "1", "
                    "--lr", "2e-3", "--mixup", "0", "--cutmix", "0", "--aa", "none", "--reprob", "0",
                    "--hflip", "0", "--min-crop-scale", "0.7", "--drop-path", "0", "--print-freq", "1000")
 DETECT_CONFIG = "mask_rcnn_vitdet_demo"
+PICTURES = 2  # validation images drawn by each segmentation and detection run
 EVALUATED = re.compile(r"iteration \d+/\d+: ")
 
 
@@ -174,12 +175,14 @@ def segment_step(demo: Demo) -> str:
         argv = ["demo", "--train", f"{textures}/train/images:{textures}/train/masks", "--val",
                 f"{textures}/val/images:{textures}/val/masks", "--num-labels", str(recipe.num_labels),
                 "--class-names", str(textures / "classes.txt"), "--output-dir", str(demo.workdir / "segment" / init),
-                "--num-workers", "0", "--resume", "", *extra, *demo.device_option()]
+                "--num-workers", "0", "--save-pictures", str(PICTURES), "--resume", "", *extra, *demo.device_option()]
         with demo.logged(f"segment-{init}", ["segment", *argv], logger=logging.getLogger("bridges.segmentation"),
                          echo=EVALUATED):
             result = segment.run(segment_parser().parse_args(argv))
         miou[init] = 100 * result["mIoU"]  # the final model's, as the reference reports
         demo.artefacts[f"segmentation model ({init})"] = result["final"]
+        for picture in result["pictures"]:
+            demo.show(picture, f"{init}: {picture.stem} (image | ground truth | prediction; label PNG beside it)")
     curves(demo, "segment", [demo.workdir / "segment" / init for init in miou],
            "textures: the pretrained run and its from-scratch twin")
     return (f"texture val mIoU after {recipe.max_iter} iterations: pretrained {miou['pretrained']:.1f} vs from "
@@ -191,11 +194,14 @@ def detect_step(demo: Demo) -> str:
     shapes = demo.data / "shapes"
     demo.lsmae_child("detect", ["detect", str(outputs(demo)["vitdet"]), "--config", DETECT_CONFIG,
                                 "--train", f"{shapes / 'train.json'}:{shapes / 'train'}",
-                                "--val", f"{shapes / 'val.json'}:{shapes / 'val'}", f"train.output_dir={run_dir}"],
+                                "--val", f"{shapes / 'val.json'}:{shapes / 'val'}", "--save-pictures", str(PICTURES),
+                                f"train.output_dir={run_dir}"],
                      progress=r"iter: \d+ |Total inference time")
     results = json.loads((run_dir / "eval_results.json").read_text())
     demo.artefacts["detector"] = run_dir / "model_final.pth"
     demo.artefacts["detection metrics"] = run_dir / "eval_results.json"
+    for picture in sorted((run_dir / "pictures").glob("*.png")):
+        demo.show(picture, f"{picture.stem}: predictions with score >= 0.5 (Detectron2's Visualizer)")
     curves(demo, "detect", [run_dir], "ViTDet Mask R-CNN (detectron2's metrics.json)")
     return (f"box AP {_ap(results, 'bbox')}, mask AP {_ap(results, 'segm')} on the generated val set "
             f"(a few iterations: this checks the chain, not the accuracy)")
@@ -252,7 +258,7 @@ STEPS = (
     Step("segmentation", "segment textures: convert --to upernet, then lsmae segment (UperNet) from the demo "
                          "checkpoint and from scratch", segment_step, needs=("transformers",)),
     Step("detection", f"train and evaluate ViTDet Mask R-CNN ({DETECT_CONFIG}) through `lsmae detect`",
-         detect_step, needs=("detectron2",)),
+         detect_step, needs=("detectron2", "cv2")),
 )
 
 

@@ -109,6 +109,19 @@ def test_report_page_shows_every_step_and_links_pictures_that_exist(quickstart):
     assert "reconstructions.png" in page.pictures
     with Image.open(workdir / "reconstructions.png") as picture:  # 3 rows of four 192-px panels and a note column
         assert picture.height == Layout((192, 192), 4, 3, 0, 0).size[1] and picture.width > 4 * 192
+    assert "finetune/curves.png" in page.pictures
+    if installed("transformers"):
+        from tests.bridges.test_segment_own_data import check_pictures
+
+        textures = workdir / "data" / "textures"
+        names = (textures / "classes.txt").read_text().splitlines()
+        for init in ("pretrained", "scratch"):
+            pictures = workdir / "segment" / init / "pictures"
+            check_pictures(pictures, textures / "val" / "images", textures / "val" / "masks", demo.PICTURES, names,
+                           reduce=False, model_dir=workdir / "segment" / init / "model_final")
+            assert sorted(p for p in page.pictures if p.startswith(f"segment/{init}/pictures/")) == \
+                sorted(f"segment/{init}/pictures/{p.name}" for p in pictures.glob("*.png") if "_pred" not in p.name)
+        assert "segment/curves.png" in page.pictures
 
 
 def test_pretraining_shows_in_reconstructions_and_fine_tuning(quickstart):
