@@ -12,9 +12,12 @@ from __future__ import annotations
 import copy
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pretrain.errors import DetectError
+
+if TYPE_CHECKING:
+    import torch
 
 PICTURES_DIR = "pictures"  # in train.output_dir
 
@@ -41,7 +44,7 @@ def pictures_lines(report: dict[str, Any]) -> list[str]:
             f"{pictures['dir']}"]
 
 
-def save_pictures(cfg: Any, model: Any, count: int, score_thresh: float) -> None:
+def save_pictures(cfg: Any, model: torch.nn.Module, count: int, score_thresh: float) -> None:
     """Draw ``model``'s predictions (unwrapped, not DDP) scoring at least ``score_thresh`` on the first ``count``
     images of the config's test set into ``OUTPUT/pictures/STEM.png``; call it in the main process only."""
     import torch
@@ -77,5 +80,5 @@ def save_pictures(cfg: Any, model: Any, count: int, score_thresh: float) -> None
                 empty.append(path.name)
             atomic_save(picture.get_image(), path, lambda pixels, tmp: Image.fromarray(pixels).save(tmp, "PNG"))
     logging.getLogger("detectron2").info(
-        f"{len(dicts)} pictures (score >= {score_thresh:g}) in {folder}"
+        f"{len(dicts)} picture{'s' * (len(dicts) != 1)} (score >= {score_thresh:g}) in {folder}"
         + (f"; {nothing} in {', '.join(empty)}" if empty else ""))
