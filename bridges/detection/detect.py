@@ -33,7 +33,7 @@ from pretrain.optional import require
 
 from bridges.detection.configs import resolve_config
 from bridges.detection.data import NAMES_KEYS, NUM_CLASSES_KEY, read_sets, register
-from bridges.detection.pictures import check_pictures, save_pictures
+from bridges.detection.pictures import check_pictures, check_visualizer, save_pictures
 from bridges.detection.plan import (BATCH_KEY, Plan, build_config, check_act_checkpoint, check_batch, check_classes,
                                     check_datasets, check_schedule, gpus_per_machine, is_cpu, override_key, plan_lines,
                                     plan_report, resolve_plan)
@@ -98,6 +98,7 @@ def run(args: argparse.Namespace) -> None:
         dist_url = "auto"
 
     check_act_checkpoint(cfg)
+    check_visualizer(args.save_pictures)
     register(plan.datasets)
     check_datasets(cfg, args.eval_only)
 

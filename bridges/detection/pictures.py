@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pretrain.errors import DetectError
+from pretrain.optional import installed, missing
 
 if TYPE_CHECKING:
     import torch
@@ -27,6 +28,12 @@ def check_pictures(count: int, score_thresh: float) -> None:
         raise DetectError(f"--save-pictures {count}: the number of validation images to draw (0: none)")
     if not 0 <= score_thresh <= 1:
         raise DetectError(f"--score-thresh {score_thresh:g}: a score between 0 and 1")
+
+
+def check_visualizer(count: int) -> None:
+    """Detectron2's Visualizer imports OpenCV, which detectron2 does not install: said before training, not after."""
+    if count and not installed("cv2"):
+        raise missing("cv2", "--save-pictures (Detectron2's Visualizer)")
 
 
 def pictures_report(count: int, score_thresh: float, output_dir: str) -> dict[str, Any] | None:

@@ -109,6 +109,22 @@ def test_picture_mistakes(capsys, argv, message):
     assert one_line_error(capsys, argv) == f"lsmae detect: error: {message}"
 
 
+def test_pictures_without_opencv_say_how_to_install_it(monkeypatch):
+    import importlib.util
+
+    from bridges.detection.pictures import check_visualizer
+    from pretrain.errors import MissingDependencyError
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *rest: None if name == "cv2" else find_spec(name, *rest))
+    check_visualizer(0)  # no pictures: not needed
+    with pytest.raises(MissingDependencyError) as raised:
+        check_visualizer(2)
+    assert str(raised.value) == ("--save-pictures (Detectron2's Visualizer) needs opencv-python-headless (not "
+                                 "installed): pip install -e '.[detect]'")
+
+
 def test_missing_files(sets, tmp_path, capsys):
     absent = tmp_path / "absent.json"
     assert one_line_error(capsys, ["--train", f"{absent}:{sets.train_dir}", "--val", sets.val]) == (
