@@ -34,7 +34,8 @@ setup(
     extras_require={
         "tpu": ["torch_xla>=2.5"],  # SPMD (use_spmd, ShardingSpec minibatch), torch_xla.sync; tested: 2.9
         # `lsmae detect`: detectron2 itself is installed from source (not on PyPI, see the README)
-        "detect": ["omegaconf>=2.1", "pycocotools>=2.0.6", "shapely>=2.0", "setuptools<81", "fairscale"],
+        "detect": ["omegaconf>=2.1", "pycocotools>=2.0.6", "shapely>=2.0", "setuptools<81", "fairscale",
+                   "opencv-python-headless"],  # Detectron2's Visualizer (--save-pictures)
         # TensorBoard event files beside log.jsonl (training runs log JSON lines without it)
         "tensorboard": [TENSORBOARD],
         # the Hugging Face bridges (segmentation, transformers export)

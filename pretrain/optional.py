@@ -32,6 +32,7 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "matplotlib": ("matplotlib", _extra("plot")),
     "torch_xla": ("torch_xla", _extra("tpu") + " (torch_xla pins its own torch version)"),
     "fairscale": ("fairscale", _extra("detect")),
+    "cv2": ("opencv-python-headless", _extra("detect")),
     "detectron2": ("detectron2", DETECTRON2_INSTALL),
 }
 

@@ -369,9 +369,15 @@ def test_detection_on_own_data_registers_the_sets_in_each_worker(home, tmp_path)
     out = tmp_path / "out"
     run = launch(lsmae("detect", "demo", "--config", "mask_rcnn_vitdet_demo", "--num-gpus", "2",
                        "--train", f"{train[0]}:{train[1]}", "--val", f"{val[0]}:{val[1]}", f"train.output_dir={out}",
-                       "train.max_iter=2", "train.eval_period=2"),
+                       "train.max_iter=2", "train.eval_period=2", "--save-pictures", "2"),
                  home, out, DETECTRON2_DATASETS=str(tmp_path / "no_coco"))
     assert_one_writer(run)
+    # drawn after the final evaluation by one process, each picture once (an atomic rename), logged once
+    pictures = [f"pictures/00000000000{i}.png" for i in range(2)]
+    assert sorted(n for n in run.writes if n.startswith("pictures/")) == pictures
+    main_pid = run.writes["eval_results.json"][0][0]  # the process that evaluated
+    assert all(run.writes[name] == [(main_pid, "os.rename")] for name in pictures)
+    assert run.lines(f"2 pictures (score >= 0.5) in {out / 'pictures'}") == 1
     assert run.lines("2 process(es), gloo") == 1 and (out / "model_final.pth").is_file()
     # the worker of rank 1 (spawned: nothing registered in the launcher carries over) read both sets itself
     rank1 = (out / "log.txt.rank1").read_text()

@@ -71,6 +71,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-only", action="store_true",
                    help="evaluate train.init_checkpoint (e.g. OUTPUT/model_final.pth) on the test set (--val when "
                         "given)")
+    p.add_argument("--save-pictures", type=int, default=0, metavar="N",
+                   help="after the (final) evaluation, draw the predictions scoring at least --score-thresh (boxes, "
+                        "masks, class names; Detectron2's Visualizer) on the first N validation images, one PNG "
+                        "each named after its image, in train.output_dir/pictures (default: 0, none)")
+    p.add_argument("--score-thresh", type=float, default=0.5, metavar="S",
+                   help="the lowest score --save-pictures draws, 0..1 (default: 0.5)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the last checkpoint in train.output_dir when there is one")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",

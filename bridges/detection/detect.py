@@ -33,6 +33,7 @@ from pretrain.optional import require
 
 from bridges.detection.configs import resolve_config
 from bridges.detection.data import NAMES_KEYS, NUM_CLASSES_KEY, read_sets, register
+from bridges.detection.pictures import check_pictures, check_visualizer, save_pictures
 from bridges.detection.plan import (BATCH_KEY, Plan, build_config, check_act_checkpoint, check_batch, check_classes,
                                     check_datasets, check_schedule, gpus_per_machine, is_cpu, override_key, plan_lines,
                                     plan_report, resolve_plan)
@@ -53,6 +54,7 @@ def run(args: argparse.Namespace) -> None:
     if args.batch_size is not None and BATCH_KEY in keys:
         raise DetectError(f"--batch-size and {BATCH_KEY}: give the batch once (--batch-size also scales the lr and "
                           "the schedule)")
+    check_pictures(args.save_pictures, args.score_thresh)
     datasets = read_sets(args.train, args.val, args.eval_only)
     launch = require("detectron2.engine", "lsmae detect").launch
     from omegaconf import OmegaConf
@@ -96,6 +98,7 @@ def run(args: argparse.Namespace) -> None:
         dist_url = "auto"
 
     check_act_checkpoint(cfg)
+    check_visualizer(args.save_pictures)
     register(plan.datasets)
     check_datasets(cfg, args.eval_only)
 
@@ -191,9 +194,9 @@ def _train(cfg: Any, plan: Plan) -> None:
     optimizer = instantiate(cfg.optimizer)
     data = instantiate(cfg.dataloader.train)
 
-    model = _ddp(model, cfg, **cfg.train.ddp)
-    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, data, optimizer)
-    checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    ddp = _ddp(model, cfg, **cfg.train.ddp)
+    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(ddp, data, optimizer)
+    checkpointer = DetectionCheckpointer(ddp, cfg.train.output_dir, trainer=trainer)
     main = comm.is_main_process()
     # built in the main process only: JSONWriter opens metrics.json as it is made
     writers = [CommonMetricPrinter(cfg.train.max_iter),
@@ -202,12 +205,25 @@ def _train(cfg: Any, plan: Plan) -> None:
         hooks.IterationTimer(),
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main else None,
-        hooks.EvalHook(cfg.train.eval_period, lambda: _evaluate(cfg, model)),
+        hooks.EvalHook(cfg.train.eval_period, lambda: _evaluate(cfg, ddp)),
         hooks.PeriodicWriter(writers, period=cfg.train.log_period) if main else None,
     ])
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=plan.resume)
     start_iter = trainer.iter + 1 if plan.resume and checkpointer.has_checkpoint() else 0
     trainer.train(start_iter, cfg.train.max_iter)
+    _pictures(cfg, model, plan)
+
+
+def _pictures(cfg: Any, model: torch.nn.Module, plan: Plan) -> None:
+    """--save-pictures with ``model`` (not its DDP wrapper): drawn by the main process alone while the others
+    wait at a barrier, so that no process leaves the process group before the main one is done."""
+    from detectron2.utils import comm
+
+    if not plan.pictures:
+        return
+    if comm.is_main_process():
+        save_pictures(cfg, model, plan.pictures, plan.score_thresh)
+    comm.synchronize()
 
 
 def _worker(plan: Plan) -> None:
@@ -225,8 +241,9 @@ def _worker(plan: Plan) -> None:
     if plan.eval_only:
         model = instantiate(cfg.model)
         model.to(cfg.train.device)
-        model = _ddp(model, cfg)
-        DetectionCheckpointer(model).load(cfg.train.init_checkpoint)
-        _evaluate(cfg, model)
+        ddp = _ddp(model, cfg)
+        DetectionCheckpointer(ddp).load(cfg.train.init_checkpoint)
+        _evaluate(cfg, ddp)
+        _pictures(cfg, model, plan)
     else:
         _train(cfg, plan)

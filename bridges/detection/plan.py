@@ -21,6 +21,7 @@ from pretrain.optional import installed, missing
 from bridges.batch_scaling import scale_iterations
 from pretrain.errors import DetectError
 from bridges.detection.data import EVALUATOR_KEY, NUM_CLASSES_KEY, CocoSet, data_lines, data_report, data_settings
+from bridges.detection.pictures import pictures_lines, pictures_report
 from bridges.detection.source import INIT_KEY, PRETRAIN_IMG_SIZE_KEY, Init, prepare_source
 
 ACT_CHECKPOINT_KEY = "model.backbone.net.use_act_checkpoint"  # --grad-checkpointing
@@ -45,6 +46,8 @@ class Plan:
     resume: bool = False
     argv: list[str] = field(default_factory=list)
     datasets: list[CocoSet] = field(default_factory=list)  # --train/--val: registered in each process
+    pictures: int = 0  # --save-pictures: drawn after the (final) evaluation
+    score_thresh: float = 0.5  # --score-thresh
 
 
 _ABSENT = object()
@@ -182,7 +185,7 @@ def resolve_plan(args: argparse.Namespace, config: Path, convert: bool,
     from omegaconf import OmegaConf
 
     plan = Plan(str(config), {}, list(args.overrides), args.eval_only, args.resume, argv=list(sys.argv),
-                datasets=list(datasets))
+                datasets=list(datasets), pictures=args.save_pictures, score_thresh=args.score_thresh)
     if args.batch_size is not None:
         plan.settings.update(batch_settings(build_config(Plan(plan.config, {}, [])), args.batch_size))
     if args.grad_checkpointing:
@@ -229,6 +232,7 @@ def plan_report(plan: Plan, cfg: Any, source: str, devices: int) -> dict[str, An
     }
     if plan.datasets:
         report.update(data_report(plan.datasets, max_iter, report["batch_size"]))
+    report["pictures"] = pictures_report(plan.pictures, plan.score_thresh, report["output_dir"])
     return report
 
 
@@ -243,6 +247,7 @@ def plan_lines(report: dict[str, Any]) -> list[str]:
         f"  max_iter {report['max_iter']}, lr steps at {steps}, warmup {report['warmup_iters']} iterations",
         f"  eval every {report['eval_period']}, checkpoint every {report['checkpoint_period']} iterations",
         *data_lines(report),
+        *pictures_lines(report),
     ]
 
 

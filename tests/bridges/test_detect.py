@@ -293,6 +293,7 @@ def test_train_two_iterations_and_evaluate_tiny_vitdet(d2, lsmae_home, tmp_path)
     assert [m["iteration"] for m in metrics if "total_loss" in m] == [0, 1]
     assert any("bbox/AP" in m for m in metrics)
     assert "AP" in json.loads((out / "eval_results.json").read_text())["bbox"]
+    assert not (out / "pictures").exists()  # --save-pictures 0, the default: none
 
     # evaluate the trained detector (a detector checkpoint: no load contract, no conversion)
     lines = detect("--eval-only", f"train.init_checkpoint={out / 'model_final.pth'}",

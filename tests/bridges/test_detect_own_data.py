@@ -12,8 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from bridges.cli import build_parser, main
 from bridges.demo.sample_data import OWN_CLASSES, write_shapes_own_classes
@@ -98,6 +100,31 @@ def test_option_mistakes(capsys, argv, message):
     assert one_line_error(capsys, argv) == f"lsmae detect: error: {message}"
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--save-pictures", "-1"], "--save-pictures -1: the number of validation images to draw (0: none)"),
+    (["--save-pictures", "2", "--score-thresh", "1.5"], "--score-thresh 1.5: a score between 0 and 1"),
+    (["--score-thresh", "-0.1"], "--score-thresh -0.1: a score between 0 and 1"),
+])
+def test_picture_mistakes(capsys, argv, message):
+    assert one_line_error(capsys, argv) == f"lsmae detect: error: {message}"
+
+
+def test_pictures_without_opencv_say_how_to_install_it(monkeypatch):
+    import importlib.util
+
+    from bridges.detection.pictures import check_visualizer
+    from pretrain.errors import MissingDependencyError
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *rest: None if name == "cv2" else find_spec(name, *rest))
+    check_visualizer(0)  # no pictures: not needed
+    with pytest.raises(MissingDependencyError) as raised:
+        check_visualizer(2)
+    assert str(raised.value) == ("--save-pictures (Detectron2's Visualizer) needs opencv-python-headless (not "
+                                 "installed): pip install -e '.[detect]'")
+
+
 def test_missing_files(sets, tmp_path, capsys):
     absent = tmp_path / "absent.json"
     assert one_line_error(capsys, ["--train", f"{absent}:{sets.train_dir}", "--val", sets.val]) == (
@@ -124,6 +151,17 @@ def test_plan_shows_sets_classes_and_passes(d2, sets, lsmae_home, capsys):
         "  3 classes: square (id 7), triangle (id 12), disc (id 40)",
         "  10 iterations x 2 images = 2.5 passes over the 8 training images",
     ]
+
+
+def test_plan_says_which_pictures(d2, sets, lsmae_home, tmp_path, capsys):
+    assert dry_run(capsys, "demo", "--config", DEMO_CONFIG, *sets.argv())["pictures"] is None  # the default: none
+    argv = ["detect", "demo", "--config", DEMO_CONFIG, *sets.argv(), "--save-pictures", "3", "--score-thresh", "0.25",
+            f"train.output_dir={tmp_path / 'out'}"]
+    assert dry_run(capsys, *argv[1:])["pictures"] == {"images": 3, "score_thresh": 0.25,
+                                                      "dir": str(tmp_path / "out" / "pictures")}
+    assert main([*argv, "--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"  pictures: 3 validation images with scores >= 0.25 to {tmp_path / 'out' / 'pictures'}")
 
 
 def test_benchmark_plan_has_no_data_part(d2, lsmae_home, capsys):
@@ -164,17 +202,28 @@ def test_train_and_evaluate_on_own_classes(d2, sets, lsmae_home, tmp_path):
         return done.stdout
 
     out = tmp_path / "out"
-    printed = detect(*sets.argv(), "train.max_iter=4", f"train.output_dir={out}")
+    # every score (>= 0) of the 5 best boxes per image is drawn: something is, whatever 4 iterations learnt
+    printed = detect(*sets.argv(), "train.max_iter=4", f"train.output_dir={out}", "--save-pictures", "2",
+                     "--score-thresh", "0", "+train.seed=0", "model.roi_heads.box_predictor.test_topk_per_image=5")
     assert "  3 classes: square (id 7), triangle (id 12), disc (id 40)" in printed  # the plan, before the run
     assert_ap_per_class(printed, out / "eval_results.json")
+    assert f"2 pictures (score >= 0) in {out / 'pictures'}\n" in printed
+    for source, picture in pictures(sets.val_dir, out / "pictures", 2):
+        assert (picture != source).any(-1).mean() > 0.05  # boxes, masks and labels over the image
     state = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)["model"]
     assert state["roi_heads.box_predictor.cls_score.weight"].shape[0] == 3 + 1  # + background
     assert state["roi_heads.box_predictor.bbox_pred.weight"].shape[0] == 3 * 4
     assert state["roi_heads.mask_head.predictor.weight"].shape[0] == 3
 
     printed = detect("--eval-only", "--val", sets.val, f"train.init_checkpoint={out / 'model_final.pth'}",
-                     f"train.output_dir={tmp_path / 'eval'}")
+                     f"train.output_dir={tmp_path / 'eval'}", "--save-pictures", "1", "--score-thresh", "1")
     assert_ap_per_class(printed, tmp_path / "eval" / "eval_results.json")
+    # no score reaches 1 after 4 iterations: the picture is the image and a line saying so at its top
+    assert (f"1 picture (score >= 1) in {tmp_path / 'eval' / 'pictures'}; nothing with score >= 1 in "
+            "000000000000.png\n") in printed
+    [(source, picture)] = pictures(sets.val_dir, tmp_path / "eval" / "pictures", 1)
+    changed = (picture != source).any(-1)
+    assert changed[:24].any() and not changed[24:].any()
 
     # the run's data is recorded; resuming it on other data is refused before anything is launched
     recorded = json.loads((out / "lsmae_run.json").read_text())["data"]
@@ -186,6 +235,19 @@ def test_train_and_evaluate_on_own_classes(d2, sets, lsmae_home, tmp_path):
                            "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and done.stderr.strip().splitlines()[-1].startswith(
         f"lsmae detect: error: {out / 'lsmae_run.json'} belongs to another run: data.datasets.train")
+
+
+def pictures(image_dir: Path, folder: Path, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(source, picture) of each picture in ``folder``, which holds one PNG for each of the first ``count``
+    images of ``image_dir``, of its size."""
+    sources = sorted(image_dir.iterdir())[:count]
+    assert sorted(p.name for p in folder.iterdir()) == [f"{s.stem}.png" for s in sources]
+    pairs = []
+    for source in sources:
+        with Image.open(source) as image, Image.open(folder / f"{source.stem}.png") as picture:
+            assert picture.format == "PNG" and picture.size == image.size
+            pairs.append((np.asarray(image.convert("RGB")).astype(int), np.asarray(picture.convert("RGB")).astype(int)))
+    return pairs
 
 
 def assert_ap_per_class(printed: str, results: Path) -> None:

@@ -20,7 +20,7 @@ from tests.conftest import REPO
 PACKAGES = ("pretrain", "zoo", "bridges", "detection_configs")
 # the extra of setup.py that installs each optional package (detectron2: from source, not an extra)
 EXTRA_OF = {"transformers": "hf", "skimage": "demo", "sklearn": "demo", "tensorboard": "tensorboard",
-            "torch_xla": "tpu", "fairscale": "detect", "matplotlib": "plot"}
+            "torch_xla": "tpu", "fairscale": "detect", "matplotlib": "plot", "cv2": "detect"}
 
 
 def _base_name(node: ast.expr) -> str:
