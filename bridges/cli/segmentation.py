@@ -6,6 +6,7 @@ import os
 
 from bridges.cli.classification import DEVICE_HELP
 from bridges.cli.intermixed import IntermixedParser
+from bridges.segmentation.command import DEFAULT_OUTPUT_DIR
 from bridges.segmentation.recipes import RECIPES, overridable_keys
 
 DESCRIPTION = ("Fine-tune a long-seq MAE encoder as UperNet semantic segmentation on ADE20K (transformers' BEiT "
@@ -49,7 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "i.e. for the recipe's benchmark; off with it)")
     p.add_argument("--class-names", metavar="FILE", default=None,
                    help="one class name a line: per-class IoU is printed and logged under these names")
-    p.add_argument("--output-dir", default="runs/segment", help="checkpoints, logs, model_final (default %(default)s)")
+    p.add_argument("--output-dir", default=None,
+                   help=f"checkpoints, logs, model_final, pictures (default {DEFAULT_OUTPUT_DIR}); with --eval-only, "
+                        "where --save-pictures draws (default: MODEL_DIR)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="total images per step (default: the recipe's 16); lr and iteration counts are scaled")
     p.add_argument("--max-iter", type=int, default=None, help="override the (scaled) number of iterations")
@@ -64,7 +67,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-pictures", type=int, default=0, metavar="N",
                    help="after the final evaluation (and with --eval-only), draw the first N validation images as "
                         "image | ground truth | prediction (a colour per class, a legend of the classes present) into "
-                        "OUTPUT_DIR/pictures (--eval-only: MODEL_DIR/pictures) as STEM.png, with the prediction as a "
+                        "OUTPUT_DIR/pictures (--eval-only without --output-dir: MODEL_DIR/pictures) as STEM.png, with the prediction as a "
                         "label PNG in the masks' values, STEM_pred.png (default 0: none)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit (no data, no weights)")
     p.add_argument("--json", action="store_true", help="with --dry-run: the plan as one JSON object")

@@ -201,7 +201,8 @@ def detect_step(demo: Demo) -> str:
     demo.artefacts["detector"] = run_dir / "model_final.pth"
     demo.artefacts["detection metrics"] = run_dir / "eval_results.json"
     for picture in sorted((run_dir / "pictures").glob("*.png")):
-        demo.show(picture, f"{picture.stem}: predictions with score >= 0.5 (Detectron2's Visualizer)")
+        demo.show(picture, f"{picture.stem}: predictions with score >= 0.5 (Detectron2's Visualizer; after a "
+                           "few iterations, none may reach it: the picture then says so)")
     curves(demo, "detect", [run_dir], "ViTDet Mask R-CNN (detectron2's metrics.json)")
     return (f"box AP {_ap(results, 'bbox')}, mask AP {_ap(results, 'segm')} on the generated val set "
             f"(a few iterations: this checks the chain, not the accuracy)")

@@ -1,6 +1,7 @@
 """``lsmae detect --save-pictures N [--score-thresh S]``: the predictions on the first N validation images,
 drawn by Detectron2's own ``Visualizer`` (boxes, masks, class names of the set's metadata), one PNG each
-in ``OUTPUT/pictures``: to look at what a detector finds, which AP alone does not show.
+in ``OUTPUT/pictures``: to look at what a detector finds, which AP alone does not show. Images under
+192 px are drawn larger by a whole factor (nearest), as every picture of this project is.
 
 Drawn after the evaluation by the main process alone, with the unwrapped model (no collective: the other
 processes wait at the barrier that follows in :mod:`bridges.detection.detect`). Each image goes through the
@@ -64,6 +65,7 @@ def save_pictures(cfg: Any, model: torch.nn.Module, count: int, score_thresh: fl
     from PIL import Image
 
     from pretrain.engine.serialization import atomic_save
+    from pretrain.panels import scale_factor
 
     names = OmegaConf.select(cfg, "dataloader.test.dataset.names")
     names = [names] if isinstance(names, str) else list(names)
@@ -78,7 +80,9 @@ def save_pictures(cfg: Any, model: torch.nn.Module, count: int, score_thresh: fl
         for d in dicts:
             instances = model([mapper(copy.deepcopy(d))])[0]["instances"].to("cpu")
             instances = instances[instances.scores >= score_thresh]
-            visualizer = Visualizer(read_image(d["file_name"], format="RGB"), metadata)
+            image = read_image(d["file_name"], format="RGB")
+            # a small image drawn larger (a whole factor, nearest), so its labels stay legible
+            visualizer = Visualizer(image, metadata, scale=scale_factor(image.shape[1], image.shape[0]))
             path = folder / (Path(d["file_name"]).stem + ".png")
             if len(instances):
                 picture = visualizer.draw_instance_predictions(instances)

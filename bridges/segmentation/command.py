@@ -19,6 +19,8 @@ from bridges.segmentation.data_spec import IGNORE_INDEX, data_splits, describe_d
 from bridges.segmentation.recipes import (SegRecipe, apply_overrides, get_recipe, plan, recipe_for_depth,
                                           scale_to_batch)
 
+DEFAULT_OUTPUT_DIR = "runs/segment"  # --output-dir of a training run
+
 
 # --------------------------------------------------------------------------- the plan
 def split_positionals(args: argparse.Namespace) -> None:
@@ -116,6 +118,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         from bridges.segmentation.training import run_eval
 
         return run_eval(args)
+    args.output_dir = args.output_dir or DEFAULT_OUTPUT_DIR
     recipe, overrides = resolve_recipe(args)
     rule = label_rule(args, recipe.num_labels, overrides.get("num_labels"))
     recipe = replace(recipe, num_labels=rule.num_labels)

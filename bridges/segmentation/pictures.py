@@ -107,3 +107,8 @@ def write_pictures(logits_of: Logits, dataset: MaskFolder, recipe: SegRecipe, na
             atomic_save(label_png(pred, dataset.rule), folder / f"{stem}_pred.png", save=_save_png)
             written.append(folder / f"{stem}.png")
     return written
+
+
+def pictures_line(pictures: Sequence[Path], folder: Path) -> str:
+    """What a run says once its pictures are written."""
+    return f"{len(pictures)} picture{'s' * (len(pictures) != 1)} in {folder}"

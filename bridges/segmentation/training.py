@@ -26,7 +26,7 @@ from pretrain.engine.trainer import LoopConfig, Progress, Trainer
 from bridges.segmentation.data import MaskFolder, TrainingCrops, normalize_crops
 from bridges.segmentation.data_spec import IGNORE_INDEX, LabelRule, SplitFolders, data_splits
 from bridges.segmentation.evaluation import Logits, SegMetrics, predict
-from bridges.segmentation.pictures import FOLDER as PICTURES, write_pictures
+from bridges.segmentation.pictures import FOLDER as PICTURES, pictures_line, write_pictures
 from bridges.segmentation.recipes import EVAL_KEYS, SegRecipe, apply_overrides, get_recipe, recipe_for_depth
 from bridges.segmentation.model import convert_to_upernet, model_class, save_upernet
 
@@ -183,11 +183,11 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
         print(f"mIoU {100 * result['mIoU']:.2f} mAcc {100 * result['mAcc']:.2f} aAcc {100 * result['aAcc']:.2f} "
               f"on {result['images']} images" + (" (multi-scale + flip)" if args.aug_test else ""))
         print(class_table(result, rule))
-        folder = Path(args.eval_only).expanduser() / PICTURES  # --eval-only has no output folder: the model's
+        folder = Path(args.output_dir or args.eval_only).expanduser() / PICTURES
         result["pictures"] = save_pictures(model, dataset, recipe, backend, dtype, args.save_pictures, folder,
                                            args.aug_test)
         if result["pictures"]:
-            print(f"{len(result['pictures'])} pictures in {folder}")
+            print(pictures_line(result["pictures"], folder))
     return result
 
 
@@ -340,7 +340,7 @@ def _train(args: argparse.Namespace, recipe: SegRecipe, plan: dict[str, Any], sp
         print(final)
         pictures = save_pictures(model, val_set, recipe, backend, dtype, args.save_pictures, output_dir / PICTURES)
         if pictures:
-            log.info("%d pictures in %s", len(pictures), output_dir / PICTURES)
+            log.info(pictures_line(pictures, output_dir / PICTURES))
     backend.barrier()  # the other processes wait here while the main one saves and draws
     return {**{k: task.latest[k] for k in ("mIoU", "mAcc", "aAcc")}, "best_mIoU": task.best["mIoU"],
             "best_step": task.best["step"], "final": output_dir / "model_final", "best": output_dir / "model_best",

@@ -49,7 +49,7 @@ def test_quickstart_runs_every_step_and_reports_artefacts(quickstart):
     assert [c.split()[2] for c in commands][:4] == ["fetch", "verify", "visualize", "convert"]
     assert sum(c.startswith("$ lsmae finetune demo") for c in commands) == 2
     artefacts = {}
-    for line in lines[lines.index(next(x for x in lines if x.startswith("done in "))) + 1:]:
+    for line in lines[lines.index(next(x for x in lines if x.startswith("done in "))) + 1:-1]:  # then the report
         what, path = re.split(r"\s{2,}", line.strip())
         artefacts[what] = Path(path)
     assert all(p.exists() for p in artefacts.values()), artefacts
@@ -99,7 +99,7 @@ def test_report_page_shows_every_step_and_links_pictures_that_exist(quickstart):
     heldout = "astronaut, chelsea, rocket"
     assert page.headings == [f"[data] {demo.DATA_STEP.title}",
                              *(f"[{i}/{len(planned)}] {s.title.format(heldout=heldout)}"
-                               for i, s in enumerate(planned, 1))]
+                               for i, s in enumerate(planned, 1)), "artefacts"]
     text = "\n".join(page.texts)
     for line in lines:  # every command and result line the console showed
         if line.strip().startswith("$ lsmae ") or line.startswith("[skip] "):
@@ -122,6 +122,14 @@ def test_report_page_shows_every_step_and_links_pictures_that_exist(quickstart):
             assert sorted(p for p in page.pictures if p.startswith(f"segment/{init}/pictures/")) == \
                 sorted(f"segment/{init}/pictures/{p.name}" for p in pictures.glob("*.png") if "_pred" not in p.name)
         assert "segment/curves.png" in page.pictures
+    if demo.detectron2_available():  # the first val shapes, each drawn over, scaled up to at least 192 px
+        from tests.bridges.test_detect_own_data import pictures
+
+        drawn = sorted(p for p in page.pictures if p.startswith("detect/pictures/"))
+        assert drawn == [f"detect/pictures/{p.stem}.png" for p in
+                         sorted((workdir / "data" / "shapes" / "val").iterdir())[:demo.PICTURES]]
+        assert len(pictures(workdir / "data" / "shapes" / "val", workdir / "detect" / "pictures", demo.PICTURES)) == 2
+        assert "detect/curves.png" in page.pictures
 
 
 def test_pretraining_shows_in_reconstructions_and_fine_tuning(quickstart):

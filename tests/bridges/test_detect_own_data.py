@@ -20,6 +20,7 @@ from PIL import Image
 from bridges.cli import build_parser, main
 from bridges.demo.sample_data import OWN_CLASSES, write_shapes_own_classes
 from tests.bridges.test_detect import DEMO_CONFIG, d2, dry_run  # noqa: F401  (fixture)
+from pretrain.panels import scale_factor
 from tests.conftest import REPO
 
 NAMES = list(OWN_CLASSES.values())  # in id order: square (7), triangle (12), disc (40)
@@ -239,14 +240,17 @@ def test_train_and_evaluate_on_own_classes(d2, sets, lsmae_home, tmp_path):
 
 def pictures(image_dir: Path, folder: Path, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """(source, picture) of each picture in ``folder``, which holds one PNG for each of the first ``count``
-    images of ``image_dir``, of its size."""
+    images of ``image_dir``, of its size scaled up by the whole factor that makes it at least 192 px; the
+    picture returned is taken back to the image's size (every k-th pixel)."""
     sources = sorted(image_dir.iterdir())[:count]
     assert sorted(p.name for p in folder.iterdir()) == [f"{s.stem}.png" for s in sources]
     pairs = []
     for source in sources:
         with Image.open(source) as image, Image.open(folder / f"{source.stem}.png") as picture:
-            assert picture.format == "PNG" and picture.size == image.size
-            pairs.append((np.asarray(image.convert("RGB")).astype(int), np.asarray(picture.convert("RGB")).astype(int)))
+            k = scale_factor(*image.size)
+            assert picture.format == "PNG" and picture.size == (image.width * k, image.height * k)
+            pairs.append((np.asarray(image.convert("RGB")).astype(int),
+                          np.asarray(picture.convert("RGB"))[::k, ::k].astype(int)))
     return pairs
 
 

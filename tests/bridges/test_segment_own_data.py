@@ -142,6 +142,11 @@ def test_five_classes_with_zero_a_class_train_and_evaluate_by_name(own, tmp_path
                  "--device", "cpu", "--save-pictures", "2"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == f"2 pictures in {out / 'model_final' / 'pictures'}"
     check_pictures(out / "model_final" / "pictures", *val, 2, CLASSES, reduce=False, model_dir=out / "model_final")
+    # ... or into --output-dir when one is given
+    assert main(["segment", "--eval-only", str(out / "model_final"), "--val", f"{own}/val/images:{own}/val/masks",
+                 "--device", "cpu", "--save-pictures", "1", "--output-dir", str(tmp_path / "looked")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"1 picture in {tmp_path / 'looked' / 'pictures'}"
+    check_pictures(tmp_path / "looked" / "pictures", *val, 1, CLASSES, reduce=False, model_dir=out / "model_final")
     # ... and refuses one that differs from the folder's
     assert main(["segment", "--eval-only", str(out / "model_final"), "--val", f"{own}/val/images:{own}/val/masks",
                  "--num-labels", "4"]) == 1
