@@ -132,6 +132,28 @@ def test_report_page_shows_every_step_and_links_pictures_that_exist(quickstart):
         assert "detect/curves.png" in page.pictures
 
 
+def test_report_links_pictures_relatively_and_escapes_what_it_shows(tmp_path):
+    from bridges.demo.report import write_report
+    from bridges.demo.runner import StepRecord
+
+    (tmp_path / "seg" / "pictures").mkdir(parents=True)
+    picture = tmp_path / "seg" / "pictures" / "a&b.png"
+    picture.write_bytes(b"png")
+    steps = [StepRecord("1/2", "segment <textures>", ["lsmae segment demo --output-dir 'x y'"], "mIoU 64.4", 1.25,
+                        [(picture, "image | truth")]),
+             StepRecord("2/2", "plot", [], "done", 0.5)]
+    page = write_report(tmp_path / "report.html", steps, ["[skip] detection: needs detectron2"],
+                        {"model": tmp_path / "seg"}, 3.0)
+    parsed = _Page()
+    parsed.feed(page.read_text(encoding="utf-8"))
+    assert parsed.headings == ["[1/2] segment <textures>", "[2/2] plot", "artefacts"]
+    assert parsed.pictures == ["seg/pictures/a&b.png"] and parsed.links == ["seg/pictures/a&b.png", "seg"]
+    text = "\n".join(parsed.texts)
+    assert "$ lsmae segment demo --output-dir 'x y'" in text and "mIoU 64.4 (1.2 s)" in text
+    assert "image | truth" in text and "[skip] detection: needs detectron2" in text
+    assert not list(tmp_path.glob(".*"))  # written whole: no temporary file left
+
+
 def test_pretraining_shows_in_reconstructions_and_fine_tuning(quickstart):
     """What the demo prints is what the demo checkpoint learned from photographs: held-out pictures are
     reconstructed better than by each patch's mean colour (loss 1.0), fine-tuning from it beats the
