@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +13,24 @@ from pretrain.optional import missing
 log = logging.getLogger(__name__)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a record comes, not as it was when the handler was made: a
+    run started inside a redirection (``lsmae demo``'s step logs, pytest's capture, a notebook cell)
+    must not leave later runs of the same process writing into a closed stream."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # StreamHandler.__init__ sets it; the property always wins
+        pass
+
+
 def setup_logging(logger: logging.Logger, is_main: bool) -> None:
     """Our own handler: root logging may already be configured (torch_xla does) or not at all."""
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
         logger.addHandler(handler)
         logger.propagate = False

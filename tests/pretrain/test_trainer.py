@@ -211,3 +211,24 @@ def test_resume_run_refuses_another_runs_checkpoint_naming_the_field(tmp_path, c
         resume_run(trainer, task.model, "auto", newest_first, load=load_checkpoint, log=LOG)
     assert trainer.progress == Progress(step=6, epoch=1, batch=2)
     assert f"{newest_first[0]} records no run identity" in caplog.text
+
+
+def test_run_logging_writes_to_the_stderr_of_the_moment(capsys):
+    """A run started inside a redirection (the demo's step logs, a test's capture) must not leave the
+    runs after it writing into the closed stream it had then."""
+    import contextlib
+    import io
+    import logging
+
+    from pretrain.engine.run_logging import setup_logging
+
+    logger = logging.getLogger("tests.run_logging.redirected")
+    logger.handlers.clear()
+    redirected = io.StringIO()
+    with contextlib.redirect_stderr(redirected):
+        setup_logging(logger, is_main=True)
+        logger.info("first run")
+    redirected.close()
+    logger.info("second run")
+    err = capsys.readouterr().err
+    assert err.endswith(" second run\n") and "Logging error" not in err and "first run" not in err
