@@ -28,12 +28,13 @@ def _paint(classes: np.ndarray, ignored: np.ndarray) -> np.ndarray:
 
 
 def check_pictures(folder: Path, images: Path, masks: Path, count: int, names, reduce: bool,
-                   model_dir: Path | None = None) -> None:
+                   model_dir: Path | None = None, precision: str = "auto") -> None:
     """``folder`` holds exactly the pictures and label PNGs of the first ``count`` images (by stem); each picture
     is one row of 3 panels as labelled_grid lays them out, the ground-truth panel the mask's classes, the
     prediction panel the label PNG beside it (its own palette and the class colours), the PNG in the masks'
     values (class + 1 with ``reduce``), the legend the classes present and no other. With ``model_dir``,
-    the PNG is that model's prediction as the evaluation makes it (at the mask's resolution)."""
+    the PNG is that model's prediction as the evaluation makes it (at the mask's resolution), under the
+    autocast of the ``--precision`` the drawing command ran with (``auto`` is bf16 on CPUs that have it)."""
     from bridges.segmentation.pictures import TITLES
 
     stems = sorted(p.stem for p in images.iterdir())[:count]
@@ -49,7 +50,7 @@ def check_pictures(folder: Path, images: Path, masks: Path, count: int, names, r
         assert shift <= values.min() and values.max() < n + shift  # the masks' convention
         pred = values.astype(np.int64) - shift
         if model_dir is not None:
-            assert np.array_equal(pred, _evaluation_prediction(model_dir, images, masks, stem))
+            assert np.array_equal(pred, _evaluation_prediction(model_dir, images, masks, stem, precision))
         page = np.asarray(Image.open(folder / f"{stem}.png").convert("RGB"))
         h, w = mask.shape
         k = scale_factor(w, h)
@@ -76,17 +77,21 @@ def check_pictures(folder: Path, images: Path, masks: Path, count: int, names, r
         assert {tuple(VOC[c + 1]) for c in range(n)} & swatches == {tuple(VOC[c + 1]) for c in present}
 
 
-def _evaluation_prediction(model_dir: Path, images: Path, masks: Path, stem: str) -> np.ndarray:
+def _evaluation_prediction(model_dir: Path, images: Path, masks: Path, stem: str, precision: str) -> np.ndarray:
     from bridges.segmentation.data import MaskFolder
     from bridges.segmentation.data_spec import SplitFolders
     from bridges.segmentation.evaluation import predict
-    from bridges.segmentation.training import load_segmentation_model, recipe_of, stored_rule
+    from bridges.segmentation.training import load_segmentation_model, logits_function, recipe_of, stored_rule
+    from pretrain.engine.backends import TorchBackend
+    from pretrain.engine.run_plan import resolve_precision
 
     model = load_segmentation_model(model_dir).eval()
     dataset = MaskFolder(SplitFolders(images, masks), stored_rule(model.config))
     image, label = dataset[[p.stem for p, _ in dataset.pairs].index(stem)]
+    backend = TorchBackend("cpu")
+    logits_of = logits_function(model, backend, resolve_precision(precision, backend))
     with torch.no_grad():
-        return predict(lambda x: model(x).logits, image, recipe_of(model), label.shape).numpy()
+        return predict(logits_of, image, recipe_of(model), label.shape).numpy()
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +126,7 @@ def test_five_classes_with_zero_a_class_train_and_evaluate_by_name(own, tmp_path
     printed = captured.out.splitlines()
     # the final model's pictures of the first 2 validation images, what the evaluation scored
     val = (own / "val" / "images", own / "val" / "masks")
-    check_pictures(out / "pictures", *val, 2, CLASSES, reduce=False, model_dir=out / "model_final")
+    check_pictures(out / "pictures", *val, 2, CLASSES, reduce=False, model_dir=out / "model_final", precision="fp32")
     assert captured.err.count(" pictures in ") == 1 and f" 2 pictures in {out / 'pictures'}\n" in captured.err
     table = [line.split() for line in printed if line.startswith("  ") and "IoU" in line]
     assert [row[0] for row in table] == list(CLASSES)
