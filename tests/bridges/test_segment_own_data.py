@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ def check_pictures(folder: Path, images: Path, masks: Path, count: int, names, r
     from bridges.segmentation.pictures import TITLES
 
     stems = sorted(p.stem for p in images.iterdir())[:count]
+    evaluation_prediction = _evaluation_predictor(model_dir, images, masks, precision) if model_dir else None
     assert sorted(p.name for p in folder.iterdir()) == sorted([f"{s}.png" for s in stems] + [f"{s}_pred.png" for s in stems])
     shift, n = int(reduce), len(names)
     for stem in stems:
@@ -49,8 +51,8 @@ def check_pictures(folder: Path, images: Path, masks: Path, count: int, names, r
         assert label_png.mode == "P" and values.shape == mask.shape  # at the ground truth's resolution
         assert shift <= values.min() and values.max() < n + shift  # the masks' convention
         pred = values.astype(np.int64) - shift
-        if model_dir is not None:
-            assert np.array_equal(pred, _evaluation_prediction(model_dir, images, masks, stem, precision))
+        if evaluation_prediction is not None:
+            assert np.array_equal(pred, evaluation_prediction(stem))
         page = np.asarray(Image.open(folder / f"{stem}.png").convert("RGB"))
         h, w = mask.shape
         k = scale_factor(w, h)
@@ -77,7 +79,8 @@ def check_pictures(folder: Path, images: Path, masks: Path, count: int, names, r
         assert {tuple(VOC[c + 1]) for c in range(n)} & swatches == {tuple(VOC[c + 1]) for c in present}
 
 
-def _evaluation_prediction(model_dir: Path, images: Path, masks: Path, stem: str, precision: str) -> np.ndarray:
+def _evaluation_predictor(model_dir: Path, images: Path, masks: Path, precision: str) -> Callable[[str], np.ndarray]:
+    """The model's prediction of an image (by stem) as the evaluation makes it; model and data loaded once."""
     from bridges.segmentation.data import MaskFolder
     from bridges.segmentation.data_spec import SplitFolders
     from bridges.segmentation.evaluation import predict
@@ -87,11 +90,17 @@ def _evaluation_prediction(model_dir: Path, images: Path, masks: Path, stem: str
 
     model = load_segmentation_model(model_dir).eval()
     dataset = MaskFolder(SplitFolders(images, masks), stored_rule(model.config))
-    image, label = dataset[[p.stem for p, _ in dataset.pairs].index(stem)]
+    stems = [p.stem for p, _ in dataset.pairs]
     backend = TorchBackend("cpu")
     logits_of = logits_function(model, backend, resolve_precision(precision, backend))
-    with torch.no_grad():
-        return predict(logits_of, image, recipe_of(model), label.shape).numpy()
+    recipe = recipe_of(model)
+
+    def prediction(stem: str) -> np.ndarray:
+        image, label = dataset[stems.index(stem)]
+        with torch.no_grad():
+            return predict(logits_of, image, recipe, label.shape).numpy()
+
+    return prediction
 
 
 @pytest.fixture(scope="module")
