@@ -46,51 +46,66 @@ def _smooth_noise(rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(np.clip(128 + 50 * image, 0, 255).astype(np.uint8))
 
 
-def write_coco_like_jpegs(folder: Path, n: int = 64, seed: int = 0) -> list[Path]:
-    """``n`` JPEGs of COCO's sizes (640x480, a third 480x640; quality 90, mild sensor-like noise):
-    random crops of the photographs, resized."""
+def write_photo_jpegs(folder: Path, n: int, size: tuple[int, int], seed: int = 0, stem: str = "") -> list[Path]:
+    """``n`` JPEGs of ``size`` (width, height; a third of them portrait; quality 90, mild sensor-like
+    noise): random crops of the photographs, resized; named ``{stem}{i:06d}.jpg``."""
     rng = np.random.default_rng(seed)
     sources = _photographs()
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(n):
         src = sources[i % len(sources)]
-        w, h = COCO_SIZE if rng.random() < 2 / 3 else COCO_SIZE[::-1]
+        w, h = size if rng.random() < 2 / 3 else size[::-1]
         crop_w = min(src.width, src.height * w / h) * rng.uniform(0.6, 1.0)
         crop_h = crop_w * h / w
         x0, y0 = rng.uniform(0, src.width - crop_w), rng.uniform(0, src.height - crop_h)
         img = src.resize((w, h), Image.BICUBIC, box=(x0, y0, x0 + crop_w, y0 + crop_h))
         noisy = np.asarray(img, np.float32) + rng.normal(0, 4, (h, w, 3))
-        path = folder / f"{i:06d}.jpg"
+        path = folder / f"{stem}{i:06d}.jpg"
         Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(path, quality=90)
         paths.append(path)
     return paths
 
 
-def _images_per_s(dataset: Dataset, batch: Callable[[list], Any], batch_size: int) -> float:
+def write_coco_like_jpegs(folder: Path, n: int = 64, seed: int = 0) -> list[Path]:
+    """``n`` JPEGs of COCO's sizes (640x480, a third 480x640): :func:`write_photo_jpegs`."""
+    return write_photo_jpegs(folder, n, COCO_SIZE, seed)
+
+
+def images_per_s(dataset: Dataset, batch: Callable[[list], Any], batch_size: int) -> float:
+    """Items per second of ``dataset`` read in order and batched by ``batch``, in this thread."""
     start = time.perf_counter()
     for i in range(0, len(dataset), batch_size):
         batch([dataset[j] for j in range(i, min(i + batch_size, len(dataset)))])
     return len(dataset) / (time.perf_counter() - start)
 
 
-def pipeline_rates(roots: list[Path], input_size: int, batch_size: int, rounds: int = 3,
-                   limit: int | None = None) -> dict[str, Any]:
-    """Images per second of one worker (one thread, items and batching), ours and the release's,
-    over the same files (at most ``limit``, evenly spread) in alternating rounds; medians, and the
-    median of the per-round ratios."""
+def worker_rates(pipelines: dict[str, tuple[Dataset, Callable[[list], Any]]], batch_size: int,
+                 rounds: int = 3) -> dict[str, Any]:
+    """Images per second of one data-loader worker (one thread, items and batching) through each named
+    ``(dataset, collate)``, in alternating rounds: ``{name}_images_per_s`` the median of each, and the
+    per-round rates (``rounds``)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # what a DataLoader worker has
     try:
-        ours, release = pretrain_dataset(roots, input_size), release_dataset(roots, input_size)
-        if limit and len(ours.files) > limit:
-            ours.files = release.files = ours.files[:: len(ours.files) // limit][:limit]
-        rates: dict[str, list[float]] = {"ours": [], "release": []}
+        rates: dict[str, list[float]] = {name: [] for name in pipelines}
         for _ in range(rounds):
-            rates["ours"].append(_images_per_s(ours, collate, batch_size))
-            rates["release"].append(_images_per_s(release, default_collate, batch_size))
+            for name, (dataset, batch) in pipelines.items():
+                rates[name].append(images_per_s(dataset, batch, batch_size))
     finally:
         torch.set_num_threads(threads)
-    return {"images": len(ours), "ours_images_per_s": statistics.median(rates["ours"]),
-            "release_images_per_s": statistics.median(rates["release"]),
-            "ratio": statistics.median(a / b for a, b in zip(rates["ours"], rates["release"]))}
+    first = next(iter(pipelines.values()))[0]
+    return {"images": len(first), **{f"{name}_images_per_s": statistics.median(r) for name, r in rates.items()},
+            "rounds": rates}
+
+
+def pipeline_rates(roots: list[Path], input_size: int, batch_size: int, rounds: int = 3,
+                   limit: int | None = None) -> dict[str, Any]:
+    """Images per second of one worker, ours and the release's, over the same files (at most ``limit``,
+    evenly spread) (:func:`worker_rates`), and the median of the per-round ratios."""
+    ours, release = pretrain_dataset(roots, input_size), release_dataset(roots, input_size)
+    if limit and len(ours.files) > limit:
+        ours.files = release.files = ours.files[:: len(ours.files) // limit][:limit]
+    rates = worker_rates({"ours": (ours, collate), "release": (release, default_collate)}, batch_size, rounds)
+    per_round = rates.pop("rounds")
+    return {**rates, "ratio": statistics.median(a / b for a, b in zip(per_round["ours"], per_round["release"]))}
