@@ -167,11 +167,13 @@ def run(bench: Bench, args: argparse.Namespace, worker_argv: list[str], header: 
             if best is None:
                 return
             e2e = turns.end_to_end(best["config"], folder, args.workers)
-    emit(args, *_end_to_end(best, e2e, pipeline.rates, args.workers))
+    emit(args, *end_to_end_line(best, e2e, pipeline.rates, args.workers))
 
 
-def _end_to_end(best: dict[str, Any], e2e: dict[str, Any], rates: dict[str, Any], workers: int
-                ) -> tuple[str, dict[str, Any]]:
+def end_to_end_line(best: dict[str, Any], e2e: dict[str, Any], rates: dict[str, Any], workers: int
+                    ) -> tuple[str, dict[str, Any]]:
+    """The end-to-end rate next to the synthetic one, and the workers per device the step rate needs with
+    each pipeline's one-worker rate (``{name}_images_per_s`` in ``rates``); and its record."""
     synthetic, data = e2e["synthetic_images_per_s"], e2e["data_images_per_s"]
     per_device = synthetic / best["devices"]
     need = {k.removesuffix("_images_per_s"): math.ceil(per_device / v) for k, v in rates.items()

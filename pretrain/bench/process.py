@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from pretrain.engine.backends import TorchBackend
-from pretrain.engine.run_plan import DTYPES, precision_name
+from pretrain.engine.run_plan import DTYPES
 from pretrain.errors import LsmaeError
 
 PREFETCH = 2  # batches each data-loader worker keeps ready
@@ -41,6 +41,12 @@ def parse_config(name: str, baseline: str) -> tuple[bool, torch.dtype | None, bo
         raise LsmaeError(f"unknown config {name!r}: {baseline}, fp32, bf16 or fp16, the last three optionally "
                          "+compile")
     return base == baseline, DTYPES.get(base), extra == "compile"
+
+
+def precision_text(dtype: torch.dtype | None) -> str:
+    """How the training commands run a precision: ``fp32``, ``bf16 autocast``, ``fp16 autocast, GradScaler``."""
+    name = next(name for name, value in DTYPES.items() if value == dtype)
+    return name if dtype is None else f"{name} autocast" + (", GradScaler" if dtype == torch.float16 else "")
 
 
 def repeating_loader(dataset: Dataset, batch: int, workers: int, device: torch.device,
@@ -68,7 +74,7 @@ class BenchStep:
         self.backend = backend
         self.baseline, self.dtype, self.compiled = parse_config(config, baseline)
         self.device, self.devices = backend.device, backend.world_size
-        self.precision = precision_name(self.dtype)
+        self.precision = precision_text(self.dtype)
 
     def step(self, batch: Any = None) -> None:
         """One training step on a batch already on the device (the synthetic tensors when None)."""
@@ -143,10 +149,10 @@ def end_to_end(stepper: BenchStep, folder: Path, workers: int, warmup: int, step
 
 
 def serve(args: argparse.Namespace, make_step: Callable[[argparse.Namespace, str], BenchStep]) -> None:
-    """The configuration's side of the protocol (see the module doc); ``args.config`` names it."""
+    """The configuration's side of the protocol (see the module doc); ``args.configuration`` names it."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    stepper = make_step(args, args.config)
+    stepper = make_step(args, args.configuration)
     warmup = stepper.timed(args.warmup) * args.warmup
     print(json.dumps({"warmup_s": warmup, **stepper.facts()}), flush=True)
     for line in sys.stdin:
@@ -168,5 +174,5 @@ def serve(args: argparse.Namespace, make_step: Callable[[argparse.Namespace, str
 
 def main(parser: argparse.ArgumentParser, make_step: Callable[[argparse.Namespace, str], BenchStep]) -> None:
     """``python -m MODULE [bench options] CONFIG``: one configuration's process."""
-    parser.add_argument("config")
+    parser.add_argument("configuration", metavar="CONFIG")
     serve(parser.parse_args(), make_step)
