@@ -90,7 +90,8 @@ def _trained_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
 def _run_identity(args: argparse.Namespace, mode: str, meta: dict[str, Any], train_set: Any) -> dict[str, Any]:
     """This run's identity (:func:`pretrain.engine.resume.run_identity`): the classifier, the digest of its
     source, the resolved recipe (the lr, not the blr it came from; not the epochs: a rerun with more
-    continues the run) and the data (folder, classes, image count)."""
+    continues the run) and the data (folder, classes, image count). Not how the steps run (``--compile``,
+    gradient checkpointing): a run resumes with or without them."""
     defaults = {**FINETUNE_COMMON, **FINETUNE_BY_WIDTH[None]} if mode == "finetune" else LINPROBE
     keys = sorted(defaults.keys() - {"epochs", "blr"})
     return run_identity(
@@ -111,12 +112,19 @@ class Classification:
     """The classifier's cross-entropy (mixup/cutmix and label smoothing as the recipe says; a linear
     probe computes the frozen features without autograd and trains, and all-reduces, the head only).
     Each epoch ends with top-1/top-5 on the validation set, ``best.pth`` when top-1 improved, and the
-    resume checkpoint ``last.pth``."""
+    resume checkpoint ``last.pth``.
+
+    ``--compile`` compiles what the steps spend their time in, the model (fine-tuning) or the frozen
+    encoder's features (probing), beside the plain modules: the checkpoints hold the plain state dict, and
+    evaluation runs the plain model (eval mode and its last batch would be compilations of their own)."""
 
     def __init__(self, model: nn.Module, mode: str, args: argparse.Namespace, backend: TorchBackend,
                  dtype: torch.dtype | None, vloader: DataLoader, base: dict[str, Any], best: dict[str, Any]) -> None:
         self.classifier, self.mode, self.args, self.backend, self.dtype = model, mode, args, backend, dtype
-        self.model = backend.wrap_model(model.head if mode == "linprobe" else model)
+        probe = mode == "linprobe"
+        trained = model.head if probe else model
+        self.model = backend.wrap_model(torch.compile(trained) if args.compile and not probe else trained)
+        self.features = torch.compile(self._pre_logits) if probe and args.compile else self._pre_logits
         self.vloader, self.num_classes, self.base, self.best = vloader, base["num_classes"], base, best
         self.output_dir = Path(args.output_dir)
         self.mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, label_smoothing=args.smoothing,
@@ -137,10 +145,14 @@ class Classification:
             images, target = self.mixup(images, target)
         if self.mode == "linprobe":
             with torch.no_grad(), self.backend.autocast(self.dtype):
-                features = self.classifier.forward_head(self.classifier.forward_features(images), pre_logits=True)
+                features = self.features(images)
             return self.criterion(self.model(features.float()), target)
         with self.backend.autocast(self.dtype):
             return self.criterion(self.model(images), target)
+
+    def _pre_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The frozen encoder's features, the head's input: what ``--compile`` compiles when probing."""
+        return self.classifier.forward_head(self.classifier.forward_features(images), pre_logits=True)
 
     def evaluate(self, at: Progress, train_loss: float) -> dict[str, Any]:
         epoch = at.epoch - 1

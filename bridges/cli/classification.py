@@ -93,6 +93,11 @@ def add_arguments(p: argparse.ArgumentParser, mode: str = "finetune") -> None:
     g.add_argument("--resume", default="auto",
                    help="'auto' (OUTPUT_DIR/last.pth if there is one), a checkpoint path, or '' to start fresh")
     g.add_argument("--print-freq", type=int, default=20, help="progress line every N steps (default %(default)s)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile " + ("the model" if ft else "the frozen encoder") + " for the training steps "
+                        "(compilation first: a minute or more before the first step, in every run; evaluation runs "
+                        "uncompiled); `lsmae bench finetune --compile` shows what it gains on this machine. A run "
+                        "resumes with or without it")
 
 
 def _eval_options(p: argparse.ArgumentParser) -> None:
