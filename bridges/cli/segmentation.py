@@ -59,6 +59,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-period", type=int, default=None, help="override the (scaled) evaluation period")
     p.add_argument("--checkpoint-period", type=int, default=None, help="override the (scaled) checkpoint period")
     p.add_argument("--grad-checkpointing", action="store_true", help="recompute block activations to save memory")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model for the training steps (compilation first: a minute or more before "
+                        "the first step, in every run; evaluation runs uncompiled); `lsmae bench segment --compile` "
+                        "shows what it gains on this machine. A run resumes with or without it")
     p.add_argument("--from-scratch", action="store_true",
                    help="the untrained MAE initialisation of SOURCE's architecture: the baseline for the same budget")
     p.add_argument("--eval-only", metavar="MODEL_DIR", default=None,

@@ -66,6 +66,8 @@ def print_plan(record: dict[str, Any], as_json: bool) -> None:
     print(f"      evaluation every {record['eval_period']} and checkpoints every {record['checkpoint_period']} "
           f"iterations; sliding window {record['crop_size']} stride {record['eval_stride']}")
     print_data(record)
+    if record["compile"]:
+        print("      training steps torch.compile'd (compilation before the first step); evaluation uncompiled")
     if record["pictures"]:
         print(f"      pictures: the first {record['pictures']['count']} validation images (image | ground truth | "
               f"prediction, and the prediction as a label PNG) from the final model into {record['pictures']['folder']}")
@@ -125,7 +127,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     splits = data_splits(args)
     data = describe_data(splits, rule, recipe.max_iter, recipe.batch_size)
     record = plan(recipe, launched_processes(), args.source, overrides, grad_checkpointing=args.grad_checkpointing,
-                  from_scratch=args.from_scratch, data=data, pictures=picture_plan(args, data))
+                  compile=args.compile, from_scratch=args.from_scratch, data=data, pictures=picture_plan(args, data))
     if args.dry_run:
         print_plan(record, args.json)
         return None

@@ -159,6 +159,9 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
         raise LsmaeError(f"--eval-only takes only the evaluation overrides ({', '.join(EVAL_KEYS)}), not {unused[0]}")
     if args.train:
         raise LsmaeError("--eval-only reads only --val IMAGES:MASKS (or --data-path), not --train")
+    if args.compile:
+        raise LsmaeError("--compile compiles training steps: --eval-only runs the model uncompiled (its windows "
+                         "take other sizes, each one a compilation)")
     val = data_splits(args).get("val")
     if val is None:
         raise LsmaeError("--eval-only needs --data-path DIR or --val IMAGES:MASKS")
@@ -271,7 +274,8 @@ def _run_identity(args: argparse.Namespace, recipe: SegRecipe, overrides: dict[s
     """This run's identity (:func:`pretrain.engine.resume.run_identity`): the encoder, the digest of its
     source, the recipe at this batch size and the KEY=VALUE overrides (not the run's length or cadence,
     ``max_iter``, ``eval_period``, ``checkpoint_period``: a rerun may extend it, by flag or override), the
-    initialisation and seed, and the data: its folders, size and label rule."""
+    initialisation and seed, and the data: its folders, size and label rule. Not how the steps run
+    (``--compile``, gradient checkpointing): a run resumes with or without them."""
     left_out = {"source", "max_iter", "eval_period", "checkpoint_period"}  # ``source``: the recipe's citation
     folders = {"path": str(Path(args.data_path).expanduser().resolve())} if args.data_path is not None else {
         name: [str(split.images.resolve()), str(split.masks.resolve())] for name, split in splits.items()}
@@ -310,7 +314,9 @@ def _train(args: argparse.Namespace, recipe: SegRecipe, plan: dict[str, Any], sp
     if args.grad_checkpointing:
         model.gradient_checkpointing_enable()
     model.to(backend.device)
-    wrapped = backend.wrap_model(backend.sync_batchnorm(model, log))
+    synced = backend.sync_batchnorm(model, log)
+    # --compile: the training steps only; evaluation slides windows of other sizes through the plain model
+    wrapped = backend.wrap_model(torch.compile(synced) if args.compile else synced)
     optimizer = torch.optim.AdamW(param_groups(model, recipe.weight_decay, recipe.layer_decay), lr=recipe.lr,
                                   betas=recipe.betas, **backend.optimizer_options())
     config = loop_config(recipe, args.seed, args.print_freq)
