@@ -7,8 +7,11 @@ of a tensor) and operators whose output size or value the host must learn from t
 (``nonzero``, boolean-mask indexing, ``masked_select``, ``unique``...). Each one seen while a run
 trains is allowed only inside the loop's print/evaluation/checkpoint points, or where only host
 tensors are read (the data loading, torch's optimizer step counters). Pretraining, fine-tuning,
-linear probing and segmentation (all on the shared skeleton) are checked; on a CUDA machine
-pretraining runs again under ``torch.cuda.set_sync_debug_mode("error")``.
+linear probing and segmentation (all on the shared skeleton) are checked; on a CUDA machine each
+of them runs again under ``torch.cuda.set_sync_debug_mode("error")``, which also catches what the
+CPU cannot show: a synchronous host-to-device copy, such as a tensor made on the host in the step
+and used on the device (``-k cuda``; ``-k "cuda and not compile"`` leaves out the compiled steps,
+each a compilation).
 """
 from __future__ import annotations
 
@@ -147,31 +150,9 @@ def test_block_masking_has_no_sync_operator(grid, ds):
     assert not seen, seen
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_steps_do_not_sync(photos, tmp_path, monkeypatch):
-    """On a GPU, CUDA itself reports a synchronising call as an error: from the end of the first step
-    (which fills the caches of constants on the device) on, except at the loop's print, evaluation
-    and checkpoint points."""
-    def points(method):
-        def wrapped(self, *args, **kwargs):
-            torch.cuda.set_sync_debug_mode("default")
-            try:
-                return method(self, *args, **kwargs)
-            finally:
-                torch.cuda.set_sync_debug_mode("error")
-        return wrapped
-
-    for name in ("_report", "_after_update"):
-        monkeypatch.setattr(trainer_module.Trainer, name, points(getattr(trainer_module.Trainer, name)))
-    try:
-        _train(photos, tmp_path / "run", "--device", "cuda", "--precision", "bf16", "--epochs", "2")
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-
-
-@pytest.mark.parametrize("mode", ["finetune", "linprobe"])
-def test_fine_tuning_steps_do_not_wait_for_the_device(tmp_path, monkeypatch, lsmae_home, mode):
-    """The same skeleton under the classification bridge (mixup/cutmix, label smoothing; frozen encoder)."""
+def _fine_tune(tmp_path: Path, mode: str, *options: str) -> None:
+    """``lsmae finetune``/``linprobe`` of the tiny checkpoint at 32 px: 40 digits, batches of 4 with 2
+    accumulation steps (mixup/cutmix and label smoothing as the recipe has them)."""
     import argparse
 
     from bridges.classification import finetune
@@ -184,25 +165,119 @@ def test_fine_tuning_steps_do_not_wait_for_the_device(tmp_path, monkeypatch, lsm
     ckpt.write_bytes(tiny_checkpoint_bytes(tmp_path, seed=0))
     parser = argparse.ArgumentParser()
     add_arguments(parser, mode)
-    args = parser.parse_args([str(ckpt), "--data-path", str(data), "--input-size", "32", "--num-workers", "0",
-                              "--device", "cpu", "--precision", "fp32", "--output-dir", str(tmp_path / "out"),
-                              "--print-freq", "1000", "--epochs", "1", "--warmup-epochs", "0",
-                              "--effective-batch-size", "8", "--batch-size", "4"])
-    with host_syncs(monkeypatch) as seen:
-        finetune.run(args, mode)
-    assert not seen, "host syncs in the training step:\n" + "\n".join(seen)
+    finetune.run(parser.parse_args([
+        str(ckpt), "--data-path", str(data), "--input-size", "32", "--num-workers", "0", "--output-dir",
+        str(tmp_path / "out"), "--print-freq", "1000", "--warmup-epochs", "0", "--effective-batch-size", "8",
+        "--batch-size", "4", *options]), mode)
 
 
-def test_segmentation_steps_do_not_wait_for_the_device(tmp_path, monkeypatch, lsmae_home):
-    """And under the segmentation bridge (UperNet from the demo checkpoint; transformers' loss)."""
+def _segment(tmp_path: Path, *options: str) -> None:
+    """``lsmae segment`` of the demo checkpoint (UperNet; transformers' loss) on 8 generated textures,
+    4 batches of 2 per epoch."""
     pytest.importorskip("skimage")
     pytest.importorskip("transformers")
     from bridges.cli import main
     from bridges.demo.sample_data import write_textures_ade20k
 
     data = write_textures_ade20k(tmp_path / "ade", train_images=8, val_images=2)
+    assert main(["segment", "demo", "--data-path", str(data), "--output-dir", str(tmp_path / "out"),
+                 "--num-workers", "0", "--batch-size", "2", "--print-freq", "1000", *options]) == 0
+
+
+@pytest.mark.parametrize("mode", ["finetune", "linprobe"])
+def test_fine_tuning_steps_do_not_wait_for_the_device(tmp_path, monkeypatch, lsmae_home, mode):
+    """The same skeleton under the classification bridge (mixup/cutmix, label smoothing; frozen encoder)."""
     with host_syncs(monkeypatch) as seen:
-        assert main(["segment", "demo", "--data-path", str(data), "--output-dir", str(tmp_path / "out"),
-                     "--device", "cpu", "--num-workers", "0", "--precision", "fp32", "--max-iter", "4",
-                     "--eval-period", "4", "--checkpoint-period", "4", "--print-freq", "1000"]) == 0
+        _fine_tune(tmp_path, mode, "--device", "cpu", "--precision", "fp32", "--epochs", "1")
     assert not seen, "host syncs in the training step:\n" + "\n".join(seen)
+
+
+def test_segmentation_steps_do_not_wait_for_the_device(tmp_path, monkeypatch, lsmae_home):
+    """And under the segmentation bridge (UperNet from the demo checkpoint; transformers' loss)."""
+    with host_syncs(monkeypatch) as seen:
+        _segment(tmp_path, "--device", "cpu", "--precision", "fp32", "--max-iter", "4", "--eval-period", "4",
+                 "--checkpoint-period", "4")
+    assert not seen, "host syncs in the training step:\n" + "\n".join(seen)
+
+
+# --------------------------------------------------------------------------- on a GPU
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@contextmanager
+def cuda_syncs_fail(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """CUDA itself raises on a synchronising call (a device-to-host read, a synchronous host-to-device
+    copy such as indexing a device tensor with a host index) while a run trains
+    (:meth:`Trainer.fit`): from the end of the first step's progress line on (the first step fills the
+    caches of constants on the device, and compiles), except inside the loop's print, evaluation and
+    checkpoint points. What runs after training (folders, pictures) may wait."""
+    def points(method):
+        def wrapped(self, *args, **kwargs):
+            torch.cuda.set_sync_debug_mode("default")
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                torch.cuda.set_sync_debug_mode("error")
+        return wrapped
+
+    for name in ("_report", "_after_update"):
+        monkeypatch.setattr(trainer_module.Trainer, name, points(getattr(trainer_module.Trainer, name)))
+    fit = trainer_module.Trainer.fit
+
+    def fitting(self, task):
+        try:
+            return fit(self, task)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    monkeypatch.setattr(trainer_module.Trainer, "fit", fitting)
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_the_cuda_check_covers_every_step_but_the_first(photos, tmp_path, monkeypatch):
+    """The CUDA tests' switch, on the CPU with the mode recorded instead of set: every step after the
+    first runs checked, the evaluations and checkpoints unchecked, and so does what follows training."""
+    mode, seen = ["default"], []
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", lambda value: mode.__setitem__(0, value))
+    for name in ("forward_loss", "evaluate", "checkpoint_extra"):
+        def recorded(self, *args, method=getattr(MaskedPretraining, name), name=name):
+            seen.append(f"{name} {mode[0]}")
+            return method(self, *args)
+        monkeypatch.setattr(MaskedPretraining, name, recorded)
+    with cuda_syncs_fail(monkeypatch):
+        _train(photos, tmp_path / "run", "--device", "cpu", "--precision", "fp32", "--epochs", "2")
+        seen.append(f"after {mode[0]}")
+    assert mode == ["default"]
+    epoch = ["forward_loss error"] * 4 + ["evaluate default", "checkpoint_extra default"]
+    assert seen == ["forward_loss default", *epoch[1:], *epoch, "after default"]
+
+
+@needs_cuda
+def test_cuda_steps_do_not_sync(photos, tmp_path, monkeypatch):
+    """Pretraining: two epochs, the second begun in the checked state."""
+    with cuda_syncs_fail(monkeypatch):
+        _train(photos, tmp_path / "run", "--device", "cuda", "--precision", "bf16", "--epochs", "2")
+
+
+@needs_cuda
+@pytest.mark.parametrize("mode, compiled", [("finetune", False), ("linprobe", False), ("finetune", True)],
+                         ids=["finetune", "linprobe", "finetune-compile"])
+def test_cuda_fine_tuning_steps_do_not_sync(tmp_path, monkeypatch, lsmae_home, mode, compiled):
+    """Fine-tuning (AdamW, mixup/cutmix) and linear probing (LARS), accumulating two batches per update,
+    over two epochs with an evaluation between them; and fine-tuning's compiled step."""
+    with cuda_syncs_fail(monkeypatch):
+        _fine_tune(tmp_path, mode, "--device", "cuda", "--precision", "bf16", "--epochs", "2",
+                   *(["--compile"] if compiled else []))
+
+
+@needs_cuda
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compile"])
+def test_cuda_segmentation_steps_do_not_sync(tmp_path, monkeypatch, lsmae_home, compiled):
+    """Segmentation: UperNet's step (each layer's relative position bias gathered with its index, the
+    loss's upsampling), with an evaluation and a checkpoint between steps."""
+    with cuda_syncs_fail(monkeypatch):
+        _segment(tmp_path, "--device", "cuda", "--precision", "bf16", "--max-iter", "6", "--eval-period", "3",
+                 "--checkpoint-period", "3", *(["--compile"] if compiled else []))
