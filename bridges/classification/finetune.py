@@ -228,10 +228,11 @@ def train(args: argparse.Namespace, backend: TorchBackend, mode: str = "finetune
                  100 * best["top1"], best["epoch"] + 1)
 
     log.info("%s %s: %d classes, %d train / %d val images at %dpx; %d devices x batch %d x %d accumulation = %d "
-             "per update, lr %.3g (blr %.3g), %d epochs (%d warmup), precision %s, %d updates/epoch",
+             "per update, lr %.3g (blr %.3g), %d epochs (%d warmup), precision %s%s, %d updates/epoch",
              mode, meta["timm_model"], num_classes, len(train_set), len(val_set), args.input_size,
              backend.world_size, batch, accum, batch * accum * backend.world_size, args.lr, args.blr, args.epochs,
-             args.warmup_epochs, precision_name(dtype), trainer.updates_per_epoch)
+             args.warmup_epochs, precision_name(dtype), " (torch.compile'd steps)" if args.compile else "",
+             trainer.updates_per_epoch)
     if mode == "finetune":
         log.info("recipe: layer decay %g, drop path %g, weight decay %g, label smoothing %g, mixup %g, cutmix %g, "
                  "auto-augment %s, random erasing %g, min lr %g", args.layer_decay, args.drop_path,

@@ -334,9 +334,9 @@ def _train(args: argparse.Namespace, recipe: SegRecipe, plan: dict[str, Any], sp
         log.info("resumed from %s at iteration %d (best mIoU %.2f)", path, trainer.step, 100 * task.best["mIoU"])
     else:
         log.info("%s", report.replace("\n", "; "))
-    log.info("segment %s: %d train images, %d devices x %d = %d per step, %d iterations, lr %.3g, precision %s",
+    log.info("segment %s: %d train images, %d devices x %d = %d per step, %d iterations, lr %.3g, precision %s%s",
              recipe.name, len(dataset), backend.world_size, per_device, recipe.batch_size, recipe.max_iter,
-             recipe.lr, precision_name(dtype))
+             recipe.lr, precision_name(dtype), " (torch.compile'd steps)" if args.compile else "")
     trainer.fit(task)
     pictures: list[Path] = []
     if backend.is_main:

@@ -36,9 +36,11 @@ def compiled_graphs() -> int:
     return counters["stats"]["unique_graphs"]
 
 
-def run_in_parts(argv: list[str], monkeypatch: pytest.MonkeyPatch, every: int, compiled: list[str]) -> list[int]:
+def run_in_parts(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, every: int,
+                 compiled: list[str]) -> list[int]:
     """``lsmae ARGV`` stopped after the checkpoint at update ``STOPS[i] x every`` (the second part with
-    the options ``compiled``), then run to its end; returns how many graphs each part compiled."""
+    the options ``compiled``, which its first log line says), then run to its end; returns how many
+    graphs each part compiled."""
     after_update = trainer_module.Trainer._after_update
     graphs = []
     for part, stop in enumerate((*STOPS, None)):
@@ -48,8 +50,10 @@ def run_in_parts(argv: list[str], monkeypatch: pytest.MonkeyPatch, every: int, c
                 raise KeyboardInterrupt
         monkeypatch.setattr(trainer_module.Trainer, "_after_update", stopping)
         before = compiled_graphs()
+        capsys.readouterr()
         assert main([*argv, *(compiled if part == 1 else [])]) == (0 if stop is None else 130)
         graphs.append(compiled_graphs() - before)
+        assert ("(torch.compile'd steps)" in capsys.readouterr().err) == (part == 1)
     monkeypatch.setattr(trainer_module.Trainer, "_after_update", after_update)
     return graphs
 
@@ -81,7 +85,8 @@ def load(path: Path) -> dict:
 
 
 @pytest.mark.parametrize("mode", ["finetune", "linprobe"])
-def test_classification_resumes_across_compile_and_trains_as_uncompiled(mode, tmp_path, lsmae_home, monkeypatch):
+def test_classification_resumes_across_compile_and_trains_as_uncompiled(mode, tmp_path, lsmae_home, monkeypatch,
+                                                                         capsys):
     data = write_digits(tmp_path / "digits", 4, 2, size=32)  # 40 training images: 5 updates of 8 per epoch
     source = tmp_path / "tiny.pth"
     source.write_bytes(tiny_checkpoint_bytes(tmp_path, seed=0))
@@ -99,7 +104,7 @@ def test_classification_resumes_across_compile_and_trains_as_uncompiled(mode, tm
     before = compiled_graphs()
     assert main(argv(tmp_path / "whole")) == 0
     assert compiled_graphs() == before
-    uncompiled, compiling, finishing = run_in_parts(argv(tmp_path / "parts"), monkeypatch, 5, compiled)
+    uncompiled, compiling, finishing = run_in_parts(argv(tmp_path / "parts"), monkeypatch, capsys, 5, compiled)
     assert uncompiled == finishing == 0 and compiling > 0  # the option compiles, and only where it is given
     assert_same_losses(logged(tmp_path / "whole", "epoch"), logged(tmp_path / "parts", "epoch"), "epoch",
                        ("train_loss", "val_loss"))
@@ -124,12 +129,13 @@ def segment_argv(data: Path, out: Path) -> list[str]:
             "--checkpoint-period", "2", "--print-freq", "1000", "drop_path=0", "head_dropout=0"]
 
 
-def test_segmentation_resumes_across_compile_and_trains_as_uncompiled(textures, tmp_path, lsmae_home, monkeypatch):
+def test_segmentation_resumes_across_compile_and_trains_as_uncompiled(textures, tmp_path, lsmae_home, monkeypatch,
+                                                                       capsys):
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
     before = compiled_graphs()
     assert main(segment_argv(textures, tmp_path / "whole")) == 0
     assert compiled_graphs() == before
-    uncompiled, compiling, finishing = run_in_parts(segment_argv(textures, tmp_path / "parts"), monkeypatch, 2,
+    uncompiled, compiling, finishing = run_in_parts(segment_argv(textures, tmp_path / "parts"), monkeypatch, capsys, 2,
                                                     ["--compile", "--grad-checkpointing"])
     assert uncompiled == finishing == 0 and compiling > 0
     assert_same_losses(logged(tmp_path / "whole", "eval"), logged(tmp_path / "parts", "eval"), "step",
