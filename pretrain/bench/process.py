@@ -156,7 +156,7 @@ def serve(args: argparse.Namespace, make_step: Callable[[argparse.Namespace, str
     warmup = stepper.timed(args.warmup) * args.warmup
     print(json.dumps({"warmup_s": warmup, **stepper.facts()}), flush=True)
     for line in sys.stdin:
-        command, *operands = line.split()
+        command, _, operands = line.strip().partition(" ")
         if command == "step":
             print(json.dumps({"s_per_step": stepper.timed(args.steps)}), flush=True)
         elif command == "finish":
@@ -167,7 +167,7 @@ def serve(args: argparse.Namespace, make_step: Callable[[argparse.Namespace, str
             print(json.dumps({"peak_memory_gb": stepper.peak_memory_gb(), "counted_flops": flops,
                               "no_formula": missing, **stepper.backend.diagnostics()}), flush=True)
         elif command == "e2e":
-            folder, workers = operands
+            folder, workers = operands.rsplit(" ", 1)  # the folder's name may hold spaces
             print(json.dumps(end_to_end(stepper, Path(folder), int(workers), args.warmup,
                                         args.steps * args.rounds)), flush=True)
 
