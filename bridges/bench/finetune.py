@@ -25,7 +25,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +34,10 @@ from pretrain.models.archs import model_config
 
 from bridges.bench import training_bench
 from bridges.bench.training_bench import TrainingBench
+from bridges.cli.classification import build_parser as finetune_parser
 
 GPU_BATCH, CPU_BATCH = 128, 8
-COMMAND_WORKERS = min(10, os.cpu_count() or 1)  # lsmae finetune's --num-workers default
+COMMAND_WORKERS = finetune_parser("finetune").get_default("num_workers")  # lsmae finetune's default
 
 
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
@@ -48,7 +48,7 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, default=224, help="image size (default %(default)s, lsmae finetune's)")
     p.add_argument("--num-classes", type=int, default=1000, help="classes of the head (default %(default)s)")
     training_bench.add_options(
-        p, "release", GPU_BATCH, CPU_BATCH, f"{COMMAND_WORKERS}, lsmae finetune's --num-workers",
+        p, "release", GPU_BATCH, CPU_BATCH, f"lsmae finetune's --num-workers default ({COMMAND_WORKERS} here)",
         "an ImageFolder root with train/ for the pipeline and end-to-end parts (default: generated ImageNet-like "
         "JPEGs); 'synthetic': the step only", images=64)
     return p
@@ -58,7 +58,6 @@ def finetune_run(model: str, input_size: int) -> argparse.Namespace:
     """``lsmae finetune MODEL``'s options at this input size with every default, the recipe resolved for
     the architecture's width: what the command's functions take (the caller sets the source's weights)."""
     from bridges.classification.recipes import resolve_recipe
-    from bridges.cli.classification import build_parser as finetune_parser
 
     run = finetune_parser("finetune").parse_args([model, "--data-path", "unused", "--input-size", str(input_size)])
     resolve_recipe(run, "finetune", model_config(model)["embed_dim"])

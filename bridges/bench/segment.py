@@ -26,7 +26,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +35,11 @@ from pretrain.models.archs import model_config
 
 from bridges.bench import training_bench
 from bridges.bench.training_bench import TrainingBench
+from bridges.cli.segmentation import build_parser as segment_parser
 from bridges.segmentation.recipes import RECIPES, SegRecipe, get_recipe, recipe_for_depth
 
 GPU_BATCH, CPU_BATCH = 8, 2
-COMMAND_WORKERS = min(8, os.cpu_count() or 1)  # lsmae segment's --num-workers default
+COMMAND_WORKERS = segment_parser().get_default("num_workers")  # lsmae segment's default
 
 
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
@@ -51,7 +51,7 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                    help="lsmae segment's recipe: its crop size and classes (default: the encoder depth's, as the "
                         "command chooses it)")
     training_bench.add_options(
-        p, "stock", GPU_BATCH, CPU_BATCH, f"{COMMAND_WORKERS}, lsmae segment's --num-workers",
+        p, "stock", GPU_BATCH, CPU_BATCH, f"lsmae segment's --num-workers default ({COMMAND_WORKERS} here)",
         "a folder in the ADE20K layout for the pipeline and end-to-end parts, its images/training and "
         "annotations/training read (default: generated ADE20K-like JPEGs and PNG masks); 'synthetic': the step only",
         images=32)
@@ -61,7 +61,6 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
 def segment_run(model: str, config: str, batch_size: int) -> tuple[argparse.Namespace, SegRecipe]:
     """``lsmae segment MODEL --config CONFIG --batch-size N``'s options with every default, and its recipe:
     what the command's functions take (the caller sets the source's weights)."""
-    from bridges.cli.segmentation import build_parser as segment_parser
     from bridges.segmentation.command import resolve_recipe
 
     run = segment_parser().parse_args([model, "--config", config, "--batch-size", str(batch_size),
