@@ -51,9 +51,9 @@ def test_smoke_run_prints_the_environment_then_one_table(smoke):
     out, _ = smoke
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
     lines = out.stdout.splitlines()
-    environment = lines[0].split(" · ")
-    assert environment[:3] == [datetime.date.today().isoformat(), f"CPU ({environment[1][5:-1]})",
-                               f"{os.cpu_count()} CPU cores"]
+    date, device, cores, *versions = lines[0].split(" · ")
+    assert date == datetime.date.today().isoformat() and device.startswith("CPU (") and device.endswith(")")
+    assert cores == f"{os.cpu_count()} CPU cores" and versions[-1] == f"Python {sys.version.split()[0]}"
     assert f"torch {torch.__version__}" in lines[0] and "timm " in lines[0] and "transformers " in lines[0]
     detectron2 = "detectron2 not installed" if importlib.util.find_spec("detectron2") is None else "detectron2 0."
     assert detectron2 in lines[0]
@@ -81,10 +81,9 @@ def test_smoke_run_has_every_part_with_numbers(smoke):
     assert re.fullmatch(r"\d+ tests", nosync[1]) and re.match(r"\d+ passed, 0 failed, \d+ skipped", nosync[6])
     detect = _part_rows(rows, SMOKE_PARTS["detect"])
     if importlib.util.find_spec("detectron2") is None:
-        assert [row[6] for row in detect] == ["skipped: lsmae detect: error: lsmae detect needs detectron2 (not "
-                                              "installed): install it from source: pip install --no-build-isolation "
-                                              "'git+https://github.com/facebookresearch/detectron2.git', then pip "
-                                              "install 'setuptools<81' shapely pycocotools"]
+        (row,) = detect
+        assert row[1:6] == [""] * 5  # no numbers, the reason instead: lsmae detect's own one-line error
+        assert row[6].startswith("skipped: lsmae detect: error: lsmae detect needs detectron2 (not installed): ")
     else:
         (row,) = detect
         assert row[1] == "mask_rcnn_vitdet_demo, 4 iterations" and re.fullmatch(NUMBER, row[2])
