@@ -4,9 +4,11 @@ The model is transformers' ``BeitForSemanticSegmentation`` (absolute position em
 the checkpoint, per-layer relative position bias initialised to zero, layer scale initialised
 to 1, four-scale pyramid, UperNet head, FCN auxiliary head) under a forward of ours: the stock
 forward reads ``hidden_states[i - 1]`` per ``out_indices`` entry, which taps zero-based blocks
-1, 3, 5, 9 for ``[3, 5, 7, 11]`` and cannot reach the last block. :class:`MaeUperNetForSemanticSegmentation` taps the
-blocks in ``config.lsmae_block_taps`` (zero-based, the recipe's), round-trips with
-``save_pretrained``/``from_pretrained``, and loads with ``MaeUperNetForSemanticSegmentation.from_pretrained(DIR)``.
+1, 3, 5, 9 for ``[3, 5, 7, 11]`` and cannot reach the last block. The model's class
+(:func:`model_class`, in :mod:`bridges.segmentation.modeling_upernet`) taps the blocks in
+``config.lsmae_block_taps`` (zero-based, the recipe's), round-trips with
+``save_pretrained``/``from_pretrained``, and loads with ``model_class().from_pretrained(DIR)``.
+:func:`stock_upernet` is the model as built before its step ran without host work (the reference).
 
 The conversion is exact: with the pretraining grid (no resampling) every block's output equals
 the MAE encoder's. The MAE key bias is dropped: it adds the same ``q . b_k`` to every logit of a
@@ -14,8 +16,12 @@ query, which softmax ignores.
 """
 from __future__ import annotations
 
+import copy
+import functools
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -35,67 +41,47 @@ from bridges.mae_weights import (ENCODER_KEYS, Provenance, load_mae_weights, res
 HEAD_DROPOUT = 0.1  # mmsegmentation's decode heads (UPerHead and FCNHead): ``dropout_ratio=0.1``
 
 
-class DropoutConv2d(nn.Conv2d):
-    """A classifier convolution with ``Dropout2d`` before it, as mmsegmentation's ``cls_seg``. A Conv2d
-    subclass, so the weights keep transformers' names (``classifier.weight/bias``) and load into
-    ``BeitForSemanticSegmentation`` too."""
-
-    def __init__(self, conv: nn.Conv2d, p: float) -> None:
-        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, device="meta")
-        self.weight, self.bias = conv.weight, conv.bias  # the initialised parameters, not new ones
-        self.dropout = nn.Dropout2d(p)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(self.dropout(x))
+def modeling() -> ModuleType:
+    """:mod:`bridges.segmentation.modeling_upernet`, imported on first use: it imports transformers, which
+    importing this module does not."""
+    require("transformers.models.beit.modeling_beit", "lsmae segment (UperNet)")
+    return importlib.import_module("bridges.segmentation.modeling_upernet")
 
 
 def model_class() -> type:
-    """:class:`MaeUperNetForSemanticSegmentation`, defined on first use so that importing this module costs no transformers import."""
-    global _MODEL_CLASS
-    if _MODEL_CLASS is None:
-        modeling_beit = require("transformers.models.beit.modeling_beit", "lsmae segment (UperNet)")
-        _MODEL_CLASS = _define_model_class(modeling_beit)
-    return _MODEL_CLASS
+    """:class:`~bridges.segmentation.modeling_upernet.MaeUperNetForSemanticSegmentation`."""
+    return modeling().MaeUperNetForSemanticSegmentation
 
 
-_MODEL_CLASS: type | None = None
+def stock_upernet(model: nn.Module) -> nn.Module:
+    """The segmentation model as lsmae built it before its step ran without host work: transformers'
+    unmodified ``BeitRelativePositionBias`` in every layer (the table resampled and a host index copied
+    to the device in every layer, every call), the blocks' outputs recorded by ``BeitModel.forward``
+    (``output_hidden_states``) and transformers' loss on the logits in their own precision, with our taps
+    and heads, on a copy of the weights of ``model`` (a plain model, not a
+    ``torch.compile`` or DDP wrapper), in its dtype, device and mode. The baseline of ``lsmae bench
+    segment`` and the reference of the equality tests."""
+    with torch.device("meta"):
+        stock = _stock_class()(copy.deepcopy(model.config))
+    stock.load_state_dict({k: v.detach().clone() for k, v in model.state_dict().items()}, assign=True)
+    return stock.train(model.training)
 
 
-def _define_model_class(beit: Any) -> type:
-    class MaeUperNetForSemanticSegmentation(beit.BeitForSemanticSegmentation):
-        """BEiT UperNet that taps the blocks in ``config.lsmae_block_taps`` (zero-based). The class name
-        ends like transformers' own: it picks the semantic-segmentation loss by that suffix."""
+@functools.cache
+def _stock_class() -> type:
+    from transformers.models.beit.modeling_beit import BeitRelativePositionBias
 
-        def __init__(self, config: Any) -> None:
-            super().__init__(config)
-            p = getattr(config, "lsmae_head_dropout", 0.0)  # folders written before it was a setting: none
-            for head in (self.decode_head, self.auxiliary_head):
-                if head is not None and p > 0:
-                    head.classifier = DropoutConv2d(head.classifier, p)
+    class StockMaeUperNetForSemanticSegmentation(model_class()):  # type: ignore[misc, valid-type]
+        """:func:`stock_upernet`'s class (the name keeps the suffix transformers picks the loss by)."""
 
-        def block_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            """The tapped blocks' outputs as [B, C, H/p, W/p] maps (cls token dropped)."""
-            hidden = self.beit(pixel_values, output_hidden_states=True).hidden_states  # [0] = embeddings
-            b, _, h, w = pixel_values.shape
-            p = self.config.patch_size
-            return tuple(hidden[k + 1][:, 1:].transpose(1, 2).reshape(b, -1, h // p, w // p)
-                         for k in self.config.lsmae_block_taps)
+        relative_position_bias_class = BeitRelativePositionBias
+        loss_dtype = None
 
-        def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None,  # type: ignore[override]
-                    **kwargs: Any) -> Any:
-            from transformers.modeling_outputs import SemanticSegmenterOutput
+        def block_outputs(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+            """The blocks' outputs as ``BeitModel.forward`` records them (``output_hidden_states``)."""
+            return list(self.beit(pixel_values, output_hidden_states=True).hidden_states[1:])  # [0]: embeddings
 
-            features = self.fpn(self.block_features(pixel_values))
-            logits = self.decode_head(features)
-            auxiliary = self.auxiliary_head(features) if self.auxiliary_head is not None else None
-            loss = None
-            if labels is not None:
-                loss = self.loss_function(logits, labels, ignore_index=self.config.semantic_loss_ignore_index,
-                                          auxiliary_logits=auxiliary,
-                                          auxiliary_loss_weight=self.config.auxiliary_loss_weight)
-            return SemanticSegmenterOutput(loss=loss, logits=logits)
-
-    return MaeUperNetForSemanticSegmentation
+    return StockMaeUperNetForSemanticSegmentation
 
 
 def upernet_config(info: CheckpointInfo, img_size: int, num_labels: int, block_taps: list[int],

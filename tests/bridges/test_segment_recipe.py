@@ -164,7 +164,7 @@ def test_schedule_warms_up_linearly_then_decays_by_poly(upernet):
 
 
 def test_heads_drop_channels_before_their_classifiers_in_training_only(upernet):
-    from bridges.segmentation.model import DropoutConv2d
+    from bridges.segmentation.modeling_upernet import DropoutConv2d
 
     for head in (upernet.decode_head, upernet.auxiliary_head):
         classifier = head.classifier
