@@ -5,9 +5,9 @@ the checkpoint, per-layer relative position bias initialised to zero, layer scal
 to 1, four-scale pyramid, UperNet head, FCN auxiliary head) under a forward of ours: the stock
 forward reads ``hidden_states[i - 1]`` per ``out_indices`` entry, which taps zero-based blocks
 1, 3, 5, 9 for ``[3, 5, 7, 11]`` and cannot reach the last block. The model's class
-(:func:`model_class`, in :mod:`bridges.segmentation.modeling_upernet`) taps the blocks in
-``config.lsmae_block_taps`` (zero-based, the recipe's), round-trips with
-``save_pretrained``/``from_pretrained``, and loads with ``model_class().from_pretrained(DIR)``.
+(:func:`model_class`) taps the blocks in ``config.lsmae_block_taps`` (zero-based, the recipe's); it
+lives in :mod:`bridges.segmentation.modeling_upernet`, which :func:`save_upernet` copies into each
+folder, so that transformers' Auto classes load the folder as this model (``trust_remote_code=True``).
 :func:`stock_upernet` is the model as built before its step ran without host work (the reference).
 
 The conversion is exact: with the pretraining grid (no resampling) every block's output equals
@@ -76,6 +76,7 @@ def _stock_class() -> type:
 
         relative_position_bias_class = BeitRelativePositionBias
         loss_dtype = None
+        _auto_class = None  # a reference: its module is not a folder's code
 
         def block_outputs(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
             """The blocks' outputs as ``BeitModel.forward`` records them (``output_hidden_states``)."""
@@ -87,14 +88,13 @@ def _stock_class() -> type:
 def upernet_config(info: CheckpointInfo, img_size: int, num_labels: int, block_taps: list[int],
                    drop_path: float = 0.0, provenance: dict[str, Any] | None = None,
                    head_dropout: float = HEAD_DROPOUT) -> Any:
-    """A ``BeitConfig`` for the MAE encoder ``info`` describes, with the recipe's options."""
-    from transformers import BeitConfig
-
+    """The model's config (a ``BeitConfig`` of our model type) for the MAE encoder ``info`` describes, with the
+    recipe's options."""
     if len(block_taps) != 4 or not all(0 <= k < info.depth for k in block_taps):
         raise ConversionError(f"block taps {block_taps}: need 4 zero-based blocks of the {info.depth}")
     # use_mean_pooling: BEiT's switch for "no final LayerNorm"; the tapped blocks do not pass through one, and
     # a parameter without a gradient stops DDP at its second step
-    return BeitConfig(
+    return modeling().MaeUperNetConfig(
         **encoder_config(info), image_size=img_size, use_absolute_position_embeddings=True,
         use_relative_position_bias=True, layer_scale_init_value=1.0, use_mean_pooling=True,
         drop_path_rate=drop_path, out_indices=list(block_taps), pool_scales=[1, 2, 3, 6], use_auxiliary_head=True,
@@ -225,19 +225,54 @@ UperNet semantic segmentation with a ViT backbone initialised from a long-sequen
 
 ## Load
 
+The model's code is in this folder (`modeling_upernet.py`, which imports only torch and transformers);
+`trust_remote_code=True` lets transformers run it:
+
 ```python
-from bridges.segmentation.model import model_class
-model = model_class().from_pretrained("{folder}")
+from transformers import AutoModelForSemanticSegmentation, pipeline
+model = AutoModelForSemanticSegmentation.from_pretrained("{folder}", trust_remote_code=True)
 logits = model(pixel_values).logits        # ImageNet-normalised images, [B, {num_labels}, H/4, W/4]
+
+segmenter = pipeline("image-segmentation", model="{folder}", trust_remote_code=True)
+segments = segmenter(image)                # a PIL image: one mask per class found ("label", "mask")
 ```
 
-Load it with this class: the weights also load into `transformers.BeitForSemanticSegmentation`,
-but its forward taps other blocks (`hidden_states[i - 1]`) than the recipe's.
+The pipeline resizes the image to {img_size}x{img_size} (bilinear) and the logits back to the image;
+`lsmae segment --eval-only {folder}` evaluates as the recipe does (sliding windows at the test scale).
+With long-seq-mae installed, `bridges.segmentation.model.model_class().from_pretrained("{folder}")`
+builds the same model from the package. Without `trust_remote_code=True` transformers refuses the
+folder: transformers' own `BeitForSemanticSegmentation` would tap other blocks (`hidden_states[i - 1]`)
+than the recipe's.
 
 ## License
 
 The weights derive from `{source}`; {license_text}.
 """
+
+
+def load_upernet(folder: str | Path) -> nn.Module:
+    """A model folder of :func:`save_upernet` as the package's model, also one written before the model had a
+    model type of its own (``"beit"``, no ``auto_map``, no code in the folder)."""
+    config_class = modeling().MaeUperNetConfig
+    values = config_class.get_config_dict(str(folder))[0]
+    if "lsmae_block_taps" not in values:
+        raise ConversionError(f"{folder}: a {values.get('model_type', 'transformers')} model without "
+                              "lsmae_block_taps: not written by lsmae")
+    values.pop("model_type", None)  # the class's own ("beit" in older folders)
+    return model_class().from_pretrained(str(folder), config=config_class.from_dict(values))
+
+
+def image_processor(crop_size: int) -> Any:
+    """The folder's image processor, for transformers' image-segmentation pipeline: the image resized to the
+    crop (bilinear, the interpolation of our data's resizes), ImageNet-normalised as our data; its
+    post-processing resizes the logits to the image and takes each pixel's argmax."""
+    from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    from transformers import BeitImageProcessor
+
+    square = {"height": crop_size, "width": crop_size}
+    return BeitImageProcessor(do_resize=True, size=square, resample=2,  # PIL's bilinear
+                              do_center_crop=False, crop_size=square, do_rescale=True, do_normalize=True,
+                              image_mean=list(IMAGENET_DEFAULT_MEAN), image_std=list(IMAGENET_DEFAULT_STD))
 
 
 def save_upernet(model: nn.Module, folder: str | Path, state: str) -> Path:
@@ -260,7 +295,8 @@ def save_upernet(model: nn.Module, folder: str | Path, state: str) -> Path:
         license_text=license_text)
 
     def write(tmp: Path) -> None:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp)  # with modeling_upernet.py and the config's auto_map (the model's auto class)
+        image_processor(cfg.image_size).save_pretrained(tmp)
         (tmp / "README.md").write_text(card, encoding="utf-8")
 
     write_folder(folder, write)

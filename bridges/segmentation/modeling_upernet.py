@@ -1,4 +1,7 @@
-"""long-seq-mae's UperNet segmentation model on transformers' BEiT pieces.
+"""long-seq-mae's UperNet segmentation model on transformers' BEiT pieces, self-contained (torch and
+transformers only): ``save_pretrained`` copies this file into every model folder, so that
+``AutoModelForSemanticSegmentation.from_pretrained(folder, trust_remote_code=True)`` builds this model
+where long-seq-mae is not installed. The package uses this same module (``model_class()``).
 
 What differs from transformers' ``BeitForSemanticSegmentation`` on the same weights and file names:
 
@@ -12,6 +15,9 @@ What differs from transformers' ``BeitForSemanticSegmentation`` on the same weig
   and backward;
 - the loss upsamples the logits in float32: under bf16 autocast the stock loss upsamples bf16 logits,
   whose backward accumulates with slow bf16 atomics on GPUs.
+
+The config has a model type of its own: a folder saying ``"beit"`` would load, without
+``trust_remote_code``, as the stock model, silently tapping other blocks.
 """
 from __future__ import annotations
 
@@ -20,8 +26,19 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import BeitConfig
 from transformers.modeling_outputs import SemanticSegmenterOutput
 from transformers.models.beit.modeling_beit import BeitForSemanticSegmentation, BeitRelativePositionBias
+
+MODEL_TYPE = "lsmae_upernet"
+
+
+class MaeUperNetConfig(BeitConfig):
+    """``BeitConfig`` under long-seq-mae's model type, so that transformers' Auto classes build this
+    module's model (with ``trust_remote_code=True``), never the stock BEiT one."""
+
+    model_type = MODEL_TYPE
+
 
 def relative_position_index(window_size: tuple[int, int], device: torch.device) -> torch.Tensor:
     """transformers' BEiT relative position index for ``window_size`` (``BeitRelativePositionBias.
@@ -98,10 +115,11 @@ class MaeUperNetForSemanticSegmentation(BeitForSemanticSegmentation):
     reference (``bridges.segmentation.model.stock_upernet``) changes the two class settings and
     :meth:`block_outputs`."""
 
+    config_class = MaeUperNetConfig
     relative_position_bias_class: type[nn.Module] = DeviceRelativePositionBias
     loss_dtype: torch.dtype | None = torch.float32  # None: the logits' own precision
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: MaeUperNetConfig) -> None:
         super().__init__(config)
         for layer in self.beit.layers:
             layer.relative_position_bias = self.relative_position_bias_class(config)
@@ -147,3 +165,6 @@ class MaeUperNetForSemanticSegmentation(BeitForSemanticSegmentation):
         return self.loss_function(logits, labels, ignore_index=self.config.semantic_loss_ignore_index,
                                   auxiliary_logits=auxiliary, auxiliary_loss_weight=self.config.auxiliary_loss_weight)
 
+
+MaeUperNetConfig.register_for_auto_class()
+MaeUperNetForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")

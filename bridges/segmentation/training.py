@@ -28,7 +28,7 @@ from bridges.segmentation.data_spec import IGNORE_INDEX, LabelRule, SplitFolders
 from bridges.segmentation.evaluation import Logits, SegMetrics, predict
 from bridges.segmentation.pictures import FOLDER as PICTURES, pictures_line, write_pictures
 from bridges.segmentation.recipes import EVAL_KEYS, SegRecipe, apply_overrides, get_recipe, recipe_for_depth
-from bridges.segmentation.model import convert_to_upernet, model_class, save_upernet
+from bridges.segmentation.model import convert_to_upernet, load_upernet, save_upernet
 
 CKPT_FORMAT = "lsmae segmentation"
 log = logging.getLogger("bridges.segmentation")
@@ -129,15 +129,12 @@ def save_pictures(model: Any, dataset: MaskFolder, recipe: SegRecipe, backend: A
 
 
 def load_segmentation_model(folder: str | Path) -> Any:
-
+    """The model of a folder of ``lsmae segment`` or ``lsmae convert --to upernet``, old folders included."""
     folder = Path(folder).expanduser()
     if not (folder / "config.json").is_file():
         raise LsmaeError(f"{folder}: not a segmentation model folder (no config.json); give a folder written by "
                          "`lsmae segment` (OUTPUT_DIR/model_final) or `lsmae convert --to upernet`")
-    model = model_class().from_pretrained(str(folder))
-    if not hasattr(model.config, "lsmae_block_taps"):
-        raise LsmaeError(f"{folder}: a BEiT model without lsmae_block_taps: not written by lsmae")
-    return model
+    return load_upernet(folder)
 
 
 def recipe_of(model: Any) -> SegRecipe:
