@@ -276,8 +276,9 @@ def image_processor(crop_size: int) -> Any:
 
 
 def save_upernet(model: nn.Module, folder: str | Path, state: str) -> Path:
-    """``save_pretrained`` (safetensors) plus a README.md model card, written atomically (a run killed
-    while saving ``model_best`` leaves the previous folder whole)."""
+    """``save_pretrained`` (safetensors, the model's code and its ``auto_map``), the image processor and a
+    README.md model card, written atomically (a run killed while saving ``model_best`` leaves the previous
+    folder whole)."""
     folder = Path(folder)
     model = revert_sync_batchnorm(model)
     record = dict(model.config.lsmae)
