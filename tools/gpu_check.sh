@@ -2,7 +2,7 @@
 # One GPU check for the README's performance tables, in at most 8 minutes of device time and without a
 # network. It prints ONE table (python -m bridges.bench.table): the date, the device and the versions first,
 # then what each part measured, its status and its time:
-#   nosync                  the CUDA no-host-sync test (tests/pretrain/test_no_sync.py -k cuda)
+#   nosync                  the CUDA no-host-sync test (tests/pretrain/test_no_sync.py -k "cuda and not compile")
 #   detect                  lsmae detect: 20 iterations of the real ViTDet-B Mask R-CNN config (1024 px, AMP),
 #                           one image per iteration, on generated COCO-format pictures, from random weights
 #                           shaped as vit_base/coco/4000's; beside detectron2's published train time and memory
@@ -145,7 +145,8 @@ if [ "$smoke" = 1 ]; then
         segment "${tiny[@]}" --batch-size 2 --configs fp32 --images 4
 else
     iters=${DETECT_ITERS:-20}
-    pytest_part nosync "no-host-sync test (CUDA)" tests/pretrain/test_no_sync.py -k cuda
+    # the compiled steps' variants (-k cuda alone) add two inductor compilations: run them apart when time allows
+    pytest_part nosync "no-host-sync test (CUDA, eager steps)" tests/pretrain/test_no_sync.py -k "cuda and not compile"
     detect_part detect "lsmae detect: ViTDet-B Mask R-CNN, 1024 px, AMP, 1 image per iteration" \
         mask_rcnn_vitdet_b_100ep --checkpoint-like vit_base/coco/4000 -- \
         --batch-size 1 "train.max_iter=$iters" train.log_period=1 "train.device=${DETECT_DEVICE:-cuda}"
