@@ -52,8 +52,9 @@ COMMANDS = [
     Command("visualize", "PNG of masked reconstructions", "weights"),
     Command("plot", "PNG of the training curves of run folders (loss, learning rate, validation metric by step)",
             "plot"),
-    Command("bench", "benchmarks: pretrain (step time, memory, FLOP/s), zoo (fetch/verify/convert throughput and "
-                     "memory), cli (look-up commands vs import torch)", "bench"),
+    Command("bench", "benchmarks: pretrain, finetune, segment (the step next to the baseline a user would otherwise "
+                     "run, time, memory, FLOP/s, input pipeline, end to end), zoo (fetch/verify/convert throughput "
+                     "and memory), cli (look-up commands vs import torch)", "bench"),
 ]
 
 
