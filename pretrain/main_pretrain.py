@@ -5,10 +5,10 @@ The options are defined without importing torch; :func:`run` imports the engine.
 from __future__ import annotations
 
 import argparse
-import os
 
-from pretrain.models.archs import list_models
 from pretrain.errors import report_errors
+from pretrain.models.archs import list_models
+from pretrain.shared_options import TASKS, add_shared
 
 EXAMPLES = """\
 examples:
@@ -39,18 +39,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="regress raw pixels instead of per-patch normalised ones")
     g.add_argument("--no-k-bias", action="store_true", help="BEiT-style attention without a key bias")
     g.add_argument("--grad-checkpointing", action="store_true", help="recompute activations to save memory")
-    g.add_argument("--compile", action="store_true",
-                   help="torch.compile the model (a few minutes of compilation first; see `lsmae bench pretrain "
-                        "--compile` for what it gains on this machine)")
+    add_shared(g, "pretrain", "compile", "Compiles the model in place; not with --device xla, where the whole step "
+                                         "is compiled already")
 
     g = p.add_argument_group("data")
     g.add_argument("--data-path", nargs="+", required=True, metavar="DIR",
                    help="ImageFolder roots (DIR/train is used if present) or flat image folders")
     g.add_argument("--repeat", type=int, default=1, help="repeat the data set N times per epoch (COCO: 5)")
     g.add_argument("--min-crop-scale", type=float, default=0.2, help="RandomResizedCrop lower scale (default 0.2)")
-    g.add_argument("--num-workers", type=int, default=min(10, os.cpu_count() or 1),
-                   help="data loader processes per device (default %(default)s; on XLA a host's process runs this "
-                        "many per device it drives, up to its CPU count)")
+    add_shared(g, "pretrain", "workers", "On XLA a host's process runs this many per device it drives, up to its "
+                                         "CPU count")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=800)
@@ -65,18 +63,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, default=None, help="absolute lr (overrides --blr)")
     g.add_argument("--min-lr", type=float, default=0.0)
     g.add_argument("--weight-decay", type=float, default=0.05)
-    g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                   help="autocast dtype; auto = bf16 where supported (TPU, Ampere+ GPUs, AMX/AVX512-BF16 CPUs), "
-                        "else fp16 on GPUs (with a grad scaler) and fp32 on CPUs")
-    g.add_argument("--seed", type=int, default=0)
+    add_shared(g, "pretrain", "precision")
+    add_shared(g, "pretrain", "seed")
 
     g = p.add_argument_group("run")
-    g.add_argument("--device", choices=["cuda", "cpu", "xla"], default=None,
-                   help="default: cuda when available, else cpu; xla: TPU (or XLA:CPU) through torch_xla, data "
-                        "parallel over every device the runtime reports (SPMD)")
-    g.add_argument("--output-dir", default="runs/pretrain", help="checkpoints and logs (default %(default)s)")
-    g.add_argument("--resume", default="auto",
-                   help="'auto' (newest valid checkpoint in --output-dir), a checkpoint path, or '' to start fresh")
+    add_shared(g, "pretrain", "device")
+    g.add_argument("--output-dir", default=TASKS["pretrain"].output_dir,
+                   help="checkpoints and logs (default %(default)s)")
+    add_shared(g, "pretrain", "resume", "'auto' takes the newest checkpoint that loads")
     g.add_argument("--ckpt-interval", type=int, default=20, help="save every N epochs and at the end")
     g.add_argument("--print-freq", type=int, default=20, help="progress line every N steps")
 

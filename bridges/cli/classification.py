@@ -4,10 +4,10 @@ defaults from :mod:`bridges.classification.recipes`) and runs, which import the 
 from __future__ import annotations
 
 import argparse
-import os
 import textwrap
 
 from bridges.classification.recipes import AUTO_BATCH_CAP, FINETUNE_BY_WIDTH, FINETUNE_COMMON, LINPROBE
+from pretrain.shared_options import TASKS, add_shared
 
 EXAMPLES = """\
 examples:
@@ -27,8 +27,6 @@ DATA holds ImageFolder splits DATA/train/CLASS/*.jpg and DATA/val/CLASS/*.jpg.
 Runs resume by default (--resume auto) from OUTPUT_DIR/last.pth: rerun the same command.
 """
 
-DEVICE_HELP = "default: cuda when available, else cpu (on TPUs, through XLA, only pretraining runs)"
-
 
 # --------------------------------------------------------------------------- command line
 def add_arguments(p: argparse.ArgumentParser, mode: str = "finetune") -> None:
@@ -41,8 +39,7 @@ def add_arguments(p: argparse.ArgumentParser, mode: str = "finetune") -> None:
     g.add_argument("--data-path", required=True, metavar="DATA", help="ImageFolder root with train/ and val/")
     g.add_argument("--input-size", type=int, default=224,
                    help="image size; the position embeddings are resampled to its grid (default %(default)s)")
-    g.add_argument("--num-workers", type=int, default=min(10, os.cpu_count() or 1),
-                   help="data loader processes per device (default %(default)s)")
+    add_shared(g, mode, "workers")
     g.add_argument("--min-crop-scale", type=float, default=0.08,
                    help="RandomResizedCrop's smallest area fraction (default %(default)s, timm's and MAE's; "
                         "raise it for small or low-resolution images)")
@@ -82,31 +79,23 @@ def add_arguments(p: argparse.ArgumentParser, mode: str = "finetune") -> None:
                             "pretraining adds for the same budget")
         g.add_argument("--global-pool", choices=["avg", "token"], default="avg",
                        help="avg (MAE fine-tuning: patch-token average + fc_norm) or token (default %(default)s)")
-    g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                   help="autocast dtype; auto = bf16 where supported, else fp16 on GPUs (with a grad scaler) "
-                        "and fp32 on CPUs")
-    g.add_argument("--seed", type=int, default=0)
+    add_shared(g, mode, "precision")
+    add_shared(g, mode, "seed")
 
     g = p.add_argument_group("run")
-    g.add_argument("--device", choices=["cuda", "cpu"], default=None, help=DEVICE_HELP)
-    g.add_argument("--output-dir", default=f"runs/{mode}", help="checkpoints and logs (default %(default)s)")
-    g.add_argument("--resume", default="auto",
-                   help="'auto' (OUTPUT_DIR/last.pth if there is one), a checkpoint path, or '' to start fresh")
+    add_shared(g, mode, "device")
+    g.add_argument("--output-dir", default=TASKS[mode].output_dir, help="checkpoints and logs (default %(default)s)")
+    add_shared(g, mode, "resume", "'auto' takes OUTPUT_DIR/last.pth")
     g.add_argument("--print-freq", type=int, default=20, help="progress line every N steps (default %(default)s)")
-    g.add_argument("--compile", action="store_true",
-                   help="torch.compile " + ("the model" if ft else "the frozen encoder") + " for the training steps "
-                        "(compilation first: a minute or more before the first step, in every run; evaluation runs "
-                        "uncompiled); `lsmae bench finetune --compile` shows what it gains on this machine. A run "
-                        "resumes with or without it")
+    add_shared(g, mode, "compile", "Compiles " + ("the classifier" if ft else "the frozen encoder"))
 
 
 def _eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="best.pth/last.pth of a finetune or linprobe run (or the run folder: best.pth)")
     p.add_argument("--data-path", required=True, metavar="DATA", help="ImageFolder root; DATA/val is measured")
     p.add_argument("--batch-size", type=int, default=64, help="per-device batch (default %(default)s)")
-    p.add_argument("--num-workers", type=int, default=min(10, os.cpu_count() or 1))
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
-    p.add_argument("--device", choices=["cuda", "cpu"], default=None, help=DEVICE_HELP)
+    for name in ("workers", "precision", "device"):
+        add_shared(p, "eval", name)
 
 
 def build_parser(mode: str = "finetune") -> argparse.ArgumentParser:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from pretrain.shared_options import add_shared
+
 DEFAULT_WORKDIR = "lsmae-demo"
 DESCRIPTION = ("Run the whole chain on the embedded demo checkpoint (a micro long-seq MAE pretrained with `lsmae "
                "pretrain` on photographs scikit-image ships): fetch, verify, visualize reconstructions of held-out "
@@ -18,8 +20,7 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
                    help="where data, logs and artefacts go (default ./%(default)s; rewritten on each run)")
     p.add_argument("--epochs", type=int, default=4,
                    help="fine-tuning epochs, for the pretrained and the from-scratch model alike (default %(default)s)")
-    p.add_argument("--device", choices=["cuda", "cpu"], default=None,
-                   help="fine-tuning device (default: cuda when available, else cpu; detection runs on the CPU)")
+    add_shared(p, "demo", "device", "The fine-tuning steps' device: detection runs on the CPU")
     p.add_argument("--data-only", action="store_true",
                    help="only write the data sets into WORKDIR/data (the first step of the demo checkpoint's recipe)")
 

@@ -6,6 +6,7 @@ import argparse
 
 from bridges.cli.intermixed import IntermixedParser
 from bridges.detection.configs import config_names
+from pretrain.shared_options import add_shared
 
 DESCRIPTION = ("Fine-tune a long-seq MAE encoder as a ViTDet (Cascade) Mask R-CNN on COCO, or on a COCO-format set of "
                "your own (--train, --val), with Detectron2. SOURCE "
@@ -77,8 +78,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "each named after its image, in train.output_dir/pictures (default: 0, none)")
     p.add_argument("--score-thresh", type=float, default=0.5, metavar="S",
                    help="the lowest score --save-pictures draws, 0..1 (default: 0.5)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the last checkpoint in train.output_dir when there is one")
+    add_shared(p, "detect", "resume", "The output folder is train.output_dir")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="LazyConfig overrides, applied last, e.g. train.output_dir=out/vitl train.eval_period=10000")
 

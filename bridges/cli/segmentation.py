@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 
-from bridges.cli.classification import DEVICE_HELP
 from bridges.cli.intermixed import IntermixedParser
-from bridges.segmentation.command import DEFAULT_OUTPUT_DIR
 from bridges.segmentation.recipes import RECIPES, overridable_keys
+from pretrain.shared_options import TASKS, add_shared
 
 DESCRIPTION = ("Fine-tune a long-seq MAE encoder as UperNet semantic segmentation on ADE20K (transformers' BEiT "
                "pieces, the recipe's block taps), evaluating mIoU/mAcc/aAcc as mmsegmentation does (sliding window, "
@@ -51,18 +49,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--class-names", metavar="FILE", default=None,
                    help="one class name a line: per-class IoU is printed and logged under these names")
     p.add_argument("--output-dir", default=None,
-                   help=f"checkpoints, logs, model_final, pictures (default {DEFAULT_OUTPUT_DIR}); with --eval-only, "
-                        "where --save-pictures draws (default: MODEL_DIR)")
+                   help=f"checkpoints, logs, model_final, pictures (default {TASKS['segment'].output_dir}); with "
+                        "--eval-only, where --save-pictures draws (default: MODEL_DIR)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="total images per step (default: the recipe's 16); lr and iteration counts are scaled")
     p.add_argument("--max-iter", type=int, default=None, help="override the (scaled) number of iterations")
     p.add_argument("--eval-period", type=int, default=None, help="override the (scaled) evaluation period")
     p.add_argument("--checkpoint-period", type=int, default=None, help="override the (scaled) checkpoint period")
     p.add_argument("--grad-checkpointing", action="store_true", help="recompute block activations to save memory")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the model for the training steps (compilation first: a minute or more before "
-                        "the first step, in every run; evaluation runs uncompiled); `lsmae bench segment --compile` "
-                        "shows what it gains on this machine. A run resumes with or without it")
+    add_shared(p, "segment", "compile", "Compiles the UperNet model; --eval-only refuses it")
     p.add_argument("--from-scratch", action="store_true",
                    help="the untrained MAE initialisation of SOURCE's architecture: the baseline for the same budget")
     p.add_argument("--eval-only", metavar="MODEL_DIR", default=None,
@@ -75,14 +70,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "label PNG in the masks' values, STEM_pred.png (default 0: none)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit (no data, no weights)")
     p.add_argument("--json", action="store_true", help="with --dry-run: the plan as one JSON object")
-    p.add_argument("--device", choices=["cuda", "cpu"], default=None, help=DEVICE_HELP)
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                   help="autocast dtype; auto = bf16 where supported, else fp16 on GPUs and fp32 on CPUs")
-    p.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1),
-                   help="data loader processes per device (default %(default)s)")
-    p.add_argument("--resume", default="auto", help="'auto' (OUTPUT_DIR/last.pth if there is one) or '' to start fresh")
+    for name in ("device", "precision", "workers"):
+        add_shared(p, "segment", name)
+    add_shared(p, "segment", "resume", "'auto' takes OUTPUT_DIR/last.pth")
     p.add_argument("--print-freq", type=int, default=50, help="progress line every N iterations (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
+    add_shared(p, "segment", "seed")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="recipe values, applied last (after --batch-size scaling and --max-iter & co.), shown in the "
                         "plan and part of the run's identity: " + ", ".join(overridable_keys())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from bridges.segmentation.recipes import ADE20K_CLASSES
+from pretrain.shared_options import add_shared
 
 CONVERT_TARGETS = ("timm", "vitdet", "upernet", "hf-mae", "hf-vit", "release")
 
@@ -75,6 +76,6 @@ def add_visualize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", default="reconstruction.png")
     p.add_argument("--mask-ratio", type=float, default=0.75)
     p.add_argument("--mask-downsampling", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
+    add_shared(p, "visualize", "seed", "It draws the masks")
     p.add_argument("--raw-pixels", action="store_true",
                    help="the model predicts raw pixels (trained without norm-pix loss)")
