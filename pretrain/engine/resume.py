@@ -57,17 +57,23 @@ def find_checkpoint(resume: str, newest_first: Iterable[Path],
 
 
 def _fields(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A nested record as ``{'recipe.lr': value}``: the names a mismatch is reported by."""
+    """A nested record as ``{'recipe.lr': value}``: the names a mismatch is reported by (an empty mapping is
+    a value of its own, so that a field holding one is compared too)."""
     out: dict[str, Any] = {}
     for key, value in record.items():
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) and value:
             out.update(_fields(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out
 
 
+ABSENT = object()  # a field one identity has and the other lacks: unequal to every value, None included
+
+
 def _show(value: Any) -> str:
+    if value is ABSENT:
+        return "(absent)"
     text = repr(value)  # a list of 1000 class names is cut short
     return text if len(text) <= 200 else text[:197] + "..."
 
@@ -75,16 +81,17 @@ def _show(value: Any) -> str:
 def check_same_run(path: Path, saved: Mapping[str, Any] | None, identity: Mapping[str, Any],
                    log: logging.Logger) -> None:
     """Refuse the checkpoint at ``path`` if its run identity (``saved``) differs from this run's,
-    naming the first differing field (old -> new). One written before runs recorded an identity is
-    resumed unchecked, so that runs begun with an earlier version go on."""
+    naming the first differing field (old -> new); a field that only one of them has differs, whatever its
+    value. One written before runs recorded an identity is resumed unchecked, so that runs begun with an
+    earlier version go on."""
     if saved is None:
         log.info("%s records no run identity (written by an earlier version): resuming without checking it", path)
         return
     old, new = _fields(saved), _fields(identity)
     for field in [*new, *(k for k in old if k not in new)]:
-        if old.get(field) != new.get(field):
-            raise ResumeError(f"{path} belongs to another run: {field} {_show(old.get(field))} -> "
-                              f"{_show(new.get(field))}; {WAY_OUT}")
+        was, now = old.get(field, ABSENT), new.get(field, ABSENT)
+        if was != now:
+            raise ResumeError(f"{path} belongs to another run: {field} {_show(was)} -> {_show(now)}; {WAY_OUT}")
 
 
 def resume_run(trainer: Trainer, model: nn.Module, resume: str, newest_first: Iterable[Path], *,
