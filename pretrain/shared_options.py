@@ -68,13 +68,10 @@ def _declarations(task: Task) -> dict[str, tuple[str, dict[str, Any]]]:
     }
 
 
-SHARED = tuple(_declarations(Task()))
-
-
 def add_shared(group: argparse.ArgumentParser | argparse._ArgumentGroup, task: str, name: str,
                note: str = "") -> argparse.Action:
-    """Declare shared option ``name`` (one of :data:`SHARED`) with ``task``'s row of :data:`TASKS`;
-    ``note`` is the command's own sentence after the shared help."""
+    """Declare shared option ``name`` (precision, device, workers, resume, seed or compile) with ``task``'s
+    row of :data:`TASKS`; ``note`` is the command's own sentence after the shared help."""
     flag, keywords = _declarations(TASKS[task])[name]
     if note:
         keywords["help"] = f"{keywords['help']}. {note}"
