@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from bridges.segmentation.recipes import ADE20K_CLASSES
+from bridges.convert_targets import convert_target
 
 
 # --------------------------------------------------------------------------- results
@@ -89,47 +90,52 @@ def visualize(checkpoint: str, images: list[str | Path], output: str | Path, mas
 
 
 def convert(source: str | Path, to: str, output: str | Path, img_size: int | None = None,
-            global_pool: str = "avg", num_labels: int = ADE20K_CLASSES) -> Conversion:
-    """Convert a zoo id or local MAE source (checkpoint file, transformers ViTMAE/ViT folder) for timm
-    (``to='timm'``), ViTDet (``'vitdet'``), UperNet segmentation (``'upernet'``, a transformers folder),
-    transformers (``'hf-mae'``, ``'hf-vit'``: a folder), or into the release format (``'release'``)."""
-    if to in ("hf-mae", "hf-vit"):
-        from bridges.hf.export import export_hf
-
-        exported = export_hf(source, to, output)
-        return Conversion(exported.path, to, exported.report.text(), exported.load_hint)
-    if to == "release":
-        return _to_release(source, Path(output))
-    if to == "upernet":
-        from bridges.segmentation.model import convert_to_upernet, save_upernet
-
-        converted = convert_to_upernet(source, img_size=img_size or 512, num_labels=num_labels)
-        folder = save_upernet(converted.model, output, "initialised here (train them with lsmae segment)")
-        return Conversion(folder, to, converted.report.text(),
-                          f"load with: bridges.segmentation.model.model_class().from_pretrained('{folder}')")
-    if to == "vitdet":
-        from bridges.detection.convert import convert_to_vitdet, save_vitdet
-
-        converted = convert_to_vitdet(source)
-        return Conversion(save_vitdet(converted, output), to, converted.report.text())
-    from bridges.classification.convert import convert_to_timm, save_safetensors
-
-    img_size = img_size or 224
-    converted = convert_to_timm(source, img_size=img_size, global_pool=global_pool)
-    out = save_safetensors(converted, output)
-    extra = "".join(f", {k}={v!r}" for k, v in converted.timm_kwargs.items())
-    hint = (f"load with: timm.create_model('{converted.timm_model}', pretrained=True, img_size={img_size}, "
-            f"global_pool='{global_pool}', num_classes=N{extra}, "
-            f"pretrained_cfg_overlay=dict(file='{out}', num_classes=0))")
-    return Conversion(out, to, converted.report.text(), hint)
+            global_pool: str = "avg", num_labels: int | None = None) -> Conversion:
+    """Convert a zoo id or local MAE source (checkpoint file, transformers ViTMAE/ViT folder) for the target
+    ``to``, a row of :data:`bridges.convert_targets.TARGETS` (timm, vitdet, upernet, hf-mae, hf-vit, release):
+    its converter, then its saver. ``img_size`` (None: the target's default), ``global_pool`` and
+    ``num_labels`` (None: the converter's default, ADE20K's 150 classes) go to the targets that take them."""
+    target = convert_target(to)
+    given = {"img_size": img_size or target.img_size, "global_pool": global_pool, "num_labels": num_labels}
+    options = {name: given[name] for name in target.options if given[name] is not None}
+    converted = target.function("converter")(source, **options, **dict(target.fixed))
+    path = target.function("saver")(converted, output)
+    return Conversion(path, to, converted.report.text(), target.hint(path, converted))
 
 
-def _to_release(source: str | Path, output: Path) -> Conversion:
-    """The weights of any source (e.g. a transformers folder) as a release-format file ``{'model': ...}``."""
-    from bridges.conversion import save_pth
+# --------------------------------------------------------------------------- the release format
+@dataclass(frozen=True)
+class ReleaseReport:
+    """What ``--to release`` did: the tensors written, from which source, as which model."""
+
+    tensors: int
+    source: str
+    model: str
+    k_bias: str
+
+    def text(self) -> str:
+        return (f"wrote {self.tensors} tensors of {self.source} as {self.model} weights in the release format "
+                f"(attention: {self.k_bias})")
+
+
+@dataclass
+class ReleaseWeights:
+    """The weights of any source (e.g. a transformers folder), verified, for the release format."""
+
+    state_dict: dict[str, Any]
+    report: ReleaseReport
+
+
+def to_release(source: str | Path) -> ReleaseWeights:
+    """The converter of ``--to release``: the source's weights as they load and verify."""
     from zoo.cache import load_verified
 
     sd, info = load_verified(source)
-    save_pth({"model": sd}, output)
-    return Conversion(output, "release", f"wrote {len(sd)} tensors of {source} as {info.model} weights "
-                                         f"in the release format (attention: {info.k_bias})")
+    return ReleaseWeights(sd, ReleaseReport(len(sd), str(source), info.model, info.k_bias))
+
+
+def save_release(weights: ReleaseWeights, output: str | Path) -> Path:
+    """The saver of ``--to release``: a release-format file ``{'model': state_dict}``."""
+    from bridges.conversion import save_pth
+
+    return save_pth({"model": weights.state_dict}, output)

@@ -44,6 +44,11 @@ class Converted:
     init: str = ""  # "" for the source's weights, else what the weights are instead
 
     @property
+    def timm_kwargs_text(self) -> str:
+        """``timm_kwargs`` as the tail of a ``timm.create_model(...)`` call (the load hint of ``--to timm``)."""
+        return "".join(f", {k}={v!r}" for k, v in self.timm_kwargs.items())
+
+    @property
     def metadata(self) -> dict[str, str]:
         """Provenance and rebuild arguments as safetensors metadata (str -> str)."""
         return {

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from bridges.convert_targets import NAMES, TARGETS
 from bridges.segmentation.recipes import ADE20K_CLASSES
 from pretrain.shared_options import add_shared
-
-CONVERT_TARGETS = ("timm", "vitdet", "upernet", "hf-mae", "hf-vit", "release")
 
 
 def _print(lines: list[str]) -> None:
@@ -33,30 +32,28 @@ def run_visualize(args: argparse.Namespace) -> None:
                      norm_pix=not args.raw_pixels).lines())
 
 
+def _taking(option: str) -> str:
+    """The targets of the table that take ``option`` (a keyword of ``bridges.operations.convert``)."""
+    return ", ".join(t.name for t in TARGETS if option in t.options)
+
+
 def add_convert_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Convert a zoo id, an MAE checkpoint file (release format or `lsmae export`) or a transformers "
-                     "ViTMAE/ViT folder into timm ViT weights (safetensors with provenance metadata), Detectron2 ViTDet "
-                     "backbone weights (--to vitdet: a .pth that loads without matching heuristics), an UperNet "
-                     "segmentation model (--to upernet: a transformers folder, heads initialised, load with "
-                     "bridges.segmentation.model.model_class().from_pretrained), a plain transformers model (--to hf-mae: "
-                     "ViTMAEForPreTraining with the decoder; --to hf-vit: ViTModel, the encoder) or a release-format "
-                     "file (--to release).")
+                     "ViTMAE/ViT folder for one of these targets. "
+                     + "; ".join(f"--to {t.name} ({t.output}): {t.summary}" for t in TARGETS) + ".")
     p.add_argument("source", help="zoo id (e.g. vit_base/in1k/1600), checkpoint file or transformers ViTMAE/ViT folder "
                                   "(a path that exists wins over a zoo id)")
-    p.add_argument("--to", choices=CONVERT_TARGETS, default="timm",
-                   help="target: timm (ViT classifier), vitdet (Detectron2 ViTDet backbone, pos_embed kept whole: set "
-                        "model.backbone.net.pretrain_img_size as printed), upernet, hf-mae / hf-vit (transformers "
-                        "ViTMAEForPreTraining / ViTModel) or release ({'model': state_dict})")
+    p.add_argument("--to", choices=NAMES, default="timm", help="target (default %(default)s), as listed above")
     p.add_argument("-o", "--output", required=True,
-                   help="output file (.safetensors for timm, .pth for vitdet and release) or folder (upernet, hf-mae, "
-                        "hf-vit)")
+                   help="output: " + "; ".join(f"{t.output} for {t.name}" for t in TARGETS))
     p.add_argument("--img-size", type=int, default=None,
-                   help="timm: fine-tuning resolution (default 224); upernet: crop size (default 512); pos_embed is "
-                        "resampled to its grid")
-    p.add_argument("--num-labels", type=int, default=ADE20K_CLASSES, help="upernet: classes (default %(default)s, ADE20K)")
+                   help="; ".join(f"{t.name}: {t.img_size_is} (default {t.img_size})" for t in TARGETS if t.img_size)
+                   + "; pos_embed is resampled to its grid")
+    p.add_argument("--num-labels", type=int, default=ADE20K_CLASSES,
+                   help=f"{_taking('num_labels')}: classes (default %(default)s, ADE20K)")
     p.add_argument("--global-pool", choices=["avg", "token"], default="avg",
-                   help="timm: avg (fine-tuning recipe: drops the final norm, timm adds fc_norm) or token "
-                        "(linear probing: keeps it)")
+                   help=f"{_taking('global_pool')}: avg (fine-tuning recipe: drops the final norm, timm adds fc_norm) "
+                        "or token (linear probing: keeps it)")
 
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:

@@ -42,20 +42,15 @@ PAPER = ('"Exploring Long-Sequence Masked Autoencoders", Ronghang Hu, Shoubhik D
 
 @dataclass
 class HFExport:
-    """A transformers folder written from an MAE checkpoint, and what was done to the tensors."""
+    """An MAE checkpoint as a transformers model and its image processor (the weights assigned, not yet
+    written: :func:`save_hf` writes the folder), and what was done to the tensors."""
 
-    path: Path
+    model: nn.Module
+    processor: Any
     target: str
     info: CheckpointInfo
     provenance: Provenance
     report: ConversionReport
-
-    @property
-    def load_hint(self) -> str:
-        if self.target == "hf-vit":
-            return f"load with: transformers.ViTModel.from_pretrained('{self.path}', add_pooling_layer=False)"
-        return (f"load with: transformers.ViTMAEForPreTraining.from_pretrained('{self.path}'); block masks: "
-                f"model(pixel_values, noise=pretrain.models.masking.block_mask_noise(...)) (see its README.md)")
 
 
 # --------------------------------------------------------------------------- configs
@@ -120,12 +115,12 @@ def _hf_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], target: str) -
 
 
 # --------------------------------------------------------------------------- the model card
-def model_card(export: HFExport, entry: Entry | None, command: str) -> str:
-    """README.md: what the model is, the paper, how it was pretrained, its license, how to load and mask it."""
+def model_card(export: HFExport, folder: str, entry: Entry | None, command: str) -> str:
+    """README.md of the ``folder`` (its name): what the model is, the paper, how it was pretrained, its
+    license, how to load and mask it."""
     info, prov = export.info, export.provenance
     arch = model_config(info.model)
     license_id, license_text = card_license(entry)
-    folder = export.path.name
     grid, tokens = info.grid_size, info.grid_size ** 2
     downsampling = entry.mask_downsampling if entry else PRETRAIN_MASK_DOWNSAMPLING
     blocks = f"{downsampling}x{downsampling}"
@@ -211,30 +206,39 @@ def to_hf(sd: dict[str, torch.Tensor], info: CheckpointInfo, target: str
                   "converting the folder back restores q_bias/v_bias)")
 
 
-def export_hf(source: str | Path | dict[str, torch.Tensor], target: str, output: str | Path) -> HFExport:
-    """Write ``source`` (zoo id, local source or state dict) as a transformers folder: ``hf-mae`` or ``hf-vit``
-    (:func:`to_hf`, then the model's ``save_pretrained``, the image processor and a model card)."""
+def convert_to_hf(source: str | Path | dict[str, torch.Tensor], target: str) -> HFExport:
+    """``source`` (zoo id, local source or state dict) as transformers' model for ``hf-mae`` or ``hf-vit``
+    (:func:`to_hf`, the weights assigned to the model built on the meta device) and its image processor."""
     sd, provenance = load_mae_weights(source)
     info = check_structure(sd)
     hf_sd, report = to_hf(sd, info, target)
     transformers = require("transformers", f"lsmae convert --to {target}")
     model = _hf_model(transformers, info, target, provenance_record(provenance, info))
     model.load_state_dict(hf_sd, strict=True, assign=True)
-    output = Path(output)
-    export = HFExport(output, target, info, provenance, report)
     processor = transformers.ViTImageProcessor(
         do_resize=True, size={"height": info.img_size, "width": info.img_size}, resample=3,  # PIL bicubic
         do_rescale=True, do_normalize=True, image_mean=list(IMAGENET_DEFAULT_MEAN), image_std=list(IMAGENET_DEFAULT_STD))
-    command = f"lsmae convert {provenance.source} --to {target} -o {output.name}"
-    entry = zoo_entry_of(provenance.source)
+    return HFExport(model, processor, target, info, provenance, report)
+
+
+def save_hf(export: HFExport, output: str | Path) -> Path:
+    """Write the folder: the model's ``save_pretrained``, the image processor and a model card."""
+    output = Path(output)
+    command = f"lsmae convert {export.provenance.source} --to {export.target} -o {output.name}"
+    card = model_card(export, output.name, zoo_entry_of(export.provenance.source), command)
 
     def write(folder: Path) -> None:
-        model.save_pretrained(folder, save_original_format=False)  # the installed version's key names
-        processor.save_pretrained(folder)
-        (folder / "README.md").write_text(model_card(export, entry, command), encoding="utf-8")
+        export.model.save_pretrained(folder, save_original_format=False)  # the installed version's key names
+        export.processor.save_pretrained(folder)
+        (folder / "README.md").write_text(card, encoding="utf-8")
 
     write_folder(output, write)
-    return export
+    return output
+
+
+def export_hf(source: str | Path | dict[str, torch.Tensor], target: str, output: str | Path) -> Path:
+    """Write ``source`` as a transformers folder (:func:`convert_to_hf`, then :func:`save_hf`)."""
+    return save_hf(convert_to_hf(source, target), output)
 
 
 @torch.no_grad()

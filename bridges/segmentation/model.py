@@ -275,6 +275,11 @@ def image_processor(crop_size: int) -> Any:
                               image_mean=list(IMAGENET_DEFAULT_MEAN), image_std=list(IMAGENET_DEFAULT_STD))
 
 
+def save_conversion(converted: UperNetConversion, folder: str | Path) -> Path:
+    """The saver of ``lsmae convert --to upernet``: the converted model's folder, heads as initialised."""
+    return save_upernet(converted.model, folder, "initialised here (train them with lsmae segment)")
+
+
 def save_upernet(model: nn.Module, folder: str | Path, state: str) -> Path:
     """``save_pretrained`` (safetensors, the model's code and its ``auto_map``), the image processor and a
     README.md model card, written atomically (a run killed while saving ``model_best`` leaves the previous
