@@ -1,0 +1,91 @@
+"""A run whose last evaluation is worse than its best: what segmentation and fine-tuning report.
+
+The last evaluation is made worse for real: just before it, the classifier of the trained model is
+replaced by one that answers a single class, so the final model (the one saved and evaluated) is the
+worse one. Segmentation reports the final model as its result, the best beside it, labelled;
+fine-tuning reports the best epoch, named as such, and ``last.pth`` holds the final epoch's evaluation.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from bridges.cli import main
+from tests.bridges.test_segment import _segment, texture_set  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _one_class(classifier: torch.nn.Conv2d | torch.nn.Linear, answer: int) -> None:
+    """Make ``classifier`` answer ``answer`` everywhere (zero weights, one positive bias)."""
+    with torch.no_grad():
+        classifier.weight.zero_()
+        classifier.bias.zero_()
+        classifier.bias[answer] = 1.0
+
+
+def _records(out: Path, kind: str) -> list[dict]:
+    return [r for line in (out / "log.jsonl").read_text().splitlines() if (r := json.loads(line))["kind"] == kind]
+
+
+def test_segmentation_reports_the_final_model_when_it_is_worse_than_the_best(texture_set, tmp_path, lsmae_home,  # noqa: F811
+                                                                            monkeypatch, capsys):
+    from bridges.segmentation import command, training
+
+    evaluate = training.SegmentationTask.evaluate
+
+    def worse_at_the_end(self, at, train_loss):
+        if at.step == self.recipe.max_iter:
+            _one_class(self.plain.decode_head.classifier, answer=3)
+        return evaluate(self, at, train_loss)
+
+    monkeypatch.setattr(training.SegmentationTask, "evaluate", worse_at_the_end)
+    results = []
+    run = command.run
+    monkeypatch.setattr(command, "run", lambda *a, **k: results.append(run(*a, **k)) or results[-1])
+    out = tmp_path / "run"
+    assert _segment(texture_set, out) == 0
+    (result,) = results
+    first, last = _records(out, "eval")
+    assert (first["step"], last["step"]) == (3, 6) and last["mIoU"] < first["mIoU"]  # the premise
+    assert result["mIoU"] == last["mIoU"] and (result["mAcc"], result["aAcc"]) == (last["mAcc"], last["aAcc"])
+    assert (result["best_mIoU"], result["best_step"]) == (first["mIoU"], 3)
+    printed = capsys.readouterr().out.splitlines()
+    assert f"final mIoU {100 * last['mIoU']:.2f} mAcc {100 * last['mAcc']:.2f} aAcc {100 * last['aAcc']:.2f} at " \
+           f"iteration 6: the result ({out / 'model_final'})" in printed
+    assert any(line.startswith(f"best of 2 evaluations: mIoU {100 * first['mIoU']:.2f} at iteration 3 ")
+               for line in printed)
+    assert torch.equal(training.load_segmentation_model(out / "model_final").decode_head.classifier.bias,
+                       torch.tensor([0.0, 0.0, 0.0, 1.0]))  # the result is the model that was evaluated last
+
+
+def test_fine_tuning_reports_its_best_epoch_as_such_and_keeps_the_last_in_last_pth(tmp_path, lsmae_home,
+                                                                                  monkeypatch, capsys):
+    from bridges.classification import finetune
+    from bridges.demo.sample_data import write_digits
+
+    digits = write_digits(tmp_path / "digits", 30, 10, size=64)
+    evaluate = finetune.Classification.evaluate
+
+    def worse_at_the_end(self, at, train_loss):
+        if at.epoch == self.args.epochs:
+            _one_class(self.classifier.head, answer=3)
+        return evaluate(self, at, train_loss)
+
+    monkeypatch.setattr(finetune.Classification, "evaluate", worse_at_the_end)
+    out = tmp_path / "run"
+    assert main(["finetune", "demo", "--data-path", str(digits), "--input-size", "32", "--epochs", "2",
+                 "--warmup-epochs", "1", "--effective-batch-size", "16", "--lr", "2e-3", "--mixup", "0", "--cutmix",
+                 "0", "--aa", "none", "--reprob", "0", "--hflip", "0", "--drop-path", "0", "--num-workers", "0",
+                 "--device", "cpu", "--precision", "fp32", "--output-dir", str(out), "--print-freq", "1000"]) == 0
+    first, last = _records(out, "epoch")
+    assert last["top1"] == 0.1 < first["top1"]  # the premise: one class of ten answered
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == f"best top-1 {100 * first['top1']:.2f}% top-5 {100 * first['top5']:.2f}% (epoch 1 of 2); " \
+                         f"weights load into plain timm, see `lsmae eval {out / 'best.pth'} --data-path DATA`"
+    best, final = (torch.load(out / name, weights_only=True) for name in ("best.pth", "last.pth"))
+    assert (best["epoch"], best["top1"]) == (0, first["top1"])
+    assert (final["epoch"], final["top1"], final["best"]["top1"]) == (1, last["top1"], first["top1"])
