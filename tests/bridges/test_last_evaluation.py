@@ -31,8 +31,8 @@ def _records(out: Path, kind: str) -> list[dict]:
     return [r for line in (out / "log.jsonl").read_text().splitlines() if (r := json.loads(line))["kind"] == kind]
 
 
-def test_segmentation_reports_the_final_model_when_it_is_worse_than_the_best(texture_set, tmp_path, lsmae_home,  # noqa: F811
-                                                                            monkeypatch, capsys):
+def test_segmentation_reports_the_final_model_when_it_is_worse_than_the_best(
+        texture_set, tmp_path, lsmae_home, monkeypatch, capsys):  # noqa: F811 (the fixture)
     from bridges.segmentation import command, training
 
     evaluate = training.SegmentationTask.evaluate
