@@ -14,12 +14,12 @@ from typing import Any
 
 from pretrain.errors import LsmaeError
 from pretrain.engine.launch_env import launched_processes
+from pretrain.shared_options import TASKS
 
 from bridges.segmentation.data_spec import IGNORE_INDEX, data_splits, describe_data, label_rule
 from bridges.segmentation.recipes import (SegRecipe, apply_overrides, get_recipe, plan, recipe_for_depth,
                                           scale_to_batch)
 
-DEFAULT_OUTPUT_DIR = "runs/segment"  # --output-dir of a training run
 
 
 # --------------------------------------------------------------------------- the plan
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         from bridges.segmentation.training import run_eval
 
         return run_eval(args)
-    args.output_dir = args.output_dir or DEFAULT_OUTPUT_DIR
+    args.output_dir = args.output_dir or TASKS["segment"].output_dir
     recipe, overrides = resolve_recipe(args)
     rule = label_rule(args, recipe.num_labels, overrides.get("num_labels"))
     recipe = replace(recipe, num_labels=rule.num_labels)

@@ -95,13 +95,18 @@ def test_detect_resume_is_detectron2s_switch():
     assert _help(_shared(_commands()["detect"])["resume"]).startswith("continue from the last checkpoint")
 
 
-def test_output_folders_come_from_the_task_table():
-    from bridges.segmentation.command import DEFAULT_OUTPUT_DIR
+def test_output_folders_come_from_the_task_table(capsys):
+    import json
+
+    from bridges.cli import main
 
     commands = _commands()
     expected = {"pretrain": "runs/pretrain", "finetune": "runs/finetune", "linprobe": "runs/linprobe"}
     assert {command: commands[command].get_default("output_dir") for command in expected} == expected
-    assert TASKS["segment"].output_dir == DEFAULT_OUTPUT_DIR == "runs/segment"
+    assert TASKS["segment"].output_dir == "runs/segment"
+    # segment's default applies when it runs (--eval-only has another): the plan's pictures go under it
+    assert main(["segment", "demo", "--dry-run", "--json", "--save-pictures", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["pictures"]["folder"] == "runs/segment/pictures"
     assert "(default runs/segment)" in commands["segment"]._option_string_actions["--output-dir"].help
 
 
