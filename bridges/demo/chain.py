@@ -40,14 +40,9 @@ PICTURES = 2  # validation images drawn by each segmentation and detection run
 EVALUATED = re.compile(r"iteration \d+/\d+: ")
 
 
-# --------------------------------------------------------------------------- requirements
-def detectron2_available() -> bool:
-    return installed("detectron2")
-
-
 # --------------------------------------------------------------------------- data
 def write_data(data: Path) -> dict[str, Path]:
-    """Photographs (pretraining set and held-out), digits, and a COCO-format set when detectron2 is there."""
+    """Photographs (pretraining set and held-out), digits, a COCO-format set of shapes and texture masks."""
     from bridges.demo import sample_data
 
     folders = {"pretrain photos": data / "photos" / "pretrain", "held-out photos": data / "photos" / "heldout",
