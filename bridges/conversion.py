@@ -45,9 +45,9 @@ class ConversionReport:
 
 def save_pth(checkpoint: dict[str, Any], path: str | Path) -> Path:
     """Write a torch checkpoint (ViTDet, release format) atomically, creating its folder."""
-    from pretrain.engine.serialization import atomic_save
+    from pretrain.atomic import save_torch
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save(checkpoint, path)
-    return path
+    return save_torch(path, checkpoint)
+

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pretrain.errors import ConversionError
+from bridges.errors import ConversionError
 
 OPTIONS = ("img_size", "global_pool", "num_labels")  # the keyword options of convert() a converter may take
 

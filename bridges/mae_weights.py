@@ -7,10 +7,13 @@ from pathlib import Path
 
 import torch
 
-from pretrain.errors import ConversionError, UnknownSourceError
 from zoo.cache import expected_digest, fetch, sha256_file
 from zoo.checkpoint import CheckpointInfo, load_checkpoint, model_state_dict, read_checkpoint, weights_file
+from zoo.errors import UnknownSourceError
 from zoo.registry import resolve_source
+
+from bridges.errors import ConversionError
+
 
 
 @dataclass

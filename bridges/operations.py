@@ -76,7 +76,7 @@ def visualize(checkpoint: str, images: list[str | Path], output: str | Path, mas
               mask_downsampling: int = 2, seed: int = 0, norm_pix: bool = True) -> Reconstructions:
     """Save a titled page, a row of original | masked | reconstruction | reconstruction + visible for each
     of ``images`` with its masked-patch loss."""
-    from pretrain.atomic import atomic_write
+    from pretrain.atomic import write_image
     from pretrain.visualize import load_images, reconstruction_grid
     from zoo.models import load_model
 
@@ -85,7 +85,8 @@ def visualize(checkpoint: str, images: list[str | Path], output: str | Path, mas
     picture, losses, loss = reconstruction_grid(model, batch, mask_ratio, mask_downsampling, seed, norm_pix=norm_pix)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(output, lambda tmp: picture.save(tmp, format="PNG"))
+    write_image(output, picture)
+
     return Reconstructions(output, loss, losses, mask_ratio, norm_pix)
 
 

@@ -1,4 +1,8 @@
-"""Every error the ``lsmae`` entry points report as a one-line message, and the handler that does it.
+"""The base of every error the ``lsmae`` entry points report as a one-line message (:class:`LsmaeError`), the
+handler that does it (:func:`report_errors`), and the errors of this bottom layer (data, checkpoint files, the
+architecture table, training, optional packages, the benches). The layers above define theirs beside the code
+that raises them: ``zoo/errors.py``, ``bridges/errors.py`` (conversion), ``bridges/detection/errors.py`` and
+``bridges/demo/errors.py``.
 
 Standard library only, so that any module (and a command that only looks something up) can raise
 or catch these without importing torch.
@@ -22,10 +26,6 @@ class CheckpointError(LsmaeError):
     """A file that is not a usable MAE checkpoint (damaged, unsafe, or of another kind)."""
 
 
-class VerificationError(CheckpointError):
-    """A checkpoint whose keys or shapes differ from what its architecture defines."""
-
-
 class UnknownNameError(LsmaeError, KeyError):
     """A name that none of the looked-up tables holds (architectures, zoo entries)."""
 
@@ -41,45 +41,12 @@ class NonFiniteLossError(LsmaeError):
     """Training produced a NaN or infinite loss."""
 
 
-# --------------------------------------------------------------------------- raised by zoo, bridges and the benchmarks
 class MissingDataError(DataError, FileNotFoundError):
     """A data folder that does not exist."""
 
 
 class MissingDependencyError(LsmaeError, ImportError):
     """An optional package a command needs is not installed or fails to import (:mod:`pretrain.optional`)."""
-
-
-class UnknownEntryError(UnknownNameError):
-    """A checkpoint id that names no zoo entry."""
-
-
-class UnknownSourceError(UnknownEntryError):
-    """A SOURCE that is neither an existing file or folder nor a zoo id."""
-
-
-class CacheError(LsmaeError):
-    """The checkpoint cache cannot provide an entry (digest mismatch, lock, unwritable folder, pin file)."""
-
-
-class NotCachedError(CacheError, FileNotFoundError):
-    """An entry that is not cached while offline mode forbids downloading it."""
-
-
-class HFFolderError(CheckpointError):
-    """A transformers folder that is not readable as an MAE checkpoint."""
-
-
-class ConversionError(LsmaeError, ValueError):
-    """Weights that cannot be converted as asked (target, sizes, layout)."""
-
-
-class LoadContractError(ConversionError):
-    """Converted weights that would leave part of the Detectron2 backbone uninitialised, or go unused."""
-
-
-class DetectError(LsmaeError):
-    """A detection run that cannot start as asked (config, data, GPUs, source)."""
 
 
 class BenchWorkerError(LsmaeError):
@@ -89,14 +56,6 @@ class BenchWorkerError(LsmaeError):
 class ResumeError(LsmaeError):
     """A run folder that cannot be continued: none of its checkpoints loads, or the checkpoint belongs to
     another run (another model, data set or recipe)."""
-
-
-class DownloadError(LsmaeError):
-    """A download that failed for good (HTTP error, retries exhausted, size or digest wrong)."""
-
-
-class DemoError(LsmaeError):
-    """A step of ``lsmae demo`` that failed (its log names the cause)."""
 
 
 INTERRUPTED_HINT = ("interrupted; running the same command again resumes (downloads from their partial file, "

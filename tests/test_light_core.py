@@ -111,3 +111,12 @@ def test_one_way_layers_and_no_import_cycle():
     for module in graph:
         if module not in state:
             visit(module, [module])
+
+
+def test_the_zoo_imports_nothing_of_the_training_engine():
+    """Reading and verifying checkpoints shares safe unpickling with training (``pretrain.safe_load``), not the
+    engine that trains."""
+    engine = [(_module_name(path), dep) for path in sorted((REPO / "zoo").rglob("*.py")) for dep in _imports(path)
+              if dep.split(".")[:2] == ["pretrain", "engine"]]
+    assert not engine, engine
+

@@ -6,7 +6,8 @@ checking weights imports it when it happens.
 from pretrain.lazy_exports import lazy_getattr
 
 _EXPORTS = {
-    "checkpoint": ("CheckpointError", "VerificationError", "check_structure", "describe", "load_checkpoint"),
+    "errors": ("CheckpointError", "VerificationError"),
+    "checkpoint": ("check_structure", "describe", "load_checkpoint"),
     "settings": ("cache_root",),
     "cache": ("fetch", "load_state_dict"),
     "models": ("load_model",),

@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,9 +25,11 @@ from typing import Any
 
 import filelock
 
-from pretrain.errors import CacheError, LsmaeError, NotCachedError
+from pretrain.atomic import write_json
+from pretrain.errors import LsmaeError
 
 from . import settings
+from .errors import CacheError, NotCachedError
 from .registry import Entry, entries, get_entry, license_url, resolve_source
 from .settings import CHUNK_SIZE, FINGERPRINT_FILE, PINS_FILE, cache_root
 
@@ -61,14 +62,6 @@ def read_pins() -> dict[str, dict[str, Any]]:
         raise CacheError(f"{_pins_path()}: unreadable pinned-digest file ({e}); fix or delete it") from None
 
 
-def _write_pins(pins: dict[str, dict[str, Any]]) -> None:
-    path = _pins_path()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".pins-")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(pins, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
-
-
 def _update_pins(entry_id: str, record: dict[str, Any] | None) -> None:
     with _locked(_pins_path().with_suffix(".lock"), "the pinned-digest file"):
         pins = read_pins()
@@ -76,7 +69,7 @@ def _update_pins(entry_id: str, record: dict[str, Any] | None) -> None:
             pins.pop(entry_id, None)
         else:
             pins[entry_id] = record
-        _write_pins(pins)
+        write_json(_pins_path(), pins, indent=1, sort_keys=True)
 
 
 def unpin(entry_id: str) -> None:
@@ -117,10 +110,7 @@ def _record_fingerprint(path: Path, digest: str) -> None:
     """Remember that ``path`` hashed to ``digest`` (best effort: a read-only cache re-hashes on each use)."""
     record = {"sha256": digest, **_stat_fingerprint(path)}
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".fingerprint-")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(record, f)
-        os.replace(tmp, _fingerprint_path(path))
+        write_json(_fingerprint_path(path), record)
     except OSError:
         pass
 

@@ -1,6 +1,6 @@
 """Reading checkpoints without trusting them, and structural verification.
 
-A local source is a ``.pth`` file (read with :func:`pretrain.engine.serialization.load_checkpoint`: no
+A local source is a ``.pth`` file (read with :func:`pretrain.safe_load.load_checkpoint`: no
 code runs while unpickling) or a transformers folder / ``.safetensors`` file (:mod:`zoo.hf_folder`).
 Its weights are checked against the architecture table of :mod:`pretrain` (the source of truth
 for keys and shapes), built on the meta device so no weights are allocated.
@@ -13,13 +13,15 @@ from typing import Any
 
 import torch
 
+from pretrain.errors import CheckpointError
 from pretrain.models.archs import list_models, model_config
-from pretrain.errors import CheckpointError, VerificationError
 from pretrain.models.mae import create_model
 from pretrain.models.pos_embed import grid_size_of
-from pretrain.engine.serialization import load_checkpoint
+from pretrain.safe_load import load_checkpoint
 
+from .errors import VerificationError
 from .hf_folder import Q_V_BIAS, read_safetensors_source, weights_file
+
 
 # the keys of an encoder-only MAE checkpoint (the decoder and mask token dropped)
 ENCODER_ONLY_PREFIXES = ("cls_token", "pos_embed", "patch_embed.", "blocks.", "norm.")

@@ -36,7 +36,7 @@ from typing import TypeVar
 import requests
 from tqdm import tqdm
 
-from pretrain.errors import DownloadError
+from .errors import DownloadError
 
 from .settings import CHUNK_SIZE
 

@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from pretrain.errors import HFFolderError
+from .errors import HFFolderError
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"

@@ -7,10 +7,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from pretrain.errors import LsmaeError
 from pretrain.models.archs import model_config
-from pretrain.errors import LsmaeError, UnknownEntryError, UnknownSourceError
 
 from . import settings
+from .errors import UnknownEntryError, UnknownSourceError
 
 REGISTRY_FILE = Path(__file__).with_name("registry.json")
 ASSETS_DIR = Path(__file__).with_name("assets")

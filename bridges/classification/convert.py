@@ -14,12 +14,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from pretrain.atomic import atomic_write
 from pretrain.models.archs import model_config
-from pretrain.errors import ConversionError
-from pretrain.engine.serialization import atomic_save
 from zoo.checkpoint import CheckpointInfo, check_structure
 
 from bridges.conversion import ConversionReport
+from bridges.errors import ConversionError
 from bridges.mae_weights import (ENCODER_KEYS, Provenance, load_mae_weights, merge_qv_bias, resample_pos_embed,
                                  untrained_mae_weights)
 
@@ -108,9 +108,8 @@ def save_safetensors(converted: Converted, path: str | Path) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save(converted.state_dict, path,
-                save=lambda tensors, tmp: save_file(tensors, tmp, metadata=converted.metadata))
-    return path
+    return atomic_write(path, lambda tmp: save_file(converted.state_dict, tmp, metadata=converted.metadata))
+
 
 
 def create_timm_model(

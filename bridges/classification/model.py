@@ -13,7 +13,7 @@ from timm.optim import Lars, create_optimizer_v2
 from torch import nn
 
 from pretrain.engine.backends import TorchBackend
-from pretrain.engine.serialization import load_checkpoint
+from pretrain.safe_load import load_checkpoint
 from pretrain.errors import CheckpointError
 
 from bridges.classification.data import eval_crop_pct

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from bridges.demo.runner import StepRecord
-from pretrain.atomic import atomic_write
+from pretrain.atomic import write_text
 
 STYLE = """body { font-family: sans-serif; max-width: 72em; margin: 2em auto; padding: 0 1em; color: #222; }
 h2 { font-size: 1.1em; margin-top: 2em; border-bottom: 1px solid #ccc; }
@@ -52,5 +52,6 @@ def write_report(page: Path, steps: Sequence[StepRecord], skipped: Sequence[str]
     body.append("</table>")
     text = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>lsmae demo</title>"
             f"<style>\n{STYLE}\n</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
-    atomic_write(page, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    write_text(page, text)
+
     return page

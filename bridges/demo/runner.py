@@ -19,7 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pretrain.errors import DemoError, LsmaeError
+from pretrain.errors import LsmaeError
+
+from bridges.demo.errors import DemoError
+
 
 EPOCH_DONE = re.compile(r"epoch \d+/\d+ done")
 

@@ -6,7 +6,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from pretrain.errors import DetectError
+from bridges.detection.errors import DetectError
 
 CONFIG_PACKAGE = "detection_configs"
 

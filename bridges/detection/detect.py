@@ -27,12 +27,12 @@ from typing import Any
 import torch
 
 from pretrain.engine.resume import check_same_run, run_identity
-from pretrain.engine.serialization import atomic_save
-from pretrain.errors import DetectError
+from pretrain.atomic import write_json
 from pretrain.optional import require
 
 from bridges.detection.configs import resolve_config
 from bridges.detection.data import NAMES_KEYS, NUM_CLASSES_KEY, read_sets, register
+from bridges.detection.errors import DetectError
 from bridges.detection.pictures import check_pictures, check_visualizer, save_pictures
 from bridges.detection.plan import (BATCH_KEY, Plan, build_config, check_act_checkpoint, check_batch, check_classes,
                                     check_datasets, check_schedule, gpus_per_machine, is_cpu, override_key, plan_lines,
@@ -152,7 +152,7 @@ def record_or_check_data(output_dir: Path, data: dict[str, Any], resuming: bool)
         check_same_run(path, json.loads(path.read_text()) if path.is_file() else None, identity, log)
         return
     output_dir.mkdir(parents=True, exist_ok=True)
-    atomic_save(identity, path, lambda obj, tmp: Path(tmp).write_text(json.dumps(obj, indent=1)))
+    write_json(path, identity, indent=1)
 
 
 # --------------------------------------------------------------------------- in each process
@@ -166,8 +166,9 @@ def _evaluate(cfg: Any, model: torch.nn.Module) -> dict[str, Any]:
         print_csv_format(results)
         out = Path(cfg.train.output_dir) / "eval_results.json"
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=1, default=float))
+        write_json(out, results, indent=1, default=float)
     return results
+
 
 
 def _ddp(model: torch.nn.Module, cfg: Any, **options: Any) -> torch.nn.Module:

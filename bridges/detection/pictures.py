@@ -15,8 +15,10 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pretrain.errors import DetectError
 from pretrain.optional import installed, missing
+
+from bridges.detection.errors import DetectError
+
 
 if TYPE_CHECKING:
     import torch
@@ -64,7 +66,7 @@ def save_pictures(cfg: Any, model: torch.nn.Module, count: int, score_thresh: fl
     from omegaconf import OmegaConf
     from PIL import Image
 
-    from pretrain.engine.serialization import atomic_save
+    from pretrain.atomic import write_image
     from pretrain.panels import scale_factor
 
     names = OmegaConf.select(cfg, "dataloader.test.dataset.names")
@@ -89,7 +91,8 @@ def save_pictures(cfg: Any, model: torch.nn.Module, count: int, score_thresh: fl
             else:
                 picture = visualizer.draw_text(nothing, (4, 4), horizontal_alignment="left")
                 empty.append(path.name)
-            atomic_save(picture.get_image(), path, lambda pixels, tmp: Image.fromarray(pixels).save(tmp, "PNG"))
+            write_image(path, Image.fromarray(picture.get_image()))
+
     logging.getLogger("detectron2").info(
         f"{len(dicts)} picture{'s' * (len(dicts) != 1)} (score >= {score_thresh:g}) in {folder}"
         + (f"; {nothing} in {', '.join(empty)}" if empty else ""))

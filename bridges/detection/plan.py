@@ -19,7 +19,7 @@ import torch
 from pretrain.optional import installed, missing
 
 from bridges.batch_scaling import scale_iterations
-from pretrain.errors import DetectError
+from bridges.detection.errors import DetectError
 from bridges.detection.data import EVALUATOR_KEY, NUM_CLASSES_KEY, CocoSet, data_lines, data_report, data_settings
 from bridges.detection.pictures import pictures_lines, pictures_report
 from bridges.detection.source import INIT_KEY, PRETRAIN_IMG_SIZE_KEY, Init, prepare_source

@@ -19,17 +19,19 @@ import torch
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
+from pretrain.atomic import write_folder
 from pretrain.models.archs import MLP_RATIO, model_config
-from pretrain.errors import ConversionError
 from pretrain.optional import require
 from zoo.checkpoint import CheckpointInfo, check_structure
 from zoo.hf_folder import PROVENANCE_KEY
 from zoo.registry import Entry
 
 from bridges.conversion import ConversionReport
-from bridges.mae_weights import Provenance, load_mae_weights, merge_qv_bias
+from bridges.errors import ConversionError
 from bridges.hf.support import (card_license, encoder_config, layer_tensors, package_version, provenance_record,
-                         write_folder, zoo_entry_of)
+                                zoo_entry_of)
+from bridges.mae_weights import Provenance, load_mae_weights, merge_qv_bias
+
 
 HF_CLASSES = {"hf-mae": "ViTMAEForPreTraining", "hf-vit": "ViTModel"}
 # how the released checkpoints and the demo were pretrained (a checkpoint file does not record it)

@@ -1,24 +1,20 @@
 """What the transformers bridges (Hugging Face export, UperNet segmentation) share: whether
 transformers is installed, the encoder's config entries, where an MAE block's tensors go in a
 transformers ViT/BEiT layer, the provenance record with this package's version, the source's
-license for model cards, and writing a model folder atomically."""
+license for model cards."""
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from pretrain.errors import LsmaeError
 from pretrain.models.archs import MLP_RATIO, model_config
-from pretrain.errors import ConversionError, LsmaeError
 from zoo.checkpoint import CheckpointInfo
 from zoo.registry import Entry, license_url, resolve_source
 
+from bridges.errors import ConversionError
 from bridges.mae_weights import Provenance
 
 LAYER_NORM_EPS = 1e-6  # the MAE's (transformers' default is 1e-12)
@@ -49,20 +45,6 @@ def card_license(entry: Entry | None) -> tuple[str, str]:
                          "CC-BY-NC 4.0: non-commercial use)")
     return entry.license.lower(), f"{entry.license} ({license_url(entry.license)})" + (
         ": non-commercial use" if "NC" in entry.license else "")
-
-
-def write_folder(output: Path, write: Callable[[Path], None]) -> None:
-    """Write the files into a temporary folder beside ``output``, then move each into place (no
-    half-written file, also when a run is killed while saving)."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp", dir=output.parent))
-    try:
-        write(tmp)
-        output.mkdir(exist_ok=True)
-        for file in tmp.iterdir():
-            os.replace(file, output / file.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def encoder_config(info: CheckpointInfo) -> dict[str, Any]:

@@ -27,14 +27,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from pretrain.errors import ConversionError
+from pretrain.atomic import write_folder
 from pretrain.optional import require
 from zoo.checkpoint import CheckpointInfo, check_structure
 
 from bridges.segmentation.data_spec import IGNORE_INDEX
 from bridges.segmentation.recipes import ADE20K_CLASSES
-from bridges.hf.support import card_license, encoder_config, layer_tensors, provenance_record, write_folder, zoo_entry_of
+from bridges.hf.support import card_license, encoder_config, layer_tensors, provenance_record, zoo_entry_of
+
 from bridges.conversion import ConversionReport
+from bridges.errors import ConversionError
 from bridges.mae_weights import (ENCODER_KEYS, Provenance, load_mae_weights, resample_pos_embed, split_qkv_bias,
                                  untrained_mae_weights)
 

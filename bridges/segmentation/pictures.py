@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from pretrain.engine.serialization import atomic_save
+from pretrain.atomic import write_image
 from pretrain.panels import Colour, labelled_grid
 
 from bridges.segmentation.data import MaskFolder
@@ -85,10 +85,6 @@ def picture(image: torch.Tensor, label: torch.Tensor, pred: torch.Tensor, names:
     return page
 
 
-def _save_png(image: Image.Image, path: str) -> None:
-    image.save(path, format="PNG")
-
-
 def write_pictures(logits_of: Logits, dataset: MaskFolder, recipe: SegRecipe, names: Sequence[str], count: int,
                    folder: Path, device: torch.device, aug_test: bool = False) -> list[Path]:
     """``folder/STEM.png`` (the picture) and ``folder/STEM_pred.png`` (the label PNG) for the first ``count``
@@ -103,8 +99,8 @@ def write_pictures(logits_of: Logits, dataset: MaskFolder, recipe: SegRecipe, na
             image, label = dataset[index]
             pred = predict(logits_of, image.to(device), recipe, label.shape, aug_test).cpu()
             stem = dataset.pairs[index][0].stem
-            atomic_save(picture(image, label, pred, names), folder / f"{stem}.png", save=_save_png)
-            atomic_save(label_png(pred, dataset.rule), folder / f"{stem}_pred.png", save=_save_png)
+            write_image(folder / f"{stem}.png", picture(image, label, pred, names))
+            write_image(folder / f"{stem}_pred.png", label_png(pred, dataset.rule))
             written.append(folder / f"{stem}.png")
     return written
 

@@ -19,7 +19,7 @@ from pretrain.engine.backends import TorchBackend, make_backend
 from pretrain.errors import CheckpointError, LsmaeError
 from pretrain.engine.resume import resume_run, run_identity
 from pretrain.engine.run_logging import setup_logging
-from pretrain.engine.serialization import load_checkpoint
+from pretrain.safe_load import load_checkpoint
 from pretrain.engine.run_plan import precision_name, resolve_precision
 from pretrain.engine.trainer import LoopConfig, Progress, Trainer
 

@@ -23,10 +23,11 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset, DistributedSampler
 
-from pretrain.errors import LsmaeError
+from pretrain.atomic import save_torch
 from pretrain.engine.launch_env import launched_processes, launched_rank, local_rank
+from pretrain.errors import LsmaeError
 from pretrain.optional import require
-from pretrain.engine.serialization import atomic_save
+
 
 
 def bf16_supported_on_cpu() -> bool:
@@ -174,7 +175,7 @@ class TorchBackend:
 
     def save(self, obj: Any, path: Path) -> None:
         if self.is_main:
-            atomic_save(obj, path)
+            save_torch(path, obj)
         self.barrier()
 
     def barrier(self) -> None:
@@ -299,7 +300,8 @@ class XLABackend(TorchBackend):
         if self.is_main:
             from torch.utils._pytree import tree_map_only
 
-            atomic_save(tree_map_only(torch.Tensor, lambda t: t.cpu(), obj), path)
+            save_torch(path, tree_map_only(torch.Tensor, lambda t: t.cpu(), obj))
+
         self.barrier()
 
     def generator(self, seed: int) -> torch.Generator:

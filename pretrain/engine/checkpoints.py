@@ -9,8 +9,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from pretrain.atomic import save_torch
 from pretrain.errors import CheckpointError, LsmaeError
-from pretrain.engine.serialization import atomic_save, load_checkpoint
+
+from pretrain.safe_load import load_checkpoint
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)\.pth$")
 log = logging.getLogger(__name__)
@@ -72,5 +74,6 @@ def export_release(source: Path, out: Path) -> Path:
         ckpt = load_training_checkpoint(source)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save({"model": ckpt["model"]}, out)
+    save_torch(out, {"model": ckpt["model"]})
+
     return out

@@ -14,7 +14,7 @@ import pytest
 import bridges
 from bridges import convert_targets, operations
 from bridges.cli.weights import add_convert_arguments
-from pretrain.errors import ConversionError
+from bridges.errors import ConversionError
 from tests.conftest import REPO
 
 

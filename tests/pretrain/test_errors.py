@@ -1,20 +1,23 @@
-"""One errors module (every error class, one-line messages, standard-library bases) and one message
-shape for a missing optional package, whose install commands are setup.py's extras."""
+"""Errors where they are raised (each layer's ``errors.py``, on the one base class and its one-line report, standard
+library only) and one message shape for a missing optional package, whose install commands are setup.py's extras."""
 from __future__ import annotations
 
 import ast
 import importlib
 import inspect
 import logging
+import os
 import runpy
 import sys
+from collections import defaultdict
 
 import pytest
 import setuptools
 
-from pretrain import errors, optional
-from pretrain.errors import (ConversionError, LsmaeError, MissingDataError, MissingDependencyError, NotCachedError,
-                             UnknownEntryError, report_errors)
+from pretrain import optional
+from bridges.errors import ConversionError
+from pretrain.errors import LsmaeError, MissingDataError, MissingDependencyError, report_errors
+from zoo.errors import NotCachedError, UnknownEntryError
 from tests.conftest import REPO
 
 PACKAGES = ("pretrain", "zoo", "bridges", "detection_configs")
@@ -23,25 +26,68 @@ EXTRA_OF = {"transformers": "hf", "skimage": "demo", "sklearn": "demo", "tensorb
             "torch_xla": "tpu", "fairscale": "detect", "matplotlib": "plot", "cv2": "detect"}
 
 
+LAYERS = ("pretrain", "zoo", "bridges")  # bottom first
+
+
 def _base_name(node: ast.expr) -> str:
     return node.attr if isinstance(node, ast.Attribute) else getattr(node, "id", "")
 
 
-def test_every_error_class_is_defined_in_pretrain_errors():
-    elsewhere = set()
-    for package in PACKAGES:
-        for path in (REPO / package).rglob("*.py"):
-            if path == REPO / "pretrain" / "errors.py":
-                continue
-            for node in ast.walk(ast.parse(path.read_text())):
-                if (isinstance(node, ast.ClassDef) and not node.name.startswith("_")
-                        and any(_base_name(b).endswith(("Error", "Exception")) for b in node.bases)):
-                    elsewhere.add((path.relative_to(REPO).as_posix(), node.name))
-    assert not elsewhere, f"error classes outside pretrain/errors.py: {sorted(elsewhere)}"
+def _raised_name(node: ast.Raise) -> str:
+    exc = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
+    return _base_name(exc) if exc is not None else ""
+
+
+def _package_files() -> dict[str, ast.Module]:
+    return {path.relative_to(REPO).as_posix(): ast.parse(path.read_text())
+            for package in PACKAGES for path in (REPO / package).rglob("*.py")}
+
+
+def _home_of(raisers: set[str]) -> str:
+    """The errors module an error raised in ``raisers`` belongs in: one raised by several layers, in the lowest;
+    otherwise in the nearest ``errors.py`` at or above the folder that holds every raiser."""
+    layers = {path.split("/")[0] for path in raisers}
+    if len(layers) > 1:
+        folder = min(layers, key=LAYERS.index)
+    else:
+        folder = os.path.commonpath([os.path.dirname(path) for path in raisers])
+    while not (REPO / folder / "errors.py").is_file():
+        folder = os.path.dirname(folder)
+    return f"{folder}/errors.py"
+
+
+def _error_classes() -> list[type]:
+    modules = [importlib.import_module(path.removesuffix(".py").replace("/", "."))
+               for path in _package_files() if path.endswith("/errors.py")]
+    return [c for module in modules for _, c in inspect.getmembers(module, inspect.isclass)
+            if c.__module__ == module.__name__]
+
+
+def test_every_error_class_lives_in_the_errors_module_of_the_layer_that_raises_it():
+    files = _package_files()
+    defined, raisers = {}, defaultdict(set)
+    for path, tree in files.items():
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.ClassDef) and not node.name.startswith("_")
+                    and any(_base_name(b).endswith(("Error", "Exception")) for b in node.bases)):
+                defined[node.name] = path
+            elif isinstance(node, ast.Raise):
+                raisers[_raised_name(node)].add(path)
+    assert all(path.endswith("/errors.py") for path in defined.values()), defined
+    assert {"zoo/errors.py", "bridges/errors.py"} <= set(defined.values())
+    misplaced = {name: (path, _home_of(raisers[name])) for name, path in defined.items()
+                 if raisers[name] and path != _home_of(raisers[name])}
+    assert not misplaced, f"error classes away from where they are raised (name: (defined, belongs)): {misplaced}"
+    for path, tree in files.items():  # standard library only: each imports no project module but an errors module
+        if path.endswith("/errors.py"):
+            imported = {"." * node.level + (node.module or "") for node in ast.walk(tree)
+                        if isinstance(node, ast.ImportFrom)}
+            project = {m for m in imported if m.startswith(".") or m.split(".")[0] in PACKAGES}
+            assert all(m.endswith("errors") for m in project), (path, imported)
 
 
 def test_every_error_is_an_lsmae_error_with_its_message_as_one_line():
-    classes = [c for _, c in inspect.getmembers(errors, inspect.isclass) if c.__module__ == errors.__name__]
+    classes = _error_classes()
     assert len(classes) >= 16
     for cls in classes:
         assert issubclass(cls, LsmaeError), cls

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from pretrain.engine.backends import TorchBackend
 from pretrain.errors import ResumeError
 from pretrain.engine.resume import resume_run, run_identity
-from pretrain.engine.serialization import load_checkpoint
+from pretrain.safe_load import load_checkpoint
 from pretrain.engine.trainer import LoopConfig, Progress, Trainer
 
 # 40 samples in batches of 4 with 2 accumulation steps: 10 batches, 5 optimizer updates per epoch

@@ -84,7 +84,7 @@ def test_release_architectures_verify_on_meta_shapes():
 def test_one_resolver_for_a_source(tmp_path, monkeypatch):
     """A path that exists wins over a zoo id spelled the same; an alias names its entry; anything else
     is one line listing the valid ids."""
-    from pretrain.errors import UnknownSourceError
+    from zoo.errors import UnknownSourceError
     from zoo.registry import resolve_source
 
     entry = resolve_source("vitb/imagenet/1600")

@@ -1,26 +1,21 @@
-"""Reading and writing checkpoint files: safe unpickling and atomic writes, for every package."""
+"""Reading checkpoint files without running their code (safe unpickling), below both the training engine and
+the zoo, which read the same files. Imported where a file is loaded, never by a look-up command: torch comes
+with it."""
 from __future__ import annotations
 
 import argparse
 import pickle
 import re
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pretrain.atomic import atomic_write
 from pretrain.errors import CheckpointError
 
 # The release's training checkpoints pickle their command line as an argparse.Namespace.
 SAFE_GLOBALS = [argparse.Namespace]
-
-
-def atomic_save(obj: Any, path: Path, save: Callable[[Any, str], None] = torch.save) -> None:
-    """Write ``obj`` to a temporary file beside ``path``, then rename: never a half-written file."""
-    atomic_write(path, lambda tmp: save(obj, tmp))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
