@@ -2,7 +2,7 @@
 long-seq MAE checkpoint, with the recipes of :mod:`bridges.segmentation.recipes`.
 
 This module resolves the recipe and the plan (``--dry-run`` needs no torch); training and
-evaluation are in :mod:`bridges.segmentation.training`, on the shared skeleton (:mod:`pretrain.engine.trainer`).
+evaluation are in :mod:`bridges.segmentation.training` and :mod:`bridges.segmentation.eval_only`, on the shared skeleton (:mod:`pretrain.engine.trainer`).
 """
 from __future__ import annotations
 
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     if args.save_pictures < 0:
         raise LsmaeError(f"--save-pictures {args.save_pictures}: the number of pictures must be 0 or more")
     if args.eval_only:
-        from bridges.segmentation.training import run_eval
+        from bridges.segmentation.eval_only import run_eval
 
         return run_eval(args)
     args.output_dir = args.output_dir or TASKS["segment"].output_dir

@@ -33,7 +33,7 @@ def _records(out: Path, kind: str) -> list[dict]:
 
 def test_segmentation_reports_the_final_model_when_it_is_worse_than_the_best(
         texture_set, tmp_path, lsmae_home, monkeypatch, capsys):  # noqa: F811 (the fixture)
-    from bridges.segmentation import command, training
+    from bridges.segmentation import command, eval_only, training
 
     evaluate = training.SegmentationTask.evaluate
 
@@ -58,7 +58,7 @@ def test_segmentation_reports_the_final_model_when_it_is_worse_than_the_best(
            f"iteration 6: the result ({out / 'model_final'})" in printed
     assert any(line.startswith(f"best of 2 evaluations: mIoU {100 * first['mIoU']:.2f} at iteration 3 ")
                for line in printed)
-    assert torch.equal(training.load_segmentation_model(out / "model_final").decode_head.classifier.bias,
+    assert torch.equal(eval_only.load_segmentation_model(out / "model_final").decode_head.classifier.bias,
                        torch.tensor([0.0, 0.0, 0.0, 1.0]))  # the result is the model that was evaluated last
 
 

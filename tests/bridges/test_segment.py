@@ -226,7 +226,7 @@ def test_eval_only_of_a_converted_folder_uses_its_depth_recipe_at_its_crop(textu
     assert main(["convert", "demo", "--to", "upernet", "--img-size", "64", "--num-labels", "4", "-o",
                  str(folder)]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(folder)
-    from bridges.segmentation.training import load_segmentation_model, recipe_of
+    from bridges.segmentation.eval_only import load_segmentation_model, recipe_of
 
     recipe = recipe_of(load_segmentation_model(folder))
     assert (recipe.name, recipe.crop_size, recipe.eval_stride, recipe.num_labels) == ("demo", 64, 43, 4)

@@ -84,7 +84,8 @@ def _evaluation_predictor(model_dir: Path, images: Path, masks: Path, precision:
     from bridges.segmentation.data import MaskFolder
     from bridges.segmentation.data_spec import SplitFolders
     from bridges.segmentation.evaluation import predict
-    from bridges.segmentation.training import load_segmentation_model, logits_function, recipe_of, stored_rule
+    from bridges.segmentation.eval_only import load_segmentation_model, recipe_of
+    from bridges.segmentation.training import logits_function, stored_rule
     from pretrain.engine.backends import TorchBackend
     from pretrain.engine.run_plan import resolve_precision
 
