@@ -9,6 +9,7 @@ or catch these without importing torch.
 """
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +17,31 @@ from typing import Any
 
 class LsmaeError(Exception):
     """A problem the user can fix (bad input, missing file, failed verification)."""
+
+
+_FIELD = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
+_SPELLINGS: dict[str, str] = {}  # field name -> its command-line spelling, where the configs declare one
+
+
+def register_spelling(field: str, spelling: str) -> None:
+    """How the command line spells config field ``field`` (:mod:`pretrain.configs` registers each)."""
+    _SPELLINGS.setdefault(field, spelling)
+
+
+class OptionError(LsmaeError):
+    """An option of the Python API (a config field) the command cannot run with. The message names fields
+    as ``{name}``: ``str()`` shows the field's name, :meth:`command_line_message` its command-line spelling
+    (``--name-with-dashes``, ``SOURCE``), which :func:`report_errors` prints."""
+
+    def __init__(self, template: str) -> None:
+        super().__init__(template)
+        self.template = template
+
+    def __str__(self) -> str:
+        return _FIELD.sub(lambda m: m.group(1), self.template)
+
+    def command_line_message(self) -> str:
+        return _FIELD.sub(lambda m: _SPELLINGS.get(m.group(1), "--" + m.group(1).replace("_", "-")), self.template)
 
 
 class DataError(LsmaeError):
@@ -76,7 +102,8 @@ def report_errors(prog: str, func: Callable[..., Any], *args: Any) -> int:
     try:
         func(*args)
     except LsmaeError as e:
-        print(f"{prog}: error: {_without_worker_traceback(str(e))}", file=sys.stderr)
+        message = e.command_line_message() if isinstance(e, OptionError) else str(e)
+        print(f"{prog}: error: {_without_worker_traceback(message)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{prog}: {INTERRUPTED_HINT}", file=sys.stderr)

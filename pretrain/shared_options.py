@@ -68,11 +68,17 @@ def _declarations(task: Task) -> dict[str, tuple[str, dict[str, Any]]]:
     }
 
 
+def declaration(task: str, name: str) -> tuple[str, dict[str, Any]]:
+    """Shared option ``name``'s flag and ``add_argument`` keywords for ``task`` (the API's configs
+    take their defaults and choices from here too: :func:`pretrain.configs.shared`)."""
+    return _declarations(TASKS[task])[name]
+
+
 def add_shared(group: argparse.ArgumentParser | argparse._ArgumentGroup, task: str, name: str,
                note: str = "") -> argparse.Action:
     """Declare shared option ``name`` (precision, device, workers, resume, seed or compile) with ``task``'s
     row of :data:`TASKS`; ``note`` is the command's own sentence after the shared help."""
-    flag, keywords = _declarations(TASKS[task])[name]
+    flag, keywords = declaration(task, name)
     if note:
         keywords["help"] = f"{keywords['help']}. {note}"
     return group.add_argument(flag, **keywords)
