@@ -7,13 +7,11 @@ from pathlib import Path
 
 import torch
 
+from bridges.errors import ConversionError
 from zoo.cache import expected_digest, fetch, sha256_file
 from zoo.checkpoint import CheckpointInfo, load_checkpoint, model_state_dict, read_checkpoint, weights_file
 from zoo.errors import UnknownSourceError
 from zoo.registry import resolve_source
-
-from bridges.errors import ConversionError
-
 
 
 @dataclass

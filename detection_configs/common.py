@@ -11,13 +11,8 @@ relative to this file (no package needed). Importing :mod:`bridges.detection.pat
 """
 from functools import partial
 
-import torch
-from fvcore.common.param_scheduler import MultiStepParamScheduler
-from omegaconf import OmegaConf
-from torch import nn
-
-import bridges.detection.paths  # noqa: F401  (registers lsmae:// on detectron2's PathManager)
 import detectron2.data.transforms as T
+import torch
 from detectron2.config import LazyCall as L
 from detectron2.data import (
     DatasetMapper,
@@ -45,6 +40,11 @@ from detectron2.modeling.roi_heads import (
 )
 from detectron2.solver import WarmupParamScheduler
 from detectron2.solver.build import get_default_optimizer_params
+from fvcore.common.param_scheduler import MultiStepParamScheduler
+from omegaconf import OmegaConf
+from torch import nn
+
+import bridges.detection.paths  # noqa: F401  (registers lsmae:// on detectron2's PathManager)
 
 IMAGE_SIZE = 1024
 PRETRAIN_IMG_SIZE = 448  # the long-seq MAE checkpoints: 28x28 patches of 16 px (+ cls) in pos_embed

@@ -10,8 +10,8 @@ from PIL import Image
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision import transforms
 
-from pretrain.models.masking import block_mask_indices
 from pretrain.models.mae import MaskedAutoencoderViT
+from pretrain.models.masking import block_mask_indices
 from pretrain.panels import labelled_grid
 
 _MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1)

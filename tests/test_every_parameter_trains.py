@@ -12,8 +12,8 @@ from torch import nn
 
 import pretrain
 from bridges.classification import model as classification_model
-from bridges.segmentation.training import build_model as build_upernet
 from bridges.segmentation.recipes import get_recipe
+from bridges.segmentation.training import build_model as build_upernet
 from pretrain.models.masking import block_mask_indices
 from tests.conftest import TINY_MODEL
 

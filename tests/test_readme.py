@@ -14,8 +14,8 @@ import pytest
 
 from bridges.cli import build_parser, main
 from pretrain import main_pretrain
-from zoo.registry import get_entry
 from tests.conftest import REPO
+from zoo.registry import get_entry
 
 README = (REPO / "README.md").read_text()
 ID_PATTERN = re.compile(r"^[a-z_]+/[a-z0-9]+/\d+$")

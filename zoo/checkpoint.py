@@ -22,7 +22,6 @@ from pretrain.safe_load import load_checkpoint
 from .errors import VerificationError
 from .hf_folder import Q_V_BIAS, read_safetensors_source, weights_file
 
-
 # the keys of an encoder-only MAE checkpoint (the decoder and mask token dropped)
 ENCODER_ONLY_PREFIXES = ("cls_token", "pos_embed", "patch_embed.", "blocks.", "norm.")
 __all__ = ["CheckpointError", "CheckpointInfo", "VerificationError", "check_structure", "describe",

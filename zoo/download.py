@@ -20,9 +20,9 @@ import datetime
 import email.utils
 import functools
 import hashlib
-import queue
 import math
 import os
+import queue
 import sys
 import threading
 import time
@@ -37,7 +37,6 @@ import requests
 from tqdm import tqdm
 
 from .errors import DownloadError
-
 from .settings import CHUNK_SIZE
 
 RETRY_STATUS = {429, 500, 502, 503, 504}

@@ -2,12 +2,12 @@
 
 A ViTMAE folder (``model_type`` "vit_mae": ``ViTMAEForPreTraining``, or ``ViTMAEModel`` without a
 decoder) or a ViT folder ("vit": the encoder), or its ``model.safetensors``, becomes a state dict
-with the release's keys; our segmentation folders and other kinds are one-line errors. Both key generations are read: 4.x (``vit.encoder.layer.N.attention.
-attention.query``, ``intermediate.dense``...), 5.x (``vit.layers.N.attention.q_proj``, ``mlp.fc1``...),
-and what 5.x's ``save_pretrained`` writes by default (4.x names, the decoder's layers as
-``decoder.decoder_encoder.layer.N``). q, k and v are stacked into ``attn.qkv``; a folder that
-``lsmae convert --to hf-*`` wrote from a q/v-bias checkpoint says so in its config, and gets its
-``attn.q_bias``/``attn.v_bias`` back (the exported key bias is zero).
+with the release's keys; our segmentation folders and other kinds are one-line errors. Both key
+generations are read: 4.x (``vit.encoder.layer.N.attention.attention.query``, ``intermediate.dense``...),
+5.x (``vit.layers.N.attention.q_proj``, ``mlp.fc1``...), and what 5.x's ``save_pretrained`` writes by
+default (4.x names, the decoder's layers as ``decoder.decoder_encoder.layer.N``). q, k and v are stacked
+into ``attn.qkv``; a folder that ``lsmae convert --to hf-*`` wrote from a q/v-bias checkpoint says so in
+its config, and gets its ``attn.q_bias``/``attn.v_bias`` back (the exported key bias is zero).
 """
 from __future__ import annotations
 

@@ -62,9 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lsmae",
         description="Long-sequence MAE checkpoints: fetch and verify the released weights, convert them for timm, "
-                    "Detectron2 ViTDet, UperNet and transformers, fine-tune, linear-probe, detect and segment, pretrain "
-                    "(GPU/DDP, TPU), export, visualize. New here? `lsmae demo` runs the whole chain offline in a few "
-                    "CPU minutes. Under torchrun: `torchrun ... -m bridges COMMAND ...`.",
+                    "Detectron2 ViTDet, UperNet and transformers, fine-tune, linear-probe, detect and segment, "
+                    "pretrain (GPU/DDP, TPU), export, visualize. New here? `lsmae demo` runs the whole chain offline "
+                    "in a few CPU minutes. Under torchrun: `torchrun ... -m bridges COMMAND ...`.",
         epilog="environment: " + "; ".join(f"{name} ({what})" for name, what in ENVIRONMENT.items()) + ".",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -11,9 +11,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pretrain.models.archs import num_weights
 from pretrain.errors import CheckpointError, LsmaeError
-
+from pretrain.models.archs import num_weights
 from zoo import cache
 from zoo.registry import Entry, entries, get_entry
 from zoo.verify import verify, with_path

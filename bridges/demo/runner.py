@@ -19,10 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pretrain.errors import LsmaeError
-
 from bridges.demo.errors import DemoError
-
+from pretrain.errors import LsmaeError
 
 EPOCH_DONE = re.compile(r"epoch \d+/\d+ done")
 

@@ -19,19 +19,23 @@ import torch
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
+from bridges.conversion import ConversionReport
+from bridges.errors import ConversionError
+from bridges.hf.support import (
+    card_license,
+    encoder_config,
+    layer_tensors,
+    package_version,
+    provenance_record,
+    zoo_entry_of,
+)
+from bridges.mae_weights import Provenance, load_mae_weights, merge_qv_bias
 from pretrain.atomic import write_folder
 from pretrain.models.archs import MLP_RATIO, model_config
 from pretrain.optional import require
 from zoo.checkpoint import CheckpointInfo, check_structure
 from zoo.hf_folder import PROVENANCE_KEY
 from zoo.registry import Entry
-
-from bridges.conversion import ConversionReport
-from bridges.errors import ConversionError
-from bridges.hf.support import (card_license, encoder_config, layer_tensors, package_version, provenance_record,
-                                zoo_entry_of)
-from bridges.mae_weights import Provenance, load_mae_weights, merge_qv_bias
-
 
 HF_CLASSES = {"hf-mae": "ViTMAEForPreTraining", "hf-vit": "ViTModel"}
 # how the released checkpoints and the demo were pretrained (a checkpoint file does not record it)
@@ -141,8 +145,8 @@ def model_card(export: HFExport, folder: str, entry: Entry | None, command: str)
         ]
         masking = (f"`noise` decides which patches stay visible (transformers keeps the patches of smallest noise): "
                    f"`block_mask_noise` (long-seq-mae) gives the noise that keeps whole {blocks}-patch blocks, exactly "
-                   "the patches `pretrain.models.masking.block_mask_indices` keeps for the same generator state, in the same "
-                   "order; without it transformers masks single patches at random.")
+                   "the patches `pretrain.models.masking.block_mask_indices` keeps for the same generator state, in "
+                   "the same order; without it transformers masks single patches at random.")
     else:
         what = (f"transformers' `ViTModel`: {encoder}, with the MAE encoder's final norm as `layernorm`. No pooler "
                 "was pretrained: load it with `add_pooling_layer=False`")
@@ -219,7 +223,8 @@ def convert_to_hf(source: str | Path | dict[str, torch.Tensor], target: str) -> 
     model.load_state_dict(hf_sd, strict=True, assign=True)
     processor = transformers.ViTImageProcessor(
         do_resize=True, size={"height": info.img_size, "width": info.img_size}, resample=3,  # PIL bicubic
-        do_rescale=True, do_normalize=True, image_mean=list(IMAGENET_DEFAULT_MEAN), image_std=list(IMAGENET_DEFAULT_STD))
+        do_rescale=True, do_normalize=True, image_mean=list(IMAGENET_DEFAULT_MEAN),
+        image_std=list(IMAGENET_DEFAULT_STD))
     return HFExport(model, processor, target, info, provenance, report)
 
 

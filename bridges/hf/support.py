@@ -9,13 +9,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from bridges.errors import ConversionError
+from bridges.mae_weights import Provenance
 from pretrain.errors import LsmaeError
 from pretrain.models.archs import MLP_RATIO, model_config
 from zoo.checkpoint import CheckpointInfo
 from zoo.registry import Entry, license_url, resolve_source
-
-from bridges.errors import ConversionError
-from bridges.mae_weights import Provenance
 
 LAYER_NORM_EPS = 1e-6  # the MAE's (transformers' default is 1e-12)
 
@@ -77,7 +76,8 @@ def layer_tensors(layer: nn.Module, sd: dict[str, torch.Tensor], prefix: str
         raise ConversionError(f"transformers {transformers.__version__} builds a {type(layer).__name__} of "
                               f"{len(linears)} Linear and {len(norms)} LayerNorm modules (expected 6 and 2): this "
                               "transformers version is not supported")
-    tensors = [(module, "weight", weight) for module, weight in zip(linears[:3], sd[prefix + "attn.qkv.weight"].chunk(3))]
+    qkv = sd[prefix + "attn.qkv.weight"].chunk(3)
+    tensors = [(module, "weight", weight) for module, weight in zip(linears[:3], qkv)]
     for module, ours in zip(linears[3:] + norms, ("attn.proj", "mlp.fc1", "mlp.fc2", "norm1", "norm2")):
         tensors += [(module, "weight", sd[f"{prefix}{ours}.weight"]), (module, "bias", sd[f"{prefix}{ours}.bias"])]
     return linears[:3], tensors

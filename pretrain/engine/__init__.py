@@ -1,1 +1,2 @@
-"""What every training command shares (plain PyTorch, torchrun DDP, torch_xla SPMD): the loop, the backends, checkpoints and resume, run logging."""
+"""What every training command shares (plain PyTorch, torchrun DDP, torch_xla SPMD): the loop, the backends,
+checkpoints and resume, run logging."""

@@ -29,7 +29,6 @@ from pretrain.errors import LsmaeError
 from pretrain.optional import require
 
 
-
 def bf16_supported_on_cpu() -> bool:
     return bool(getattr(torch.backends, "mkldnn", None) and torch.backends.mkldnn.is_available()
                 and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()))

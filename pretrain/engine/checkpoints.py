@@ -11,7 +11,6 @@ from typing import Any
 
 from pretrain.atomic import save_torch
 from pretrain.errors import CheckpointError, LsmaeError
-
 from pretrain.safe_load import load_checkpoint
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)\.pth$")

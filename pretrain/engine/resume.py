@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from pretrain.engine.checkpoints import newest_loadable
-from pretrain.errors import CheckpointError, ResumeError
 from pretrain.engine.trainer import Trainer
+from pretrain.errors import CheckpointError, ResumeError
 
 Checkpoint = dict[str, Any]
 WAY_OUT = "use another --output-dir, or --resume '' to start over there"

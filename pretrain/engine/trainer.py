@@ -27,8 +27,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from pretrain.engine.backends import TorchBackend
-from pretrain.errors import LsmaeError, NonFiniteLossError
 from pretrain.engine.run_logging import RunLogger, fmt_eta
+from pretrain.errors import LsmaeError, NonFiniteLossError
 
 OPTIMIZER_IMPLEMENTATION = ("fused", "foreach", "capturable")  # param-group options that are no hyperparameter
 

@@ -19,6 +19,7 @@ from torch import nn
 from pretrain.models.archs import model_config
 from pretrain.models.pos_embed import sincos_2d_pos_embed
 
+
 def create_model(name: str, **overrides: Any) -> "MaskedAutoencoderViT":
     """Build architecture ``name``; ``overrides`` replace table values or set options
     (``img_size=448``, ``norm_pix_loss=True``, ``decoder_downsampling``, ``no_k_bias``...)."""

@@ -11,7 +11,6 @@ import sys
 
 import pytest
 
-import bridges
 from bridges import convert_targets, operations
 from bridges.cli.weights import add_convert_arguments
 from bridges.errors import ConversionError

@@ -52,8 +52,10 @@ def compare_mae(file: Path, folder: Path, batch: int) -> dict[str, float]:
     hf = transformers.ViTMAEForPreTraining.from_pretrained(folder).eval()
     torch.manual_seed(1)
     images = torch.randn(batch, 3, model.img_size, model.img_size)
-    ids_keep, ids_restore = block_mask_indices(batch, model.grid_size, 0.75, 2, generator=torch.Generator().manual_seed(2))
-    noise = block_mask_noise(batch, model.grid_size, hf.config.mask_ratio, 2, generator=torch.Generator().manual_seed(2))
+    ids_keep, ids_restore = block_mask_indices(batch, model.grid_size, 0.75, 2,
+                                               generator=torch.Generator().manual_seed(2))
+    noise = block_mask_noise(batch, model.grid_size, hf.config.mask_ratio, 2,
+                             generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         loss, pred, mask = model(images, ids_keep, ids_restore)
         out = hf(pixel_values=images, noise=noise)
@@ -85,7 +87,8 @@ def test_vit_b_448_hf_mae_loads_strictly_with_the_long_seq_config(vit_b):
     model, loading = transformers.ViTMAEForPreTraining.from_pretrained(vit_b["hf-mae"], output_loading_info=True)
     assert not any(loading.values()), loading  # no missing, unexpected or mismatched weights
     c = model.config
-    assert (c.image_size, c.patch_size, c.hidden_size, c.num_hidden_layers, c.num_attention_heads) == (448, 16, 768, 12, 12)
+    shape = (c.image_size, c.patch_size, c.hidden_size, c.num_hidden_layers, c.num_attention_heads)
+    assert shape == (448, 16, 768, 12, 12)
     assert (c.decoder_hidden_size, c.decoder_num_attention_heads, c.decoder_num_hidden_layers) == (384, 12, 8)
     assert c.decoder_intermediate_size == 4 * 384 and c.intermediate_size == 4 * 768
     assert c.norm_pix_loss is True and c.mask_ratio == 0.75 and c.layer_norm_eps == 1e-6
@@ -281,11 +284,11 @@ def test_folders_are_read_without_importing_transformers(micro, tmp_path, monkey
 
 
 def test_a_folder_is_a_source_everywhere(micro, tmp_path, capsys):
-    from bridges.detection.source import prepare_source
     from bridges.classification.recipes import source_width
+    from bridges.detection.source import prepare_source
     from zoo.cache import load_state_dict
-    from zoo.verify import verify
     from zoo.models import load_model
+    from zoo.verify import verify
 
     folder = convert(micro, "hf-mae", tmp_path / "hf").path
     expected = model_state_dict(load_checkpoint(micro))
@@ -330,7 +333,8 @@ def test_other_folders_are_one_line_errors(tmp_path, capsys):
 
 def test_without_transformers_the_export_says_how_to_install(micro, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)
-    with pytest.raises(LsmaeError, match=r"--to hf-mae needs transformers \(not installed\): pip install -e '\.\[hf\]'"):
+    needs = r"--to hf-mae needs transformers \(not installed\): pip install -e '\.\[hf\]'"
+    with pytest.raises(LsmaeError, match=needs):
         convert(micro, "hf-mae", tmp_path / "hf")
 
 

@@ -14,7 +14,7 @@ from bridges.cli import main as cli_main
 from bridges.curves import plot_runs
 from bridges.curves.records import read_run, run_labels
 from pretrain.errors import LsmaeError
-from tests.pretrain.test_trainer import ACCUM, EVAL_EVERY, SAMPLES, BATCH, STEPS, trainer_and_task
+from tests.pretrain.test_trainer import ACCUM, BATCH, EVAL_EVERY, SAMPLES, STEPS, trainer_and_task
 
 
 def write_log(folder: Path, records: list[dict | str], name: str = "log.jsonl") -> Path:

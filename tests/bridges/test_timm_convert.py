@@ -15,8 +15,6 @@ from safetensors.torch import load_file
 from torch import nn
 
 import pretrain
-from bridges.cli import main
-from bridges.mae_weights import ConversionError, merge_qv_bias, split_qkv_bias
 from bridges.classification.convert import (
     HEAD_INIT_STD,
     convert_to_timm,
@@ -24,6 +22,8 @@ from bridges.classification.convert import (
     save_safetensors,
     timm_model_args,
 )
+from bridges.cli import main
+from bridges.mae_weights import ConversionError, merge_qv_bias, split_qkv_bias
 from pretrain.engine.checkpoints import export_release
 from pretrain.errors import LsmaeError
 from tests.conftest import TINY_MODEL, perturbed_mae

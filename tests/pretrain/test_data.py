@@ -16,11 +16,21 @@ from PIL import Image
 from torchvision import transforms
 
 from pretrain import data as pdata
-from pretrain.data import (MAX_CONSECUTIVE_BAD, DataError, PILTransform, PretrainImages, collate, crop_box,
-                           list_images, normalize, pretrain_dataset, pretrain_transform, read_rgb, release_dataset)
+from pretrain.data import (
+    MAX_CONSECUTIVE_BAD,
+    DataError,
+    PILTransform,
+    PretrainImages,
+    collate,
+    crop_box,
+    list_images,
+    normalize,
+    pretrain_dataset,
+    pretrain_transform,
+    read_rgb,
+    release_dataset,
+)
 from tests.conftest import TINY_MODEL
-
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,11 +14,11 @@ from collections import defaultdict
 import pytest
 import setuptools
 
-from pretrain import optional
 from bridges.errors import ConversionError
+from pretrain import optional
 from pretrain.errors import LsmaeError, MissingDataError, MissingDependencyError, report_errors
-from zoo.errors import NotCachedError, UnknownEntryError
 from tests.conftest import REPO
+from zoo.errors import NotCachedError, UnknownEntryError
 
 PACKAGES = ("pretrain", "zoo", "bridges", "detection_configs")
 # the extra of setup.py that installs each optional package (detectron2: from source, not an extra)

@@ -39,8 +39,8 @@ def test_export_of_an_empty_folder_is_an_error(tmp_path, capsys):
 
 
 def _panels(picture: np.ndarray, layout) -> list[list[np.ndarray]]:
-    return [[picture[t:b, l:r] for l, t, r, b in (layout.panel_box(c, row) for c in range(layout.columns))]
-            for row in range(layout.rows)]
+    boxes = [[layout.panel_box(c, row) for c in range(layout.columns)] for row in range(layout.rows)]
+    return [[picture[top:bottom, left:right] for left, top, right, bottom in row] for row in boxes]
 
 
 def test_visualize_draws_a_titled_grid_with_each_images_loss(tmp_path, lsmae_home, photos, capsys):

@@ -11,9 +11,8 @@ import torch.nn.functional as F
 
 import pretrain
 from pretrain.models.archs import list_models, num_weights
-from zoo.checkpoint import expected_shapes
-
 from tests.conftest import TINY_MODEL as MICRO  # 64x64 images, patch 8 -> 8x8 grid, width 96, decoder 64
+from zoo.checkpoint import expected_shapes
 
 # these models are tiny: one thread is several times faster than contended intra-op threads
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -131,8 +130,10 @@ def batch(seed: int = 0, n: int = 2, size: int = 64, ratio: float = 0.75, ds: in
 @pytest.mark.parametrize(
     "name, dims",
     [
-        ("mae_vit_base_patch16_dec384d12h8b", dict(embed=768, depth=12, heads=12, dec_embed=384, dec_depth=8, dec_heads=12)),
-        ("mae_vit_large_patch16_dec512d16h8b", dict(embed=1024, depth=24, heads=16, dec_embed=512, dec_depth=8, dec_heads=16)),
+        ("mae_vit_base_patch16_dec384d12h8b",
+         dict(embed=768, depth=12, heads=12, dec_embed=384, dec_depth=8, dec_heads=12)),
+        ("mae_vit_large_patch16_dec512d16h8b",
+         dict(embed=1024, depth=24, heads=16, dec_embed=512, dec_depth=8, dec_heads=16)),
     ],
 )
 @pytest.mark.parametrize("no_k_bias", [False, True])
@@ -249,7 +250,8 @@ def test_pos_embed_is_fixed_2d_sincos(name, img):
         model.pos_embed = torch.nn.Parameter(sincos_2d_pos_embed(768, 28)[None], requires_grad=False)
         model.decoder_pos_embed = torch.nn.Parameter(sincos_2d_pos_embed(384, 28)[None], requires_grad=False)
     grid = img // model.patch_size
-    for param, width in ((model.pos_embed, model.pos_embed.shape[-1]), (model.decoder_pos_embed, model.decoder_pos_embed.shape[-1])):
+    for param in (model.pos_embed, model.decoder_pos_embed):
+        width = param.shape[-1]
         assert param.requires_grad is False
         assert param.dtype == torch.float32
         assert param.shape == (1, grid * grid + 1, width)

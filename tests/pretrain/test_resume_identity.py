@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from pretrain.engine.resume import check_same_run, resume_run, run_identity
-from pretrain.safe_load import load_checkpoint
 from pretrain.engine.trainer import Progress
 from pretrain.errors import ResumeError
+from pretrain.safe_load import load_checkpoint
 from tests.pretrain.test_trainer import SAMPLES, TOY_IDENTITY, stopped_run, trainer_and_task
 
 LOG = logging.getLogger("test_resume_identity")

@@ -19,10 +19,10 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from pretrain.engine.backends import TorchBackend
-from pretrain.errors import ResumeError
 from pretrain.engine.resume import resume_run, run_identity
-from pretrain.safe_load import load_checkpoint
 from pretrain.engine.trainer import LoopConfig, Progress, Trainer
+from pretrain.errors import ResumeError
+from pretrain.safe_load import load_checkpoint
 
 # 40 samples in batches of 4 with 2 accumulation steps: 10 batches, 5 optimizer updates per epoch
 SAMPLES, BATCH, ACCUM, STEPS = 40, 4, 2, 12

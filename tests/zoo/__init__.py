@@ -1,1 +1,2 @@
-"""Tests of ``zoo``: the registry, checkpoint reading and checks, downloads against the local fault server, the cache."""
+"""Tests of ``zoo``: the registry, checkpoint reading and checks, downloads against the local fault server, the
+cache."""

@@ -6,9 +6,15 @@ import pytest
 import torch
 
 import pretrain
-from zoo.checkpoint import (CheckpointError, VerificationError, check_structure, describe, load_checkpoint,
-                            model_state_dict)
 from tests.conftest import TINY_MODEL
+from zoo.checkpoint import (
+    CheckpointError,
+    VerificationError,
+    check_structure,
+    describe,
+    load_checkpoint,
+    model_state_dict,
+)
 
 
 class _Payload:

@@ -25,11 +25,10 @@ import zoo.cache
 import zoo.download
 from bridges import cli
 from pretrain.errors import LsmaeError
+from tests.conftest import REPO
 from zoo.cache import CacheError, entry_path
 from zoo.checkpoint import CheckpointError
 from zoo.download import CHUNK_SIZE, DownloadError, partial_path
-
-from tests.conftest import REPO
 
 COCO = "vit_micro/coco/4000"
 IN1K = "vit_micro/in1k/800"
@@ -154,7 +153,6 @@ def test_dropped_connection_resumes_with_range_from_bytes_on_disk(tiny_zoo, slee
 @pytest.mark.parametrize("fault, wait", [("500", 1.0), ("429", 0.0), ("503", 0.0)])
 def test_retryable_status_then_success(tiny_zoo, sleeps, fault, wait):
     """500 backs off; 429 and 503 carry Retry-After: 0, which is honoured."""
-    data = tiny_zoo.files[COCO]
     tiny_zoo.server.add_faults(tiny_zoo.paths[COCO], fault)
     path = zoo.fetch(COCO, quiet=True)
     assert_verified(tiny_zoo, COCO, path)
@@ -619,7 +617,7 @@ def test_same_basename_entries_are_cached_side_by_side(tiny_zoo):
 def test_retry_policy_backs_off_honours_the_server_and_gives_up(sleeps):
     import requests
 
-    from zoo.download import _RetriesExhausted, RetryPolicy, _Retryable, with_retries
+    from zoo.download import RetryPolicy, _RetriesExhausted, _Retryable, with_retries
 
     failures = [_Retryable("HTTP 500"), _Retryable("HTTP 503", wait=0.5), requests.ConnectionError("reset")]
 
