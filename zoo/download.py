@@ -9,8 +9,7 @@ Three layers, each knowing nothing of the others' control flow:
 
 * sources (:func:`_open_http`, :func:`_open_file`): one request for the bytes from an offset,
   its answer validated (206 with a matching ``Content-Range``; 200 means the whole file again);
-* the retry policy (:class:`RetryPolicy`, :func:`with_retries`): which failures are tried
-  again (:data:`RETRYABLE`), how often and after how long;
+* the retry policy (:mod:`zoo.retry`): which failures are tried again, how often and after how long;
 * the partial file (:class:`PartialFile`, :func:`_receive`, :func:`_finish`): append and hash
   while streaming, start over on :class:`_RestartFromZero`, check the size, verify, rename.
 """
@@ -31,26 +30,16 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import requests
 from tqdm import tqdm
 
 from .errors import DownloadError
+from .retry import RetriesExhausted, Retryable, RetryPolicy, reason, with_retries
 from .settings import CHUNK_SIZE
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
 MAX_RETRY_AFTER_S = 120.0
-T = TypeVar("T")
-
-
-class _Retryable(Exception):
-    """A failure that trying again may cure (an overloaded server, a cut connection); ``wait`` is
-    what the server asked for (Retry-After), None for the policy's backoff."""
-
-    def __init__(self, reason: str, wait: float | None = None) -> None:
-        super().__init__(reason)
-        self.wait = wait
 
 
 class _RestartFromZero(Exception):
@@ -108,11 +97,11 @@ def _content_range(value: str) -> tuple[int | None, int | None]:
 @contextmanager
 def _open_http(session: requests.Session, url: str, start: int, timeout: float) -> Iterator[_Response]:
     """GET ``url`` from byte ``start`` (a Range request when resuming) and check that the answer is
-    what was asked for: raises _Retryable, _RestartFromZero or DownloadError otherwise."""
+    what was asked for: raises Retryable, _RestartFromZero or DownloadError otherwise."""
     headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={start}-"} if start else {})}
     with session.get(url, headers=headers, stream=True, timeout=timeout) as r:
         if r.status_code in RETRY_STATUS:
-            raise _Retryable(f"HTTP {r.status_code}", _retry_after(r.headers.get("Retry-After")))
+            raise Retryable(f"HTTP {r.status_code}", _retry_after(r.headers.get("Retry-After")))
         length = int(r.headers["Content-Length"]) if "Content-Length" in r.headers else None
         if r.status_code == 416 and start:
             if _content_range(r.headers.get("Content-Range", ""))[1] == start:  # the partial file is complete
@@ -152,49 +141,6 @@ def _opener(url: str, session: requests.Session, timeout: float) -> Opener:
     if url.startswith("file:"):
         return lambda start: _open_file(url, start)
     return lambda start: _open_http(session, url, start, timeout)
-
-
-# --------------------------------------------------------------------------- retry policy
-RETRYABLE: tuple[type[BaseException], ...] = (
-    _Retryable, requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often to try again, and how long to wait: what the server asked for, else exponential backoff."""
-
-    retries: int = 6
-    backoff: float = 1.0
-
-    def wait(self, retry: int, failure: BaseException) -> float:
-        asked = failure.wait if isinstance(failure, _Retryable) else None
-        return asked if asked is not None else self.backoff * 2 ** (retry - 1)
-
-
-class _RetriesExhausted(Exception):
-    """Every retry failed; ``failure`` is the last failure."""
-
-    def __init__(self, failure: BaseException) -> None:
-        super().__init__(_reason(failure))
-        self.failure = failure
-
-
-def with_retries(policy: RetryPolicy, attempt: Callable[[], T],
-                 on_retry: Callable[[int, float, BaseException], None] = lambda *_: None) -> T:
-    """Run ``attempt`` until it returns, and return what it returns; a :data:`RETRYABLE` failure is
-    followed by ``on_retry``, a wait and another try, ``policy.retries`` times at most, then
-    :class:`_RetriesExhausted`. Other errors pass through: they are not cured by asking again."""
-    retry = 0
-    while True:
-        try:
-            return attempt()
-        except RETRYABLE as failure:
-            retry += 1
-            if retry > policy.retries:
-                raise _RetriesExhausted(failure) from None
-            wait = policy.wait(retry, failure)
-            on_retry(retry, wait, failure)
-            time.sleep(wait)
 
 
 # --------------------------------------------------------------------------- the partial file
@@ -285,7 +231,7 @@ def _receive(open_at: Opener, part: PartialFile, bar: tqdm) -> int | None:
         for n in part.append(resp.chunks, end, resp.url):
             bar.update(n)
     if end is not None and part.size < end:
-        raise _Retryable(f"connection closed after {part.size} of {end} bytes")
+        raise Retryable(f"connection closed after {part.size} of {end} bytes")
     return resp.total
 
 
@@ -343,7 +289,7 @@ def download(
             total = with_retries(RetryPolicy(retries, backoff),
                                  functools.partial(_attempt, _opener(url, session, timeout), part, bar),
                                  functools.partial(_note_retry, bar, retries))
-    except _RetriesExhausted as e:
+    except RetriesExhausted as e:
         raise DownloadError(f"{url}: giving up after {retries} retries ({e}); {part.size} bytes kept in "
                             f"{part.path}, the next fetch resumes from there") from None
     finally:
@@ -355,10 +301,5 @@ def download(
 def _note_retry(bar: tqdm, retries: int, retry: int, wait: float, failure: BaseException) -> None:
     """Say on the terminal (when the progress bar shows) why the download pauses, and for how long."""
     if not bar.disable:
-        bar.write(f"download interrupted ({_reason(failure)}); retry {retry}/{retries} in {wait:.1f}s",
+        bar.write(f"download interrupted ({reason(failure)}); retry {retry}/{retries} in {wait:.1f}s",
                   file=sys.stderr)
-
-
-def _reason(e: BaseException) -> str:
-    text = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return text[:160]

@@ -23,6 +23,7 @@ import pytest
 import zoo
 import zoo.cache
 import zoo.download
+import zoo.retry
 from bridges import cli
 from pretrain.errors import LsmaeError
 from tests.conftest import REPO
@@ -56,7 +57,7 @@ class _SleepRecorder:
 @pytest.fixture(autouse=True)
 def sleeps(monkeypatch) -> _SleepRecorder:
     recorder = _SleepRecorder()
-    monkeypatch.setattr(zoo.download, "time", recorder)
+    monkeypatch.setattr(zoo.retry, "time", recorder)
     return recorder
 
 
@@ -617,9 +618,9 @@ def test_same_basename_entries_are_cached_side_by_side(tiny_zoo):
 def test_retry_policy_backs_off_honours_the_server_and_gives_up(sleeps):
     import requests
 
-    from zoo.download import RetryPolicy, _RetriesExhausted, _Retryable, with_retries
+    from zoo.retry import RetriesExhausted, Retryable, RetryPolicy, with_retries
 
-    failures = [_Retryable("HTTP 500"), _Retryable("HTTP 503", wait=0.5), requests.ConnectionError("reset")]
+    failures = [Retryable("HTTP 500"), Retryable("HTTP 503", wait=0.5), requests.ConnectionError("reset")]
 
     def attempt() -> str:
         if failures:
@@ -631,11 +632,11 @@ def test_retry_policy_backs_off_honours_the_server_and_gives_up(sleeps):
     assert sleeps.calls == [1.0, 0.5, 4.0] and notes == [(1, 1.0), (2, 0.5), (3, 4.0)]
 
     def never() -> None:
-        raise _Retryable("HTTP 502")
+        raise Retryable("HTTP 502")
 
-    with pytest.raises(_RetriesExhausted, match="HTTP 502") as info:
+    with pytest.raises(RetriesExhausted, match="HTTP 502") as info:
         with_retries(RetryPolicy(retries=2, backoff=0.25), never)
-    assert isinstance(info.value.failure, _Retryable)
+    assert isinstance(info.value.failure, Retryable)
     assert sleeps.calls[3:] == [0.25, 0.5]
 
     def broken() -> None:  # not a network failure: asking again would not cure it
