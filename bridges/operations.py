@@ -1,12 +1,54 @@
-"""The library functions behind ``lsmae export``, ``visualize`` and ``convert``: each does the work
-and returns a result object that the command line and ``lsmae demo`` print from."""
+"""The library functions behind ``lsmae export``, ``visualize`` and ``convert``: each takes the command's
+options as keywords (its config's fields: ``convert(**vars(config))`` runs a :class:`ConvertConfig`), does
+the work and returns a result object that the command line and ``lsmae demo`` print from."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bridges.convert_targets import convert_target
+from bridges.convert_targets import NAMES, convert_target
+from pretrain.configs import check_choices, option, shared
+
+
+# --------------------------------------------------------------------------- configs
+@dataclass(frozen=True, kw_only=True)
+class ConvertConfig:
+    """``lsmae convert``'s options: the keywords of :func:`convert`."""
+
+    source: str = option(positional="SOURCE")
+    to: str = option("timm", choices=NAMES)
+    output: str = option(flag="-o")
+    img_size: int | None = None
+    global_pool: str = option("avg", choices=("avg", "token"))
+    num_labels: int | None = None
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportConfig:
+    """``lsmae export``'s options: the keywords of :func:`export`."""
+
+    run: str = option(positional="RUN")
+    output: str = option(flag="-o")
+
+
+@dataclass(frozen=True, kw_only=True)
+class VisualizeConfig:
+    """``lsmae visualize``'s options: the keywords of :func:`visualize`."""
+
+    checkpoint: str = option(positional="CHECKPOINT")
+    images: tuple[str, ...] = option(positional="IMAGES")
+    output: str = option("reconstruction.png", flag="-o")
+    mask_ratio: float = 0.75
+    mask_downsampling: int = 2
+    seed: int = shared("visualize", "seed")
+    norm_pix: bool = option(True, flag="--raw-pixels", negated=True)
+
+    def __post_init__(self) -> None:
+        check_choices(self)
 
 
 # --------------------------------------------------------------------------- results

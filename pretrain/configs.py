@@ -25,11 +25,12 @@ C = TypeVar("C")
 
 
 def option(default: Any = dataclasses.MISSING, *, positional: str | None = None, flag: str | None = None,
-           negated: bool = False, default_factory: Any = dataclasses.MISSING) -> Any:
+           negated: bool = False, choices: tuple[Any, ...] | None = None,
+           default_factory: Any = dataclasses.MISSING) -> Any:
     """A config field. ``positional``: its metavar where the command line takes it without a flag
     (``SOURCE``); ``flag``: its spelling when not ``--name-with-dashes``; ``negated``: the flag turns
-    the field off (``--no-norm-pix-loss`` sets ``norm_pix_loss=False``)."""
-    metadata = {"positional": positional, "flag": flag, "negated": negated}
+    the field off (``--no-norm-pix-loss`` sets ``norm_pix_loss=False``); ``choices``: the values it takes."""
+    metadata = {"positional": positional, "flag": flag, "negated": negated, "choices": choices}
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
 
 
@@ -81,8 +82,10 @@ def configure(cls: type[C], config: C | None, options: Mapping[str, Any]) -> C:
 
 
 def from_namespace(cls: type[C], args: argparse.Namespace) -> C:
-    """The CLI's edge: the config of parsed options (each field from the option of the same name)."""
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+    """The CLI's edge: the config of parsed options (each field from the option of the same name; argparse's
+    lists as tuples, so that a config compares equal to the one it came from)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    return cls(**{name: tuple(v) if isinstance(v, list) else v for name, v in values.items()})
 
 
 def command_line(command: str, config: Any) -> list[str]:

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import argparse
 
+from bridges.demo.config import DEFAULT_WORKDIR
+from pretrain.configs import from_namespace
 from pretrain.shared_options import add_shared
 
-DEFAULT_WORKDIR = "lsmae-demo"
 DESCRIPTION = ("Run the whole chain on the embedded demo checkpoint (a micro long-seq MAE pretrained with `lsmae "
                "pretrain` on photographs scikit-image ships): fetch, verify, visualize reconstructions of held-out "
                "photographs, convert to timm, fine-tune on scikit-learn's digits next to a from-scratch baseline, "
@@ -26,6 +27,6 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> None:
-    from bridges.demo.chain import run
+    from bridges.demo import DemoConfig, demo
 
-    run(args)
+    demo(from_namespace(DemoConfig, args))

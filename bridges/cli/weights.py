@@ -6,6 +6,7 @@ import argparse
 
 from bridges.convert_targets import NAMES, TARGETS
 from bridges.segmentation.recipes import ADE20K_CLASSES
+from pretrain.configs import from_namespace
 from pretrain.shared_options import add_shared
 
 
@@ -14,22 +15,21 @@ def _print(lines: list[str]) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> None:
-    from bridges.operations import convert
+    from bridges.operations import ConvertConfig, convert
 
-    _print(convert(args.source, args.to, args.output, args.img_size, args.global_pool, args.num_labels).lines())
+    _print(convert(**vars(from_namespace(ConvertConfig, args))).lines())
 
 
 def run_export(args: argparse.Namespace) -> None:
-    from bridges.operations import export
+    from bridges.operations import ExportConfig, export
 
-    _print(export(args.run, args.output).lines())
+    _print(export(**vars(from_namespace(ExportConfig, args))).lines())
 
 
 def run_visualize(args: argparse.Namespace) -> None:
-    from bridges.operations import visualize
+    from bridges.operations import VisualizeConfig, visualize
 
-    _print(visualize(args.checkpoint, args.images, args.output, args.mask_ratio, args.mask_downsampling, args.seed,
-                     norm_pix=not args.raw_pixels).lines())
+    _print(visualize(**vars(from_namespace(VisualizeConfig, args))).lines())
 
 
 def _taking(option: str) -> str:
@@ -74,5 +74,5 @@ def add_visualize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mask-ratio", type=float, default=0.75)
     p.add_argument("--mask-downsampling", type=int, default=2)
     add_shared(p, "visualize", "seed", "It draws the masks")
-    p.add_argument("--raw-pixels", action="store_true",
+    p.add_argument("--raw-pixels", dest="norm_pix", action="store_false",
                    help="the model predicts raw pixels (trained without norm-pix loss)")

@@ -15,7 +15,6 @@ the function that runs them); the step count and the ``[skip]`` lines come from 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import re
@@ -23,10 +22,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from pretrain.optional import installed, missing, require
-
+from bridges.demo.config import DemoConfig, DemoResult
 from bridges.demo.runner import Demo
+from pretrain.configs import command_line, configure
+from pretrain.optional import installed, missing, require
 
 # digits: 1797 images, the smallest class has 174: 140 per class to train, 34 to measure
 DIGITS_TRAIN, DIGITS_VAL = 140, 34
@@ -51,7 +52,8 @@ def write_data(data: Path) -> dict[str, Path]:
     sample_data.write_photos(folders["held-out photos"], sample_data.HELDOUT_PHOTOS)
     sample_data.write_digits(folders["digits"], DIGITS_TRAIN, DIGITS_VAL, size=FINETUNE_SIZE)
     shapes = data / "shapes"  # a COCO-format set of one's own: 3 classes, ids 7, 12, 40
-    sample_data.write_shapes_own_classes((shapes / "train.json", shapes / "train"), (shapes / "val.json", shapes / "val"))
+    sample_data.write_shapes_own_classes((shapes / "train.json", shapes / "train"),
+                                         (shapes / "val.json", shapes / "val"))
     folders["COCO-format shapes (own classes)"] = shapes
     folders["texture masks (own classes)"] = sample_data.write_texture_masks(data / "textures")
     return folders
@@ -87,11 +89,12 @@ def verify_step(demo: Demo) -> str:
 
 
 def visualize_step(demo: Demo) -> str:
-    from bridges.operations import visualize
+    from bridges.operations import VisualizeConfig, visualize
 
-    out = outputs(demo)["reconstructions"]
-    with demo.logged("visualize", ["visualize", "demo", *map(str, demo.heldout), "-o", str(out)]):
-        result = visualize("demo", demo.heldout, out)
+    config = VisualizeConfig(checkpoint="demo", images=tuple(map(str, demo.heldout)),
+                             output=str(outputs(demo)["reconstructions"]))
+    with demo.logged("visualize", command_line("visualize", config)):
+        result = visualize(**vars(config))
     demo.artefacts["reconstructions of held-out photographs"] = result.path
     demo.show(result.path, "held-out photographs, 75% of their patches masked: each row's loss beside it")
     demo.losses["lsmae"] = result.loss
@@ -100,11 +103,11 @@ def visualize_step(demo: Demo) -> str:
 
 def hf_export_step(demo: Demo) -> str:
     from bridges.hf.export import hf_mae_loss
-    from bridges.operations import convert
+    from bridges.operations import ConvertConfig, convert
 
-    out = outputs(demo)["hf"]
-    with demo.logged("convert-hf", ["convert", "demo", "--to", "hf-mae", "-o", str(out)]):
-        result = convert("demo", "hf-mae", out)
+    config = ConvertConfig(source="demo", to="hf-mae", output=str(outputs(demo)["hf"]))
+    with demo.logged("convert-hf", command_line("convert", config)):
+        result = convert(**vars(config))
         loss = hf_mae_loss(result.path, demo.heldout)  # visualize's images, block masks and seed
     demo.artefacts["transformers ViTMAE folder"] = result.path
     return (f"transformers' ViTMAEForPreTraining, same images and masks: loss {loss:.6f} "
@@ -112,12 +115,11 @@ def hf_export_step(demo: Demo) -> str:
 
 
 def timm_step(demo: Demo) -> str:
-    from bridges.operations import convert
+    from bridges.operations import ConvertConfig, convert
 
-    out = outputs(demo)["timm"]
-    with demo.logged("convert-timm", ["convert", "demo", "--to", "timm", "--img-size", str(FINETUNE_SIZE),
-                                      "-o", str(out)]):
-        result = convert("demo", "timm", out, img_size=FINETUNE_SIZE)
+    config = ConvertConfig(source="demo", to="timm", output=str(outputs(demo)["timm"]), img_size=FINETUNE_SIZE)
+    with demo.logged("convert-timm", command_line("convert", config)):
+        result = convert(**vars(config))
     demo.artefacts["timm weights"] = result.path
     return result.report.splitlines()[0]
 
@@ -143,19 +145,19 @@ def finetune_step(demo: Demo) -> str:
 
 
 def vitdet_step(demo: Demo) -> str:
-    from bridges.operations import convert
+    from bridges.operations import ConvertConfig, convert
 
-    out = outputs(demo)["vitdet"]
-    with demo.logged("convert-vitdet", ["convert", "demo", "--to", "vitdet", "-o", str(out)]):
-        result = convert("demo", "vitdet", out)
+    config = ConvertConfig(source="demo", to="vitdet", output=str(outputs(demo)["vitdet"]))
+    with demo.logged("convert-vitdet", command_line("convert", config)):
+        result = convert(**vars(config))
     demo.artefacts["ViTDet backbone weights"] = result.path
     return "; ".join(result.report.splitlines())
 
 
 def segment_step(demo: Demo) -> str:
-    from bridges.segmentation import command as segment
-    from bridges.operations import convert
     from bridges.cli.segmentation import build_parser as segment_parser
+    from bridges.operations import convert
+    from bridges.segmentation import command as segment
     from bridges.segmentation.recipes import get_recipe
 
     recipe = get_recipe("demo")
@@ -268,19 +270,20 @@ def skip_line(step: Step) -> str:
     return f"[skip] {step.name}: " + "; ".join(str(missing(r, f"the {step.name} step")) for r in step.missing())
 
 
-def run(args: argparse.Namespace) -> None:
-    """Run every step, then write the report page; raises :class:`DemoError` (or the failing step's own
-    error) at the first failure."""
+def demo(config: DemoConfig | None = None, /, **options: Any) -> DemoResult:
+    """``lsmae demo``: run every step, then write the report page; raises :class:`DemoError` (or the
+    failing step's own error) at the first failure."""
     from bridges.demo.report import write_report
 
+    config = configure(DemoConfig, config, options)
     require("skimage.data", "lsmae demo")
     require("sklearn.datasets", "lsmae demo")
     total_start = time.perf_counter()
-    demo = Demo(Path(args.workdir).expanduser().resolve(), args)
-    demo.step("data", DATA_STEP.title, lambda: DATA_STEP.run(demo))
-    if args.data_only:
-        return
-    heldout = ", ".join(p.stem for p in demo.heldout)
+    chain = Demo(Path(config.workdir).expanduser().resolve(), config)
+    chain.step("data", DATA_STEP.title, lambda: DATA_STEP.run(chain))
+    if config.data_only:
+        return DemoResult(None, results={"data": chain.steps[-1].result})
+    heldout = ", ".join(p.stem for p in chain.heldout)
     planned = planned_steps()
     skipped = []
     for step in STEPS:
@@ -289,11 +292,12 @@ def run(args: argparse.Namespace) -> None:
             print(skipped[-1])
             continue
         number = f"{planned.index(step) + 1}/{len(planned)}"
-        demo.step(number, step.title.format(heldout=heldout), lambda: step.run(demo))
+        chain.step(number, step.title.format(heldout=heldout), lambda: step.run(chain))
     seconds = time.perf_counter() - total_start
-    artefacts = {**demo.artefacts, "logs": demo.logs}
+    artefacts = {**chain.artefacts, "logs": chain.logs}
     print(f"done in {seconds:.0f} s; artefacts:")
     for what, path in artefacts.items():
         print(f"  {what:40s} {path}")
-    page = write_report(demo.workdir / "report.html", demo.steps, skipped, artefacts, seconds)
+    page = write_report(chain.workdir / "report.html", chain.steps, skipped, artefacts, seconds)
     print(f"report (steps, commands, results, pictures and curves): {page}")
+    return DemoResult(page, artefacts, {step.number: step.result for step in chain.steps}, tuple(skipped), seconds)

@@ -4,7 +4,6 @@ one-line error with the traceback kept; detection as a child ``lsmae detect`` pr
 commands, result line and pictures are kept in :attr:`Demo.steps` for the report page."""
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bridges.demo.config import DemoConfig
 from bridges.demo.errors import DemoError
 from pretrain.errors import LsmaeError
 
@@ -42,7 +42,7 @@ class Demo:
     """What the steps of one demo run share: where things go, the options, and what earlier steps made."""
 
     workdir: Path
-    options: argparse.Namespace
+    options: DemoConfig
     artefacts: dict[str, Path] = field(default_factory=dict)
     losses: dict[str, float] = field(default_factory=dict)  # visualize's, for the transformers export to compare
     steps: list[StepRecord] = field(default_factory=list)  # in the order they ran, the running one last

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from bridges.demo import chain as demo
-from bridges.cli.demo import DEFAULT_WORKDIR
+from bridges.demo.config import DEFAULT_WORKDIR
 from pretrain.optional import installed
 from pretrain.panels import Layout
 from bridges.cli import main
