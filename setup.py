@@ -45,7 +45,8 @@ setup(
         # `lsmae demo`: photographs bundled in scikit-image, digits in scikit-learn; transformers for its HF and
         # segmentation steps, matplotlib for its training curves
         "demo": DEMO,
-        "test": ["pytest>=7", TENSORBOARD, *DEMO],
+        # ruff pinned: .ci/run lints with it (ruff.toml), and each release adds rules
+        "test": ["pytest>=7", "ruff==0.17.6", TENSORBOARD, *DEMO],
     },
     entry_points={"console_scripts": ["lsmae=bridges.cli:main"]},
 )
