@@ -83,8 +83,10 @@ def configure(cls: type[C], config: C | None, options: Mapping[str, Any]) -> C:
 
 def from_namespace(cls: type[C], args: argparse.Namespace) -> C:
     """The CLI's edge: the config of parsed options (each field from the option of the same name; argparse's
-    lists as tuples, so that a config compares equal to the one it came from)."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    lists as tuples, so that a config compares equal to the one it came from). An option left at None (not
+    given) keeps the field's own default."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)
+              and not (getattr(args, f.name) is None and f.default is not None)}
     return cls(**{name: tuple(v) if isinstance(v, list) else v for name, v in values.items()})
 
 
@@ -103,6 +105,9 @@ def command_line(command: str, config: Any) -> list[str]:
         if value == default or value is None:
             continue
         flag = spelling(field)
+        if isinstance(value, bool) and default is None:  # on, off, or unset: --flag / --no-flag
+            options.append(flag if value else "--no-" + flag[2:])
+            continue
         if isinstance(value, bool):
             if value != field.metadata.get("negated", False):
                 options.append(flag)

@@ -5,9 +5,12 @@ The options are defined without importing torch; :func:`run` imports the engine.
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
+from pretrain.configs import from_namespace
 from pretrain.errors import report_errors
 from pretrain.models.archs import list_models
+from pretrain.pretraining_config import PretrainConfig
 from pretrain.shared_options import TASKS, add_shared
 
 EXAMPLES = """\
@@ -82,17 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace) -> None:
-    """Train on the chosen backend (XLA: this process drives every device of its host, SPMD)."""
-    from pretrain.engine.backends import check_compile, make_backend
-    from pretrain.pretraining import train
+def run(args: argparse.Namespace) -> Any:
+    """The command line's edge: the parsed options as a :class:`PretrainConfig`, run by the API."""
+    config = from_namespace(PretrainConfig, args)  # its checks before torch is imported
+    from pretrain.pretraining import pretrain
 
-    check_compile(args.device, args.compile)
-    backend = make_backend(args.device)
-    try:
-        train(args, backend)
-    finally:
-        backend.shutdown()
+    return pretrain(config)
 
 
 def main(argv: list[str] | None = None) -> int:

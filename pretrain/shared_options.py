@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from pretrain.errors import OptionError
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto, then the keys of pretrain.engine.run_plan.DTYPES
 XLA_NOTE = "xla: TPU (or XLA:CPU) through torch_xla, data parallel over every device the runtime reports (SPMD)"
 
@@ -66,6 +68,12 @@ def _declarations(task: Task) -> dict[str, tuple[str, dict[str, Any]]]:
             "every run; evaluation, where the command has one, runs uncompiled); a run resumes with or without it"
             + (f"; `lsmae bench {task.bench} --compile` shows what it gains on this machine" if task.bench else "")))),
     }
+
+
+def check_compile(device: str | None, compile_model: bool) -> None:
+    """``compile`` is torch.compile, for CUDA and CPU: on XLA the whole step is compiled already."""
+    if compile_model and device == "xla":
+        raise OptionError("{compile} is for {device} cuda or cpu: on XLA the whole step is already compiled")
 
 
 def declaration(task: str, name: str) -> tuple[str, dict[str, Any]]:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import pretrain
+from bridges.classification import FinetuneConfig, LinprobeConfig
 from bridges.classification import model as classification_model
 from bridges.segmentation.recipes import get_recipe
 from bridges.segmentation.training import build_model as build_upernet
@@ -33,8 +34,9 @@ def test_mae_pretraining_step():
 @pytest.mark.parametrize("mode", ["finetune", "linprobe"])
 def test_timm_classifier_step(mode, lsmae_home):
     torch.manual_seed(0)
-    args = argparse.Namespace(source="demo", global_pool="avg", drop_path=0.1, from_scratch=False, input_size=32)
-    model, _, _ = classification_model.build_model(args, mode, num_classes=3)
+    config = FinetuneConfig(source="demo", data_path="unused", drop_path=0.1, input_size=32) if mode == "finetune" \
+        else LinprobeConfig(source="demo", data_path="unused", input_size=32)
+    model, _, _ = classification_model.build_model(config, num_classes=3)
     model.train()
     nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 0])).backward()
     assert without_gradient(model) == []

@@ -25,12 +25,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from bridges.classification import finetune
-from bridges.cli.classification import add_arguments
+from bridges.cli import main
 from bridges.demo.sample_data import write_digits
+from tests.conftest import REPO
 from tests.pretrain.test_pretraining import argv as pretrain_argv
 from tests.pretrain.test_pretraining import assert_same_state
-from tests.conftest import REPO
 
 JOURNAL_HOOK = REPO / "tests" / "write_journal"
 TIMEOUT = 300
@@ -235,7 +234,8 @@ def test_classifier_in_two_processes_writes_once_and_resumes_after_sigkill(mode,
     assert_one_writer(whole)
     assert whole.renames("last.pth") == 3  # once an epoch
     assert 1 <= whole.renames("best.pth") <= 3
-    assert len(whole.starting("best top-1")) == 1 and whole.lines("epoch 3/3 done") == 1
+    summary = [line for line in whole.starting("top-1 ") if "; best top-1 " in line]  # the run's result line
+    assert len(summary) == 1 and whole.lines("epoch 3/3 done") == 1
     assert len(train_losses(out)) == 3 * 10  # 80 images, 8 a step: 10 steps an epoch, each logged once
 
     killed = tmp_path / "killed"
@@ -251,9 +251,7 @@ def test_classifier_in_two_processes_writes_once_and_resumes_after_sigkill(mode,
 def test_finetuning_losses_of_two_processes_equal_one_process(finetuned_in_two, digits, home, tmp_path, monkeypatch):
     out, _ = finetuned_in_two
     monkeypatch.setenv("LSMAE_HOME", str(home))
-    parser = __import__("argparse").ArgumentParser()
-    add_arguments(parser, "finetune")
-    finetune.run(parser.parse_args(classifier_argv("finetune", digits, tmp_path / "one")), "finetune")
+    assert main(["finetune", *classifier_argv("finetune", digits, tmp_path / "one")]) == 0
     one, two = train_losses(tmp_path / "one"), train_losses(out)
     assert len(one) == len(two) == 30
     assert max(abs(a - b) / abs(a) for a, b in zip(one, two)) < 1e-5

@@ -28,16 +28,16 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from bridges.bench import training_bench
+from bridges.bench.training_bench import TrainingBench
+from bridges.classification.config import FinetuneConfig
 from pretrain.bench import driver
 from pretrain.errors import LsmaeError, report_errors
 from pretrain.models.archs import model_config
-
-from bridges.bench import training_bench
-from bridges.bench.training_bench import TrainingBench
-from bridges.cli.classification import build_parser as finetune_parser
+from pretrain.shared_options import TASKS
 
 GPU_BATCH, CPU_BATCH = 128, 8
-COMMAND_WORKERS = finetune_parser("finetune").get_default("num_workers")  # lsmae finetune's default
+COMMAND_WORKERS = TASKS["finetune"].default_workers()  # lsmae finetune's default
 
 
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
@@ -54,21 +54,20 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
-def finetune_run(model: str, input_size: int) -> argparse.Namespace:
-    """``lsmae finetune MODEL``'s options at this input size with every default, the recipe resolved for
+def finetune_run(model: str, input_size: int) -> FinetuneConfig:
+    """``lsmae finetune MODEL``'s config at this input size with every default, the recipe resolved for
     the architecture's width: what the command's functions take (the caller sets the source's weights)."""
     from bridges.classification.recipes import resolve_recipe
 
-    run = finetune_parser("finetune").parse_args([model, "--data-path", "unused", "--input-size", str(input_size)])
-    resolve_recipe(run, "finetune", model_config(model)["embed_dim"])
-    return run
+    return resolve_recipe(FinetuneConfig(source=model, data_path="unused", input_size=input_size),
+                          model_config(model)["embed_dim"])
 
 
-def training_images(run: argparse.Namespace, folder: Path) -> Any:
+def training_images(run: FinetuneConfig, folder: Path) -> Any:
     """``folder/train`` through ``lsmae finetune``'s training transform."""
     from bridges.classification.data import image_folder, train_transform
 
-    return image_folder(folder / "train", train_transform(run, "finetune"))
+    return image_folder(folder / "train", train_transform(run))
 
 
 class FinetuneBench(TrainingBench):

@@ -1,24 +1,24 @@
 """One configuration of ``lsmae bench finetune`` in its own process (:mod:`pretrain.bench.process`):
 ``python -m bridges.bench.finetune_step [bench options] CONFIG``. The step is ``lsmae finetune``'s
-(its model, optimizer and loss, :class:`bridges.classification.finetune.Classification`) or, for
+(its model, optimizer and loss, :class:`bridges.classification.training.Classification`) or, for
 ``release``, MAE's main_finetune.py step on the same model with the release's attention."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import torch
 from timm.optim import create_optimizer_v2
 from torch.utils.data import DataLoader
 
+from bridges.bench.finetune import FinetuneBench, build_parser, finetune_run, training_images
+from bridges.bench.training_bench import flops_record, mae_weights
+from bridges.classification.model import build_model, make_optimizer
+from bridges.classification.training import Classification
 from pretrain.bench.process import BenchStep, main, repeating_loader
 from pretrain.engine.backends import make_backend
 from pretrain.models.flops import vit_flops
-
-from bridges.bench.finetune import FinetuneBench, build_parser, finetune_run, training_images
-from bridges.bench.training_bench import flops_record, mae_weights
-from bridges.classification.finetune import Classification
-from bridges.classification.model import build_model, make_optimizer
 
 FLOP_PROBE_IMAGES = 2  # mixup pairs images: an even number
 
@@ -30,11 +30,11 @@ class FinetuneStep(BenchStep):
         super().__init__(make_backend(args.device), config, FinetuneBench.baseline)
         cuda = self.device.type == "cuda"
         self.batch, self.input_size = args.batch_size, args.input_size
-        self.run = finetune_run(args.model, args.input_size)
-        self.run.source, self.run.compile = mae_weights(args.model), self.compiled
+        self.run = dataclasses.replace(finetune_run(args.model, args.input_size), source=mae_weights(args.model),
+                                       compile=self.compiled)
         self.flops = vit_flops(args.model, args.input_size, args.num_classes)
         torch.manual_seed(0)
-        model, _, _ = build_model(self.run, "finetune", args.num_classes)
+        model, _, _ = build_model(self.run, args.num_classes)
         if self.baseline:  # the release's attention; MAE's torch.cuda.amp.autocast: fp16, a no-op on CPUs
             for block in model.blocks:
                 block.attn.fused_attn = False
@@ -46,11 +46,11 @@ class FinetuneStep(BenchStep):
             self.opt = create_optimizer_v2(model, "adamw", lr=self.run.lr, weight_decay=self.run.weight_decay,
                                            layer_decay=self.run.layer_decay, foreach=True)
         else:
-            self.opt = make_optimizer(model, self.run, "finetune", self.backend)
+            self.opt = make_optimizer(model, self.run, self.backend)
         # the Trainer's rule: a scaler for fp16 (MAE's NativeScaler: on GPUs)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.dtype == torch.float16 else None
-        self.task = Classification(model, "finetune", self.run, self.backend, self.dtype, None,
-                                   {"num_classes": args.num_classes}, {})
+        self.task = Classification(model, self.run, self.backend, self.dtype, None, {"num_classes": args.num_classes},
+                                   {})
         self.gen = self.backend.generator(0)
         shape = (self.batch, 3, args.input_size, args.input_size)
         self.synthetic = [torch.randn(shape, device=self.device),

@@ -66,7 +66,8 @@ def resolve_defaults(args: argparse.Namespace, baseline: str, gpu_batch: int, cp
                      gpu_workers: int) -> None:
     """The device and its peak (:func:`pretrain.bench.driver.device_facts`), then the options left unset:
     GPU sizes on a GPU, small ones on a CPU; the configurations expanded."""
-    from pretrain.engine.backends import bf16_supported_on_cpu, check_compile
+    from pretrain.engine.backends import bf16_supported_on_cpu
+    from pretrain.shared_options import check_compile
 
     if args.device not in (None, "cuda", "cpu"):
         raise LsmaeError(f"--device {args.device}: cuda or cpu (the fine-tuning commands run on GPUs and CPUs)")

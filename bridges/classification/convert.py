@@ -14,14 +14,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from bridges.conversion import ConversionReport
+from bridges.errors import ConversionError
+from bridges.mae_weights import (
+    ENCODER_KEYS,
+    Provenance,
+    load_mae_weights,
+    merge_qv_bias,
+    resample_pos_embed,
+    untrained_mae_weights,
+)
 from pretrain.atomic import atomic_write
 from pretrain.models.archs import model_config
 from zoo.checkpoint import CheckpointInfo, check_structure
-
-from bridges.conversion import ConversionReport
-from bridges.errors import ConversionError
-from bridges.mae_weights import (ENCODER_KEYS, Provenance, load_mae_weights, merge_qv_bias, resample_pos_embed,
-                                 untrained_mae_weights)
 
 # timm model names for our encoders, by (width, depth, heads); others are built from vit_base with overrides
 TIMM_NAMES = {(768, 12, 12): "vit_base_patch16_224", (1024, 24, 16): "vit_large_patch16_224",

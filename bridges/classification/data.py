@@ -3,13 +3,13 @@ erasing; a resize-and-centre-crop evaluation), ``DATA/train`` and ``DATA/val`` I
 same classes, and the validation loader that measures each image once over all processes."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from torch.utils.data import DataLoader
 
+from bridges.classification.config import ClassifierConfig
 from pretrain.engine.backends import TorchBackend
 from pretrain.errors import DataError, MissingDataError
 
@@ -24,15 +24,15 @@ def eval_transform(input_size: int) -> Any:
                             mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
 
 
-def train_transform(args: argparse.Namespace, mode: str) -> Any:
-    if mode == "linprobe":  # RandomResizedCrop + flip only
-        return create_transform(args.input_size, is_training=True, scale=(args.min_crop_scale, 1.0),
-                                hflip=args.hflip, interpolation="bicubic", color_jitter=None, auto_augment=None, re_prob=0.0,
-                                mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
+def train_transform(config: ClassifierConfig) -> Any:
+    if config.mode == "linprobe":  # RandomResizedCrop + flip only
+        return create_transform(config.input_size, is_training=True, scale=(config.min_crop_scale, 1.0),
+                                hflip=config.hflip, interpolation="bicubic", color_jitter=None, auto_augment=None,
+                                re_prob=0.0, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
     return _posterize_zero_bits(create_transform(
-        args.input_size, is_training=True, scale=(args.min_crop_scale, 1.0), hflip=args.hflip, interpolation="bicubic",
-        color_jitter=None, auto_augment=args.aa,
-        re_prob=args.reprob, re_mode="pixel", re_count=1, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD))
+        config.input_size, is_training=True, scale=(config.min_crop_scale, 1.0), hflip=config.hflip,
+        interpolation="bicubic", color_jitter=None, auto_augment=config.aa,
+        re_prob=config.reprob, re_mode="pixel", re_count=1, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD))
 
 
 def _posterize(img: Any, bits_to_keep: int, **_: Any) -> Any:

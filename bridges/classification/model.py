@@ -3,7 +3,6 @@ linear head, encoder frozen), its optimizer (AdamW with layer decay, or LARS), a
 (``best.pth``/``last.pth`` hold a plain timm state dict and what rebuilds the model)."""
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 from typing import Any
@@ -12,11 +11,11 @@ import torch
 from timm.optim import Lars, create_optimizer_v2
 from torch import nn
 
-from pretrain.engine.backends import TorchBackend
-from pretrain.safe_load import load_checkpoint
-from pretrain.errors import CheckpointError
-
+from bridges.classification.config import ClassifierConfig
 from bridges.classification.data import eval_crop_pct
+from pretrain.engine.backends import TorchBackend
+from pretrain.errors import CheckpointError
+from pretrain.safe_load import load_checkpoint
 
 log = logging.getLogger("bridges.classification")
 
@@ -36,15 +35,16 @@ def fold_probe_head(state: dict[str, torch.Tensor], eps: float = 1e-6) -> dict[s
     return out
 
 
-def build_model(args: argparse.Namespace, mode: str, num_classes: int) -> tuple[nn.Module, Any, dict[str, Any]]:
+def build_model(config: ClassifierConfig, num_classes: int) -> tuple[nn.Module, Any, dict[str, Any]]:
     """The timm classifier from the source, and the checkpoint metadata that rebuilds it."""
+    mode = config.mode
     from bridges.classification.convert import create_timm_model
 
-    global_pool = args.global_pool if mode == "finetune" else "token"
-    drop_path = args.drop_path if mode == "finetune" else 0.0
-    scratch = mode == "finetune" and args.from_scratch
-    model, converted, missing = create_timm_model(args.source, num_classes, global_pool=global_pool,
-                                                  img_size=args.input_size, pretrained=not scratch,
+    global_pool = config.global_pool if mode == "finetune" else "token"
+    drop_path = config.drop_path if mode == "finetune" else 0.0
+    scratch = mode == "finetune" and config.from_scratch
+    model, converted, missing = create_timm_model(config.source, num_classes, global_pool=global_pool,
+                                                  img_size=config.input_size, pretrained=not scratch,
                                                   drop_path_rate=drop_path)
     name, arch_kwargs = converted.timm_model, converted.timm_kwargs
     if mode == "linprobe":
@@ -55,13 +55,13 @@ def build_model(args: argparse.Namespace, mode: str, num_classes: int) -> tuple[
         counts = [sum(p.numel() for p in model.parameters() if p.requires_grad is trained) for trained in (True, False)]
         log.info("linear probe: training %d head parameters, %d encoder parameters frozen", *counts)
     meta = {"format": CKPT_FORMAT, "mode": mode, "timm_model": name, "timm_kwargs": arch_kwargs,
-            "num_classes": num_classes, "img_size": args.input_size, "global_pool": global_pool,
-            "crop_pct": eval_crop_pct(args.input_size), "source": dict(converted.metadata),
+            "num_classes": num_classes, "img_size": config.input_size, "global_pool": global_pool,
+            "crop_pct": eval_crop_pct(config.input_size), "source": dict(converted.metadata),
             "init": "scratch" if scratch else "pretrained"}
     if scratch:
-        log.info("%s with the architecture of %s, randomly initialised (--from-scratch)", name, args.source)
+        log.info("%s with the architecture of %s, randomly initialised (--from-scratch)", name, config.source)
     else:
-        log.info("%s from %s: %s; initialised here: %s", name, args.source,
+        log.info("%s from %s: %s; initialised here: %s", name, config.source,
                  converted.report.text().replace("\n", "; "), ", ".join(missing) or "nothing")
     return model, converted, meta
 
@@ -71,16 +71,16 @@ def plain_state_dict(model: nn.Module, mode: str) -> dict[str, torch.Tensor]:
     return fold_probe_head(state) if mode == "linprobe" else state
 
 
-def make_optimizer(model: nn.Module, args: argparse.Namespace, mode: str, backend: TorchBackend) -> torch.optim.Optimizer:
-    if mode == "finetune":
-        return create_optimizer_v2(model, "adamw", lr=args.lr, weight_decay=args.weight_decay,
-                                   layer_decay=args.layer_decay,
+def make_optimizer(model: nn.Module, config: ClassifierConfig, backend: TorchBackend) -> torch.optim.Optimizer:
+    if config.mode == "finetune":
+        return create_optimizer_v2(model, "adamw", lr=config.lr, weight_decay=config.weight_decay,
+                                   layer_decay=config.layer_decay,
                                    **backend.optimizer_options())
     # MAE's LARS: trust ratio (and weight decay) on the weight, always; plain momentum SGD on the bias
     head = model.head[1]
     return Lars([{"params": [head.weight], "always_adapt": True},
                  {"params": [head.bias], "always_adapt": False, "weight_decay": 0.0}],
-                lr=args.lr, momentum=0.9, weight_decay=args.weight_decay, trust_coeff=0.001)
+                lr=config.lr, momentum=0.9, weight_decay=config.weight_decay, trust_coeff=0.001)
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -2,8 +2,12 @@
 how a run's options left unset take them. No torch: the ``lsmae`` parser shows them as defaults."""
 from __future__ import annotations
 
-import argparse
+import dataclasses
+from typing import TypeVar
 
+from bridges.classification.config import ClassifierConfig
+
+C = TypeVar("C", bound=ClassifierConfig)
 # MAE's FINETUNE.md, by encoder width: ViT-L (1024) has its own column, every other width the ViT-B one
 FINETUNE_BY_WIDTH = {
     1024: dict(epochs=50, blr=1e-3, layer_decay=0.75, drop_path=0.2),
@@ -28,15 +32,17 @@ def source_width(source: str) -> int | None:
         return None
 
 
-def resolve_recipe(args: argparse.Namespace, mode: str, width: int | None) -> None:
-    """Fill the options left at None with the recipe's values for this architecture (in place)."""
-    if mode == "finetune":
+def resolve_recipe(config: C, width: int | None) -> C:
+    """A new config: the options left at None take the recipe's values for this architecture, ``aa`` 'none'
+    becomes None (off), and ``lr`` comes from ``blr`` unless given."""
+    if config.mode == "finetune":
         recipe = {**FINETUNE_COMMON, **FINETUNE_BY_WIDTH.get(width, FINETUNE_BY_WIDTH[None])}
     else:
         recipe = dict(LINPROBE)
-    for key, value in recipe.items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-    if mode == "finetune" and str(args.aa).lower() in ("none", ""):
-        args.aa = None
-    args.lr = args.blr * args.effective_batch_size / 256 if args.lr is None else args.lr
+    filled = {key: value for key, value in recipe.items() if getattr(config, key) is None}
+    resolved = dataclasses.replace(config, **filled)
+    if config.mode == "finetune" and str(resolved.aa).lower() in ("none", ""):
+        resolved = dataclasses.replace(resolved, aa=None)
+    if resolved.lr is None:
+        resolved = dataclasses.replace(resolved, lr=resolved.blr * resolved.effective_batch_size / 256)
+    return resolved

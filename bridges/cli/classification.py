@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import textwrap
+from typing import Any
 
 from bridges.classification.recipes import AUTO_BATCH_CAP, FINETUNE_BY_WIDTH, FINETUNE_COMMON, LINPROBE
+from pretrain.configs import from_namespace
 from pretrain.shared_options import TASKS, add_shared
 
 EXAMPLES = """\
@@ -136,19 +138,19 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     _eval_options(p)
 
 
-def run_finetune(args: argparse.Namespace) -> dict:
-    from bridges.classification.finetune import run
+def run_finetune(args: argparse.Namespace) -> Any:
+    from bridges.classification import FinetuneConfig, finetune
 
-    return run(args, "finetune")
-
-
-def run_linprobe(args: argparse.Namespace) -> dict:
-    from bridges.classification.finetune import run
-
-    return run(args, "linprobe")
+    return finetune(from_namespace(FinetuneConfig, args))
 
 
-def run_eval(args: argparse.Namespace) -> dict:
-    from bridges.classification.finetune import run_eval
+def run_linprobe(args: argparse.Namespace) -> Any:
+    from bridges.classification import LinprobeConfig, linprobe
 
-    return run_eval(args)
+    return linprobe(from_namespace(LinprobeConfig, args))
+
+
+def run_eval(args: argparse.Namespace) -> Any:
+    from bridges.classification import EvalConfig, evaluate
+
+    return evaluate(from_namespace(EvalConfig, args))

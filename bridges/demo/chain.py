@@ -33,9 +33,8 @@ from pretrain.optional import installed, missing, require
 DIGITS_TRAIN, DIGITS_VAL = 140, 34
 FINETUNE_SIZE = 64  # the pretraining's resolution and 8x8 grid
 # flips and small crops change what a digit is: whole, unflipped digits, no mixing
-FINETUNE_RECIPE = ("--input-size", str(FINETUNE_SIZE), "--warmup-epochs", "1", "--effective-batch-size", "64",
-                   "--lr", "2e-3", "--mixup", "0", "--cutmix", "0", "--aa", "none", "--reprob", "0",
-                   "--hflip", "0", "--min-crop-scale", "0.7", "--drop-path", "0", "--print-freq", "1000")
+FINETUNE_RECIPE = dict(input_size=FINETUNE_SIZE, warmup_epochs=1, effective_batch_size=64, lr=2e-3, mixup=0.0,
+                       cutmix=0.0, aa="none", reprob=0.0, hflip=0.0, min_crop_scale=0.7, drop_path=0.0, print_freq=1000)
 DETECT_CONFIG = "mask_rcnn_vitdet_demo"
 PICTURES = 2  # validation images drawn by each segmentation and detection run
 EVALUATED = re.compile(r"iteration \d+/\d+: ")
@@ -125,18 +124,17 @@ def timm_step(demo: Demo) -> str:
 
 
 def finetune_step(demo: Demo) -> str:
-    from bridges.classification import finetune
-    from bridges.cli.classification import build_parser as finetune_parser
+    from bridges.classification import FinetuneConfig, finetune, training
 
-    common = ["--data-path", str(demo.data / "digits"), "--epochs", str(demo.options.epochs), *FINETUNE_RECIPE,
-              "--resume", "", *demo.device_option()]
     top1 = {}
-    for init, extra in (("pretrained", []), ("scratch", ["--from-scratch"])):
-        argv = ["demo", *common, *extra, "--output-dir", str(demo.workdir / "finetune" / init)]
-        with demo.logged(f"finetune-{init}", ["finetune", *argv], logger=finetune.log):
-            result = finetune.run(finetune_parser("finetune").parse_args(argv), "finetune")
-        top1[init] = 100 * result["best_top1"]
-        demo.artefacts[f"digits classifier ({init})"] = result["best"]
+    for init in ("pretrained", "scratch"):
+        config = FinetuneConfig(source="demo", data_path=str(demo.data / "digits"), epochs=demo.options.epochs,
+                                **FINETUNE_RECIPE, resume="", device=demo.options.device,
+                                from_scratch=init == "scratch", output_dir=str(demo.workdir / "finetune" / init))
+        with demo.logged(f"finetune-{init}", command_line("finetune", config), logger=training.log):
+            result = finetune(config)
+        top1[init] = 100 * result.top1  # the final model's
+        demo.artefacts[f"digits classifier ({init})"] = result.last_path
     curves(demo, "finetune", [demo.workdir / "finetune" / init for init in top1],
            "digits: the pretrained run and its from-scratch twin")
     gain = top1["pretrained"] - top1["scratch"]

@@ -71,8 +71,9 @@ class PretrainBench:
 
 
 def _defaults(args: argparse.Namespace) -> None:
-    from pretrain.engine.backends import bf16_supported_on_cpu, check_compile
+    from pretrain.engine.backends import bf16_supported_on_cpu
     from pretrain.optional import require
+    from pretrain.shared_options import check_compile
 
     driver.device_facts(args)
     gpu = args.device == "cuda"

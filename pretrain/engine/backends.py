@@ -310,12 +310,6 @@ class XLABackend(TorchBackend):
         self._xm.wait_device_ops()
 
 
-def check_compile(device: str | None, compile_model: bool) -> None:
-    """``--compile`` is torch.compile, for CUDA and CPU: on XLA the whole step is compiled already."""
-    if compile_model and device == "xla":
-        raise LsmaeError("--compile is for --device cuda or cpu: on XLA the whole step is already compiled")
-
-
 def make_backend(device: str | None) -> TorchBackend:
     """``cuda``, ``cpu`` or ``xla``; None picks cuda when available, else cpu."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

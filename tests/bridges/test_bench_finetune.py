@@ -3,6 +3,7 @@ two steps it compares (MAE's and ``lsmae finetune``'s), the generated ImageNet-l
 run of the whole bench on the demo architecture."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -62,9 +63,8 @@ def test_flop_count_equals_torchs_counter_on_the_demo_model():
     """Three forward passes' FLOPs less the patch embedding's (its backward computes no input gradient)
     are what torch counts in a forward and backward pass, attention products included (naive attention:
     matmuls the counter sees)."""
-    run = finetune_run(TINY_MODEL, 64)
-    run.source = mae_weights(TINY_MODEL)
-    model, _, _ = build_model(run, "finetune", CLASSES)
+    run = dataclasses.replace(finetune_run(TINY_MODEL, 64), source=mae_weights(TINY_MODEL))
+    model, _, _ = build_model(run, CLASSES)
     for block in model.blocks:
         block.attn.fused_attn = False
     counter = FlopCounterMode(display=False)

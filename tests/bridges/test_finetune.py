@@ -21,16 +21,17 @@ import timm
 import torch
 from PIL import Image
 
+from bridges.classification import FinetuneConfig, LinprobeConfig, evaluate, finetune, linprobe, training
 from bridges.classification import data as classification_data
-from bridges.classification import finetune
 from bridges.classification import model as classification_model
-from bridges.cli import classification as classification_cli
 from bridges.classification import recipes as classification_recipes
-from bridges.cli.classification import add_arguments
 from bridges.cli import build_parser as cli_parser
-from bridges.demo.sample_data import write_digits
+from bridges.cli import classification as classification_cli
 from bridges.cli import main as cli_main
-from pretrain import main_pretrain
+from bridges.cli.classification import add_arguments
+from bridges.demo.sample_data import write_digits
+from pretrain import pretrain
+from pretrain.configs import from_namespace
 from pretrain.engine.checkpoints import export_release
 from pretrain.engine.run_plan import resolve_batch
 from tests.conftest import REPO, TINY_MODEL
@@ -49,10 +50,18 @@ def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def run_mode(mode: str, argv: list[str]) -> dict:
+CONFIGS = {"finetune": FinetuneConfig, "linprobe": LinprobeConfig}
+
+
+def config_of(mode: str, argv: list[str]) -> FinetuneConfig | LinprobeConfig:
+    """The config ``lsmae MODE ARGV`` runs."""
     parser = argparse.ArgumentParser()
     add_arguments(parser, mode)
-    return finetune.run(parser.parse_args(argv), mode)
+    return from_namespace(CONFIGS[mode], parser.parse_args(argv))
+
+
+def run_mode(mode: str, argv: list[str]):
+    return (finetune if mode == "finetune" else linprobe)(config_of(mode, argv))
 
 
 def common(data: Path, out: Path, *extra: str) -> list[str]:
@@ -86,12 +95,12 @@ def digits(tmp_path_factory) -> Path:
 def pretrained(digits, module_home, tmp_path_factory) -> Path:
     """The micro MAE pretrained for a few epochs on the digits train split, exported like a release file."""
     out = tmp_path_factory.mktemp("pretrain")
-    main_pretrain.run(main_pretrain.build_parser().parse_args([
-        "--model", TINY_MODEL, "--input-size", "64", "--data-path", str(digits), "--epochs", "4",
-        "--warmup-epochs", "1", "--effective-batch-size", "16", "--lr", "1.5e-3", "--mask-downsampling", "1",
-        "--no-norm-pix-loss",  # upscaled 8x8 digits make nearly flat patches: normalising them amplifies noise
-        "--num-workers", "0", "--device", "cpu", "--precision", "fp32", "--output-dir", str(out),
-        "--ckpt-interval", "100", "--print-freq", "100"]))
+    result = pretrain(  # the Python API of `lsmae pretrain`
+        model=TINY_MODEL, input_size=64, data_path=(str(digits),), epochs=4, warmup_epochs=1, effective_batch_size=16,
+        lr=1.5e-3, mask_downsampling=1,
+        norm_pix_loss=False,  # upscaled 8x8 digits make nearly flat patches: normalising them amplifies noise
+        num_workers=0, device="cpu", precision="fp32", output_dir=str(out), ckpt_interval=100, print_freq=100)
+    assert (result.checkpoint, result.epochs, result.resumed_from) == (out / "checkpoint-3.pth", 4, None)
     return export_release(out, out / "mae_digits.pth")
 
 
@@ -108,16 +117,16 @@ def finetuned(pretrained, digits, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("finetune")
     argv = finetune_argv(pretrained, digits, out)
     evaluations = []
-    real_evaluate = finetune.evaluate
+    real_accuracy = training.accuracy
 
     def crash_in_fourth_epoch(*args, **kwargs):
         evaluations.append(1)
         if len(evaluations) > FT_INTERRUPTED_AFTER:
             raise KeyboardInterrupt  # the process dies after training epoch 4, before its checkpoint
-        return real_evaluate(*args, **kwargs)
+        return real_accuracy(*args, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(finetune, "evaluate", crash_in_fourth_epoch)
+        mp.setattr(training, "accuracy", crash_in_fourth_epoch)
         with pytest.raises(KeyboardInterrupt):
             run_mode("finetune", argv)
     assert load(out / "last.pth")["epoch"] == FT_INTERRUPTED_AFTER - 1
@@ -144,10 +153,13 @@ def test_finetuning_learns_and_resumes_after_an_interruption(finetuned):
     assert len({r["step"] for r in interrupted}) < len(interrupted)  # epoch 4 was trained twice...
     first, second = interrupted[:len(interrupted) // 2], interrupted[len(interrupted) // 2:]
     assert [r["loss"] for r in first] == [r["loss"] for r in second]  # ...identically: exact resume
-    assert result["best_top1"] == max(r["top1"] for r in epochs) >= 0.5  # chance is 0.1
+    assert result.best.top1 == max(r["top1"] for r in epochs) >= 0.5  # chance is 0.1
+    assert (result.top1, result.top5) == (epochs[-1]["top1"], epochs[-1]["top5"])  # the final model's
     last, best = load(out / "last.pth"), load(out / "best.pth")
     assert last["epoch"] == FT_EPOCHS - 1 and "optimizer" in last and "optimizer" not in best
-    assert best["top1"] == result["best_top1"] and best["epoch"] == result["best_epoch"]
+    assert best["top1"] == result.best.top1 and best["epoch"] == result.best.epoch
+    assert result.resumed_from == out / "last.pth" and (result.best_path, result.last_path) == (out / "best.pth",
+                                                                                              out / "last.pth")
     assert (out / "tensorboard").is_dir()
 
 
@@ -155,13 +167,13 @@ def test_rerunning_a_finished_run_does_nothing(finetuned, pretrained, digits):
     out, result = finetuned
     before = (out / "log.jsonl").read_text()
     again = run_mode("finetune", finetune_argv(pretrained, digits, out))
-    assert again["best_top1"] == result["best_top1"] and (out / "log.jsonl").read_text() == before
+    assert (again.top1, again.best) == (result.top1, result.best) and (out / "log.jsonl").read_text() == before
 
 
 def test_linear_probe_learns_with_a_frozen_encoder(probed, pretrained):
     out, result = probed
     assert [r["epoch"] for r in records(out, "epoch")] == list(range(PROBE_EPOCHS))
-    assert result["best_top1"] >= 0.3
+    assert result.best.top1 >= 0.3 and result.resumed_from is None
     best = load(out / "best.pth")
     assert best["global_pool"] == "token" and best["mode"] == "linprobe"
     assert "head.weight" in best["model"] and not any(k.startswith("head.0") for k in best["model"])
@@ -179,10 +191,10 @@ def test_eval_reproduces_the_logged_best_top1(run, request, digits, capsys):
             "--precision", "fp32", "--batch-size", batch]
     assert cli_main(argv) == 0
     printed = capsys.readouterr().out
-    assert f"top-1 {100 * result['best_top1']:.2f}%" in printed and f"on {10 * VAL_PER_CLASS} images" in printed
-    measured = finetune.evaluate_checkpoint(out / "best.pth", digits, batch_size=int(batch), device="cpu",
-                                            precision="fp32")
-    assert measured["top1"] == result["best_top1"] and measured["top5"] == result["best_top5"]
+    assert f"top-1 {100 * result.best.top1:.2f}%" in printed and f"on {10 * VAL_PER_CLASS} images" in printed
+    measured = evaluate(checkpoint=str(out / "best.pth"), data_path=str(digits), batch_size=int(batch),
+                        device="cpu", precision="fp32")
+    assert (measured.top1, measured.top5) == (result.best.top1, result.best.top5)
 
 
 @pytest.mark.parametrize("run", ["finetuned", "probed"])
@@ -193,7 +205,8 @@ def test_best_checkpoint_loads_into_plain_timm(run, request, digits):
                               global_pool=ckpt["global_pool"], img_size=ckpt["img_size"])
     model.load_state_dict(ckpt["model"], strict=True)
     model.eval()
-    image = classification_data.eval_transform(ckpt["img_size"])(Image.open(next((digits / "val" / "digit3").iterdir())))
+    picture = Image.open(next((digits / "val" / "digit3").iterdir()))
+    image = classification_data.eval_transform(ckpt["img_size"])(picture)
     with torch.no_grad():
         assert model(image[None]).shape == (1, 10)
     assert ckpt["classes"] == [f"digit{c}" for c in range(10)]
@@ -210,7 +223,7 @@ def test_default_recipe_smoke_and_resume_with_more_epochs(pretrained, tmp_path):
     first = run_mode("finetune", [*argv, "--epochs", "1"])
     second = run_mode("finetune", [*argv, "--epochs", "2"])
     assert [r["epoch"] for r in records(out, "epoch")] == [0, 1]
-    assert second["epochs"] == 2 and first["best_top1"] <= second["best_top1"]
+    assert second.epochs == 2 and first.best.top1 <= second.best.top1
     args = load(out / "last.pth")["args"]
     assert (args["aa"], args["reprob"], args["mixup"], args["cutmix"], args["smoothing"]) == \
         ("rand-m9-mstd0.5-inc1", 0.25, 0.8, 1.0, 0.1)
@@ -218,19 +231,18 @@ def test_default_recipe_smoke_and_resume_with_more_epochs(pretrained, tmp_path):
 
 
 # --- recipe resolution (no training) --------------------------------------------------------------
-def _resolved(mode: str, width: int | None, *argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser, mode)
-    args = parser.parse_args(["src", "--data-path", "d", *argv])
-    classification_recipes.resolve_recipe(args, mode, width)
-    return args
+def _resolved(mode: str, width: int | None, *argv: str) -> FinetuneConfig | LinprobeConfig:
+    given = config_of(mode, ["src", "--data-path", "d", *argv])
+    resolved = classification_recipes.resolve_recipe(given, width)
+    assert given == config_of(mode, ["src", "--data-path", "d", *argv])  # the caller's config is left alone
+    return resolved
 
 
 def test_recipe_defaults_follow_the_architecture_and_flags_override_them():
     base, large, micro = (_resolved("finetune", w) for w in (768, 1024, 96))
     assert (base.epochs, base.blr, base.layer_decay, base.drop_path) == (100, 5e-4, 0.65, 0.1)
     assert (large.epochs, large.blr, large.layer_decay, large.drop_path) == (50, 1e-3, 0.75, 0.2)
-    assert vars(micro) == vars(base)
+    assert micro == base
     assert base.lr == pytest.approx(5e-4 * 1024 / 256) and large.lr == pytest.approx(1e-3 * 4)
     for a in (base, large):
         assert (a.effective_batch_size, a.weight_decay, a.warmup_epochs, a.min_lr, a.smoothing) == \
@@ -257,11 +269,11 @@ def test_batch_plan():
 
 def test_transforms_are_timms_at_the_input_size():
     args = _resolved("finetune", 768, "--input-size", "96")
-    train = classification_data.train_transform(args, "finetune")
+    train = classification_data.train_transform(args)
     names = [type(t).__name__ for t in train.transforms]
     assert names[:3] == ["RandomResizedCropAndInterpolation", "RandomHorizontalFlip", "RandAugment"]
     assert names[-1] == "RandomErasing" and train.transforms[0].size == (96, 96)
-    probe = classification_data.train_transform(_resolved("linprobe", 768, "--input-size", "96"), "linprobe")
+    probe = classification_data.train_transform(_resolved("linprobe", 768, "--input-size", "96"))
     assert [type(t).__name__ for t in probe.transforms][:2] == ["RandomResizedCropAndInterpolation",
                                                                 "RandomHorizontalFlip"]
     assert not any("RandAugment" in type(t).__name__ or "Erasing" in type(t).__name__ for t in probe.transforms)
@@ -272,7 +284,7 @@ def test_transforms_are_timms_at_the_input_size():
 
 def test_randaugment_posterize_at_full_magnitude_works():
     """RandAugment 'inc1' posterizes to 0 bits at magnitude 10, which Pillow >= 13 refuses."""
-    train = classification_data.train_transform(_resolved("finetune", 768, "--input-size", "32"), "finetune")
+    train = classification_data.train_transform(_resolved("finetune", 768, "--input-size", "32"))
     randaug = train.transforms[2]
     op = next(o for o in randaug.ops if o.name == "PosterizeIncreasing")
     op.prob, op.magnitude, op.magnitude_std = 1.0, 10, 0
@@ -380,10 +392,8 @@ def test_module_entry_point_for_torchrun_reports_errors_in_one_line(tmp_path):
 
 
 # --- promises pinned where they take effect (issue 22) --------------------------------------------
-def _parsed(mode: str, source: str, *argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser, mode)
-    return parser.parse_args([source, "--data-path", "unused", "--device", "cpu", *argv])
+def _parsed(mode: str, source: str, *argv: str) -> FinetuneConfig | LinprobeConfig:
+    return config_of(mode, [source, "--data-path", "unused", "--device", "cpu", *argv])
 
 
 @pytest.fixture
@@ -401,11 +411,11 @@ def test_layer_decay_reaches_the_optimizers_param_groups(micro_source, tmp_path,
     patch/pos embeddings and cls token decay^(depth+1), block i decay^(depth-i), fc_norm and head 1."""
     built = {}
 
-    def recording(model, args, mode, backend):
-        built["model"], built["opt"] = model, classification_model.make_optimizer(model, args, mode, backend)
+    def recording(model, config, backend):
+        built["model"], built["opt"] = model, classification_model.make_optimizer(model, config, backend)
         return built["opt"]
 
-    monkeypatch.setattr(finetune, "make_optimizer", recording)
+    monkeypatch.setattr(training, "make_optimizer", recording)
     data = write_digits(tmp_path / "data", 2, 1, size=32)
     run_mode("finetune", [str(micro_source), *common(data, tmp_path / "run", "--epochs", "1", "--warmup-epochs", "0",
                                                       "--effective-batch-size", "4", "--lr", "1e-3",
@@ -448,10 +458,10 @@ def test_recipe_drop_path_is_in_the_built_model(width, depth, heads, rate, tmp_p
     source = tmp_path / "encoder.pth"
     torch.save({"model": {k: zeros[: s.numel()].view(s) for k, s in shapes.items()}}, source)
     for mode, expected in (("finetune", rate), ("linprobe", 0.0)):
-        args = _parsed(mode, str(source))
-        classification_recipes.resolve_recipe(args, mode, classification_recipes.source_width(str(source)))
+        config = classification_recipes.resolve_recipe(_parsed(mode, str(source)),
+                                                       classification_recipes.source_width(str(source)))
         with torch.device("meta"):  # the modules without their weights' memory
-            model, _, _ = classification_model.build_model(args, mode, 10)
+            model, _, _ = classification_model.build_model(config, 10)
         assert len(model.blocks) == depth and model.embed_dim == width
         probs = [getattr(b.drop_path1, "drop_prob", 0.0) for b in model.blocks]
         assert probs == pytest.approx([expected * i / (depth - 1) for i in range(depth)])
@@ -482,7 +492,8 @@ def test_eval_transform_geometry(input_size, resized, offset):
     source, colour = _blocks_image(640, 512)
     out = classification_data.eval_transform(input_size)(source)
     assert out.shape == (3, input_size, input_size)
-    mean, std = torch.tensor(classification_data.IMAGENET_DEFAULT_MEAN), torch.tensor(classification_data.IMAGENET_DEFAULT_STD)
+    mean = torch.tensor(classification_data.IMAGENET_DEFAULT_MEAN)
+    std = torch.tensor(classification_data.IMAGENET_DEFAULT_STD)
     rgb = ((out * std[:, None, None] + mean[:, None, None]) * 255).permute(1, 2, 0).numpy()
     scale = 640 / resized[0]
     assert 512 / resized[1] == scale
@@ -503,11 +514,11 @@ def test_linear_probe_optimizer_is_lars_with_trust_ratio_on_the_head_weight(micr
     lr x g (no trust ratio, no weight decay); nothing else is in the optimizer."""
     from timm.optim import Lars
 
-    args = _parsed("linprobe", str(micro_source), "--lr", "0.5", "--weight-decay", "0")
-    classification_recipes.resolve_recipe(args, "linprobe", None)
+    config = classification_recipes.resolve_recipe(
+        _parsed("linprobe", str(micro_source), "--lr", "0.5", "--weight-decay", "0"), None)
     torch.manual_seed(0)
-    model, _, _ = classification_model.build_model(args, "linprobe", 10)
-    opt = classification_model.make_optimizer(model, args, "linprobe", None)
+    model, _, _ = classification_model.build_model(config, 10)
+    opt = classification_model.make_optimizer(model, config, None)
     assert isinstance(opt, Lars)
     head = model.head[1]
     assert [p for g in opt.param_groups for p in g["params"]] == [head.weight, head.bias]
@@ -530,17 +541,16 @@ def test_recipe_augmentation_and_loss_are_in_the_built_transform_and_criterion()
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
     args = _resolved("finetune", 768, "--input-size", "32")
-    train = classification_data.train_transform(args, "finetune")
+    train = classification_data.train_transform(args)
     randaug, erasing = train.transforms[2], train.transforms[-1]
     assert randaug.num_layers == 2 and all((o.magnitude, o.magnitude_std) == (9, 0.5) for o in randaug.ops)
     assert "PosterizeIncreasing" in [o.name for o in randaug.ops]  # 'inc1'
     assert (erasing.probability, erasing.mode, erasing.max_count) == (0.25, "pixel", 1)
     backend = SimpleNamespace(wrap_model=lambda m: m)
-    task = finetune.Classification(torch.nn.Linear(2, 2), "finetune", args, backend, None, None,
-                                   {"num_classes": 10}, {})
+    task = training.Classification(torch.nn.Linear(2, 2), args, backend, None, None, {"num_classes": 10}, {})
     assert (task.mixup.mixup_alpha, task.mixup.cutmix_alpha, task.mixup.label_smoothing) == (0.8, 1.0, 0.1)
     assert isinstance(task.criterion, SoftTargetCrossEntropy)
-    plain = finetune.Classification(torch.nn.Linear(2, 2), "finetune", _resolved("finetune", 768, "--mixup", "0",
-                                    "--cutmix", "0"), backend, None, None, {"num_classes": 10}, {})
+    plain = training.Classification(torch.nn.Linear(2, 2), _resolved("finetune", 768, "--mixup", "0", "--cutmix",
+                                    "0"), backend, None, None, {"num_classes": 10}, {})
     assert plain.mixup is None and isinstance(plain.criterion, LabelSmoothingCrossEntropy)
     assert plain.criterion.smoothing == 0.1

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from bridges.cli import main
 from tests.bridges.test_segment import _segment, texture_set  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -62,30 +61,33 @@ def test_segmentation_reports_the_final_model_when_it_is_worse_than_the_best(
                        torch.tensor([0.0, 0.0, 0.0, 1.0]))  # the result is the model that was evaluated last
 
 
-def test_fine_tuning_reports_its_best_epoch_as_such_and_keeps_the_last_in_last_pth(tmp_path, lsmae_home,
-                                                                                  monkeypatch, capsys):
-    from bridges.classification import finetune
+def test_fine_tuning_reports_its_last_evaluation_as_the_result_and_its_best_epoch_beside_it(tmp_path, lsmae_home,
+                                                                                           monkeypatch, capsys):
+    from bridges.classification import finetune, training
     from bridges.demo.sample_data import write_digits
 
     digits = write_digits(tmp_path / "digits", 30, 10, size=64)
-    evaluate = finetune.Classification.evaluate
+    evaluate = training.Classification.evaluate
 
     def worse_at_the_end(self, at, train_loss):
-        if at.epoch == self.args.epochs:
+        if at.epoch == self.config.epochs:
             _one_class(self.classifier.head, answer=3)
         return evaluate(self, at, train_loss)
 
-    monkeypatch.setattr(finetune.Classification, "evaluate", worse_at_the_end)
+    monkeypatch.setattr(training.Classification, "evaluate", worse_at_the_end)
     out = tmp_path / "run"
-    assert main(["finetune", "demo", "--data-path", str(digits), "--input-size", "32", "--epochs", "2",
-                 "--warmup-epochs", "1", "--effective-batch-size", "16", "--lr", "2e-3", "--mixup", "0", "--cutmix",
-                 "0", "--aa", "none", "--reprob", "0", "--hflip", "0", "--drop-path", "0", "--num-workers", "0",
-                 "--device", "cpu", "--precision", "fp32", "--output-dir", str(out), "--print-freq", "1000"]) == 0
+    result = finetune(source="demo", data_path=str(digits), input_size=32, epochs=2, warmup_epochs=1,
+                      effective_batch_size=16, lr=2e-3, mixup=0, cutmix=0, aa="none", reprob=0, hflip=0, drop_path=0,
+                      num_workers=0, device="cpu", precision="fp32", output_dir=str(out), print_freq=1000)
     first, last = _records(out, "epoch")
     assert last["top1"] == 0.1 < first["top1"]  # the premise: one class of ten answered
+    assert (result.top1, result.top5) == (last["top1"], last["top5"]) and result.last_path == out / "last.pth"
+    assert (result.best.top1, result.best.epoch, result.best_path) == (first["top1"], 0, out / "best.pth")
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0] == f"best top-1 {100 * first['top1']:.2f}% top-5 {100 * first['top5']:.2f}% (epoch 1 of 2); " \
-                         f"weights load into plain timm, see `lsmae eval {out / 'best.pth'} --data-path DATA`"
+    assert printed[0] == f"top-1 {100 * last['top1']:.2f}% top-5 {100 * last['top5']:.2f}% after epoch 2 " \
+                         f"(last.pth); best top-1 {100 * first['top1']:.2f}% top-5 {100 * first['top5']:.2f}% " \
+                         "(epoch 1, best.pth); weights load into plain timm, see " \
+                         f"`lsmae eval {out / 'best.pth'} --data-path DATA`"
     best, final = (torch.load(out / name, weights_only=True) for name in ("best.pth", "last.pth"))
     assert (best["epoch"], best["top1"]) == (0, first["top1"])
     assert (final["epoch"], final["top1"], final["best"]["top1"]) == (1, last["top1"], first["top1"])

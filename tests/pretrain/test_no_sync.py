@@ -25,9 +25,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from pretrain.engine import trainer as trainer_module
-from pretrain.pretraining import MaskedPretraining
 from pretrain.main_pretrain import build_parser, run
 from pretrain.models.masking import block_mask_indices
+from pretrain.pretraining import MaskedPretraining
 from tests.conftest import TINY_MODEL
 
 HOST_READS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__", "__index__")
@@ -153,22 +153,16 @@ def test_block_masking_has_no_sync_operator(grid, ds):
 def _fine_tune(tmp_path: Path, mode: str, *options: str) -> None:
     """``lsmae finetune``/``linprobe`` of the tiny checkpoint at 32 px: 40 digits, batches of 4 with 2
     accumulation steps (mixup/cutmix and label smoothing as the recipe has them)."""
-    import argparse
-
-    from bridges.classification import finetune
-    from bridges.cli.classification import add_arguments
+    from bridges.cli import main
     from bridges.demo.sample_data import write_digits
     from tests.conftest import tiny_checkpoint_bytes
 
     data = write_digits(tmp_path / "digits", 4, 1, size=32)
     ckpt = tmp_path / "tiny.pth"
     ckpt.write_bytes(tiny_checkpoint_bytes(tmp_path, seed=0))
-    parser = argparse.ArgumentParser()
-    add_arguments(parser, mode)
-    finetune.run(parser.parse_args([
-        str(ckpt), "--data-path", str(data), "--input-size", "32", "--num-workers", "0", "--output-dir",
-        str(tmp_path / "out"), "--print-freq", "1000", "--warmup-epochs", "0", "--effective-batch-size", "8",
-        "--batch-size", "4", *options]), mode)
+    assert main([mode, str(ckpt), "--data-path", str(data), "--input-size", "32", "--num-workers", "0", "--output-dir",
+                 str(tmp_path / "out"), "--print-freq", "1000", "--warmup-epochs", "0", "--effective-batch-size", "8",
+                 "--batch-size", "4", *options]) == 0
 
 
 def _segment(tmp_path: Path, *options: str) -> None:

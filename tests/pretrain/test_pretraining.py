@@ -24,9 +24,9 @@ import torch
 import pretrain
 import zoo
 from pretrain.engine.checkpoints import export_release
+from pretrain.engine.run_plan import resolve_batch
 from pretrain.errors import LsmaeError, NonFiniteLossError
 from pretrain.main_pretrain import build_parser, main, run
-from pretrain.engine.run_plan import resolve_batch
 from tests.conftest import REPO, TINY_MODEL
 
 E = 8  # epochs of the resume runs (4 steps each)
@@ -367,13 +367,18 @@ def test_help_shows_examples(capsys):
 
 
 def test_finished_run_is_not_trained_again(photos, reference_run, tmp_path):
+    from pretrain.configs import from_namespace
     from pretrain.engine.backends import make_backend
     from pretrain.pretraining import train as engine_train
+    from pretrain.pretraining_config import PretrainConfig
 
     out = tmp_path / "again"
     shutil.copytree(reference_run, out)
     before = (out / f"checkpoint-{E - 1}.pth").read_bytes()
     n_records = len((out / "log.jsonl").read_text().splitlines())
-    last = engine_train(build_parser().parse_args(argv(photos, out, E)), make_backend("cpu"))
+    result = engine_train(from_namespace(PretrainConfig, build_parser().parse_args(argv(photos, out, E))),
+                          make_backend("cpu"))
+    last = result.checkpoint
     assert last == out / f"checkpoint-{E - 1}.pth" and last.read_bytes() == before
+    assert (result.epochs, result.loss, result.resumed_from) == (E, None, last)  # resumed, nothing left to train
     assert len((out / "log.jsonl").read_text().splitlines()) == n_records

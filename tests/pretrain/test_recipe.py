@@ -17,12 +17,14 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from pretrain import data, pretraining
+from pretrain.configs import from_namespace
 from pretrain.engine.backends import TorchBackend
 from pretrain.engine.resume import run_identity
 from pretrain.engine.trainer import LoopConfig, Progress, Trainer
 from pretrain.errors import LsmaeError
 from pretrain.main_pretrain import build_parser, run
 from pretrain.models.mae import MaskedAutoencoderViT
+from pretrain.pretraining_config import PretrainConfig
 from tests.conftest import TINY_MODEL
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -77,7 +79,7 @@ def train(*argv: str, backend: TorchBackend | None = None) -> None:
     if backend is None:
         run(args)
     else:
-        pretraining.train(args, backend)
+        pretraining.train(from_namespace(PretrainConfig, args), backend)
 
 
 def records(out: Path, kind: str) -> list[dict]:
