@@ -4,8 +4,6 @@ at the second step on a parameter left out. Models as the commands build them, f
 ``demo`` checkpoint; ViTDet where detectron2 is installed."""
 from __future__ import annotations
 
-import argparse
-
 import pytest
 import torch
 from torch import nn
@@ -47,8 +45,7 @@ def test_timm_classifier_step(mode, lsmae_home):
 def test_upernet_segmentation_step(lsmae_home):
     torch.manual_seed(0)
     recipe = get_recipe("demo")
-    args = argparse.Namespace(source="demo", from_scratch=False)
-    model, _ = build_upernet(args, recipe)
+    model, _ = build_upernet("demo", recipe)
     model.train()
     size = recipe.crop_size
     labels = torch.randint(0, recipe.num_labels, (2, size, size))

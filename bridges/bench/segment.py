@@ -29,17 +29,17 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from bridges.bench import training_bench
+from bridges.bench.training_bench import TrainingBench
+from bridges.segmentation.config import SegmentConfig
+from bridges.segmentation.recipes import RECIPES, SegRecipe, get_recipe, recipe_for_depth
 from pretrain.bench import driver
 from pretrain.errors import LsmaeError, report_errors
 from pretrain.models.archs import model_config
-
-from bridges.bench import training_bench
-from bridges.bench.training_bench import TrainingBench
-from bridges.cli.segmentation import build_parser as segment_parser
-from bridges.segmentation.recipes import RECIPES, SegRecipe, get_recipe, recipe_for_depth
+from pretrain.shared_options import TASKS
 
 GPU_BATCH, CPU_BATCH = 8, 2
-COMMAND_WORKERS = segment_parser().get_default("num_workers")  # lsmae segment's default
+COMMAND_WORKERS = TASKS["segment"].default_workers()  # lsmae segment's default
 
 
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
@@ -58,14 +58,11 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
-def segment_run(model: str, config: str, batch_size: int) -> tuple[argparse.Namespace, SegRecipe]:
-    """``lsmae segment MODEL --config CONFIG --batch-size N``'s options with every default, and its recipe:
-    what the command's functions take (the caller sets the source's weights)."""
+def segment_recipe(model: str, config: str, batch_size: int) -> SegRecipe:
+    """The recipe of ``lsmae segment MODEL --config CONFIG --batch-size N`` with every other default."""
     from bridges.segmentation.command import resolve_recipe
 
-    run = segment_parser().parse_args([model, "--config", config, "--batch-size", str(batch_size),
-                                       "--data-path", "unused"])
-    return run, resolve_recipe(run)[0]
+    return resolve_recipe(SegmentConfig(source=model, recipe=config, batch_size=batch_size))[0]
 
 
 def training_crops(recipe: SegRecipe, folder: Path) -> Any:

@@ -11,14 +11,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from pretrain.bench.process import BenchStep, main, precision_text, repeating_loader
-from pretrain.engine.backends import make_backend
-from pretrain.engine.run_plan import resolve_precision
-
-from bridges.bench.segment import SegmentBench, build_parser, segment_run, training_crops
+from bridges.bench.segment import SegmentBench, build_parser, segment_recipe, training_crops
 from bridges.bench.training_bench import flops_record, mae_weights
 from bridges.segmentation.flops import upernet_flops
 from bridges.segmentation.training import SegmentationTask, build_model, param_groups
+from pretrain.bench.process import BenchStep, main, precision_text, repeating_loader
+from pretrain.engine.backends import make_backend
+from pretrain.engine.run_plan import resolve_precision
 
 FLOP_PROBE_IMAGES = 2  # the pyramid pooling's 1x1 BatchNorm needs two
 
@@ -29,10 +28,9 @@ class SegmentStep(BenchStep):
     def __init__(self, args: argparse.Namespace, config: str) -> None:
         super().__init__(make_backend(args.device), config, SegmentBench.baseline)
         self.batch = args.batch_size
-        self.run, self.recipe = segment_run(args.model, args.config, args.batch_size)
-        self.run.source = mae_weights(args.model)
+        self.recipe = segment_recipe(args.model, args.config, args.batch_size)
         torch.manual_seed(0)
-        model, _ = build_model(self.run, self.recipe)
+        model, _ = build_model(mae_weights(args.model), self.recipe)
         if self.baseline:  # today's model, at the command's default precision
             from bridges.segmentation.model import stock_upernet
 
@@ -45,7 +43,7 @@ class SegmentStep(BenchStep):
                                      lr=self.recipe.lr, betas=self.recipe.betas, **self.backend.optimizer_options())
         self.scaler = torch.amp.GradScaler(self.device.type) if self.dtype == torch.float16 else None  # the Trainer's
         wrapped = torch.compile(model) if self.compiled else model  # as lsmae segment --compile
-        self.task = SegmentationTask(model, wrapped, None, self.run, self.recipe, self.backend, self.dtype, Path(),
+        self.task = SegmentationTask(model, wrapped, None, self.recipe, self.backend, self.dtype, Path(),
                                      logging.getLogger(__name__))
         crop, b = self.recipe.crop_size, self.batch
         self.synthetic = [torch.randint(0, 256, (b, 3, crop, crop), dtype=torch.uint8, device=self.device),

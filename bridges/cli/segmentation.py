@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import Any
 
 from bridges.cli.intermixed import IntermixedParser
 from bridges.segmentation.recipes import RECIPES, overridable_keys
+from pretrain.configs import from_namespace
+from pretrain.errors import LsmaeError
 from pretrain.shared_options import TASKS, add_shared
 
 DESCRIPTION = ("Fine-tune a long-seq MAE encoder as UperNet semantic segmentation on ADE20K (transformers' BEiT "
@@ -32,10 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.__class__ = IntermixedParser
     p.add_argument("source", nargs="?", metavar="SOURCE",
                    help="zoo id (e.g. vit_base/coco/4000), demo, or an MAE checkpoint file (not with --eval-only)")
-    p.add_argument("--config", choices=sorted(RECIPES), default=None,
+    p.add_argument("--config", dest="recipe", choices=sorted(RECIPES), default=None,
                    help="recipe (default: by the encoder width, upernet_vit_b/l_ade20k_160k; demo for the demo model)")
     p.add_argument("--data-path", metavar="DATA", default=None,
-                   help="a folder in the ADE20K layout: images/{training,validation} and annotations/{training,validation}")
+                   help="a folder in the ADE20K layout: images/{training,validation} and "
+                        "annotations/{training,validation}")
     p.add_argument("--train", metavar="IMAGES:MASKS", default=None,
                    help="training images and their PNG masks (same file names), instead of --data-path")
     p.add_argument("--val", metavar="IMAGES:MASKS", default=None, help="evaluation images and masks, with --train")
@@ -62,12 +67,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the untrained MAE initialisation of SOURCE's architecture: the baseline for the same budget")
     p.add_argument("--eval-only", metavar="MODEL_DIR", default=None,
                    help="evaluate a folder written by `lsmae segment` or `lsmae convert --to upernet`")
-    p.add_argument("--aug-test", action="store_true", help="evaluate at the recipe's scales (0.5..1.75) with flips, averaging softmax probabilities")
+    p.add_argument("--aug-test", action="store_true",
+                   help="evaluate at the recipe's scales (0.5..1.75) with flips, averaging softmax probabilities")
     p.add_argument("--save-pictures", type=int, default=0, metavar="N",
                    help="after the final evaluation (and with --eval-only), draw the first N validation images as "
                         "image | ground truth | prediction (a colour per class, a legend of the classes present) into "
-                        "OUTPUT_DIR/pictures (--eval-only without --output-dir: MODEL_DIR/pictures) as STEM.png, with the prediction as a "
-                        "label PNG in the masks' values, STEM_pred.png (default 0: none)")
+                        "OUTPUT_DIR/pictures (--eval-only without --output-dir: MODEL_DIR/pictures) as STEM.png, with "
+                        "the prediction as a label PNG in the masks' values, STEM_pred.png (default 0: none)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit (no data, no weights)")
     p.add_argument("--json", action="store_true", help="with --dry-run: the plan as one JSON object")
     for name in ("device", "precision", "workers"):
@@ -93,7 +99,36 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
     add_arguments(p)
 
 
-def run_segment(args: argparse.Namespace) -> dict | None:
-    from bridges.segmentation.command import run
+def split_positionals(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """SOURCE and the KEY=VALUE overrides in any order: argparse gives the first positional to SOURCE, also
+    when it is an override (or there is no SOURCE, as with --eval-only)."""
+    given = ([args.source] if args.source is not None else []) + list(args.overrides)
+    sources = [p for p in given if "=" not in p or Path(p).exists()]
+    if len(sources) > 1:
+        raise LsmaeError(f"one SOURCE, got {', '.join(sources)} (overrides are KEY=VALUE)")
+    return (sources[0] if sources else None), [p for p in given if p not in sources]
 
-    return run(args)
+
+def run_segment(args: argparse.Namespace) -> Any:
+    """Training, the plan (--dry-run) or the evaluation of a model folder (--eval-only), by the API."""
+    from bridges.segmentation.command import print_plan
+    from bridges.segmentation.config import SegmentConfig, SegmentEvalConfig
+
+    args.source, args.overrides = split_positionals(args)
+    if args.eval_only:
+        if args.train:
+            raise LsmaeError("--eval-only reads only --val IMAGES:MASKS (or --data-path), not --train")
+        if args.compile:
+            raise LsmaeError("--compile compiles training steps: --eval-only runs the model uncompiled (its windows "
+                             "take other sizes, each one a compilation)")
+        from bridges.segmentation import evaluate_segmentation
+
+        return evaluate_segmentation(from_namespace(SegmentEvalConfig, args))
+    config = from_namespace(SegmentConfig, args)
+    if args.dry_run:
+        from bridges.segmentation import segment_plan
+
+        return print_plan(segment_plan(config), args.json)
+    from bridges.segmentation import segment
+
+    return segment(config)

@@ -1,55 +1,43 @@
-"""``lsmae segment`` (under torchrun: ``-m bridges segment``): UperNet on ADE20K from a
+"""``lsmae segment`` (under torchrun: ``-m bridges segment``) as functions: UperNet on ADE20K from a
 long-seq MAE checkpoint, with the recipes of :mod:`bridges.segmentation.recipes`.
 
-This module resolves the recipe and the plan (``--dry-run`` needs no torch); training and
-evaluation are in :mod:`bridges.segmentation.training` and :mod:`bridges.segmentation.eval_only`, on the shared skeleton (:mod:`pretrain.engine.trainer`).
+:func:`segment_plan` resolves the recipe and the plan (``--dry-run``; no torch), :func:`segment` trains
+(:mod:`bridges.segmentation.training`, on the shared skeleton :mod:`pretrain.engine.trainer`); the evaluation
+of a model folder is :func:`bridges.segmentation.eval_only.evaluate_segmentation`.
 """
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pretrain.errors import LsmaeError
+from bridges.segmentation.config import SegmentConfig, SegmentResult
+from bridges.segmentation.data_spec import IGNORE_INDEX, LabelRule, data_splits, describe_data, label_rule
+from bridges.segmentation.recipes import SegRecipe, apply_overrides, get_recipe, plan, recipe_for_depth, scale_to_batch
+from pretrain.configs import configure
 from pretrain.engine.launch_env import launched_processes
-from pretrain.shared_options import TASKS
-
-from bridges.segmentation.data_spec import IGNORE_INDEX, data_splits, describe_data, label_rule
-from bridges.segmentation.recipes import (SegRecipe, apply_overrides, get_recipe, plan, recipe_for_depth,
-                                          scale_to_batch)
-
+from pretrain.errors import OptionError
 
 
 # --------------------------------------------------------------------------- the plan
-def split_positionals(args: argparse.Namespace) -> None:
-    """SOURCE and the KEY=VALUE overrides in any order: argparse gives the first positional to SOURCE, also
-    when it is an override (or there is no SOURCE, as with --eval-only)."""
-    given = ([args.source] if args.source is not None else []) + list(args.overrides)
-    sources = [p for p in given if "=" not in p or Path(p).exists()]
-    if len(sources) > 1:
-        raise LsmaeError(f"one SOURCE, got {', '.join(sources)} (overrides are KEY=VALUE)")
-    args.source = sources[0] if sources else None
-    args.overrides = [p for p in given if p not in sources]
-
-
-def resolve_recipe(args: argparse.Namespace) -> tuple[SegRecipe, dict[str, Any]]:
-    """The recipe named by --config (or chosen by the encoder's depth), scaled to --batch-size, then the
-    explicit --max-iter / --eval-period / --checkpoint-period, then the KEY=VALUE overrides (returned too)."""
-    if args.config is None:
-        if args.source is None:
-            raise LsmaeError("name SOURCE (a zoo id or an MAE checkpoint) or --eval-only MODEL_DIR")
+def resolve_recipe(config: SegmentConfig) -> tuple[SegRecipe, dict[str, Any]]:
+    """The recipe named by ``recipe`` (or chosen by the encoder's depth), scaled to ``batch_size``, then the
+    explicit ``max_iter`` / ``eval_period`` / ``checkpoint_period``, then the KEY=VALUE overrides (returned too)."""
+    name = config.recipe
+    if name is None:
+        if config.source is None:
+            raise OptionError("name {source} (a zoo id or an MAE checkpoint) or {eval_only} MODEL_DIR")
         from zoo.registry import encoder_size
 
-        depth = encoder_size(args.source)[1]
-        args.config = recipe_for_depth(depth)
-        if args.config is None:
-            raise LsmaeError(f"no recipe for a {depth}-block encoder: name one with --config")
-    recipe = scale_to_batch(get_recipe(args.config), args.batch_size)
-    overrides = {k: v for k, v in (("max_iter", args.max_iter), ("eval_period", args.eval_period),
-                                   ("checkpoint_period", args.checkpoint_period)) if v is not None}
-    return apply_overrides(replace(recipe, **overrides), args.overrides)
+        depth = encoder_size(config.source)[1]
+        name = recipe_for_depth(depth)
+        if name is None:
+            raise OptionError(f"no recipe for a {depth}-block encoder: name one with {{recipe}}")
+    recipe = scale_to_batch(get_recipe(name), config.batch_size)
+    overrides = {k: v for k, v in (("max_iter", config.max_iter), ("eval_period", config.eval_period),
+                                   ("checkpoint_period", config.checkpoint_period)) if v is not None}
+    return apply_overrides(replace(recipe, **overrides), config.overrides)
 
 
 def print_plan(record: dict[str, Any], as_json: bool) -> None:
@@ -69,8 +57,9 @@ def print_plan(record: dict[str, Any], as_json: bool) -> None:
     if record["compile"]:
         print("      training steps torch.compile'd (compilation before the first step); evaluation uncompiled")
     if record["pictures"]:
-        print(f"      pictures: the first {record['pictures']['count']} validation images (image | ground truth | "
-              f"prediction, and the prediction as a label PNG) from the final model into {record['pictures']['folder']}")
+        pictures = record["pictures"]
+        print(f"      pictures: the first {pictures['count']} validation images (image | ground truth | prediction, "
+              f"and the prediction as a label PNG) from the final model into {pictures['folder']}")
     if record["overrides"]:
         print("      overrides: " + " ".join(f"{k}={_shown(v)}" for k, v in record["overrides"].items()))
     by_source: dict[str, list[str]] = {}
@@ -103,37 +92,42 @@ def _shown(value: Any) -> str:
     return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
-# --------------------------------------------------------------------------- entry points
-def picture_plan(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any] | None:
-    """The plan's pictures (``--save-pictures N``): how many (at most the validation images) and where."""
-    if not args.save_pictures:
+# --------------------------------------------------------------------------- the API
+def picture_plan(config: SegmentConfig, data: dict[str, Any]) -> dict[str, Any] | None:
+    """The plan's pictures (``save_pictures``): how many (at most the validation images) and where."""
+    if not config.save_pictures:
         return None
-    count = min(args.save_pictures, data["val"]["count"]) if "val" in data else args.save_pictures
-    return {"count": count, "folder": str(Path(args.output_dir) / "pictures")}
+    count = min(config.save_pictures, data["val"]["count"]) if "val" in data else config.save_pictures
+    return {"count": count, "folder": str(Path(config.output_dir) / "pictures")}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any] | None:
-    split_positionals(args)
-    if args.save_pictures < 0:
-        raise LsmaeError(f"--save-pictures {args.save_pictures}: the number of pictures must be 0 or more")
-    if args.eval_only:
-        from bridges.segmentation.eval_only import run_eval
-
-        return run_eval(args)
-    args.output_dir = args.output_dir or TASKS["segment"].output_dir
-    recipe, overrides = resolve_recipe(args)
-    rule = label_rule(args, recipe.num_labels, overrides.get("num_labels"))
+def _resolved(config: SegmentConfig) -> tuple[SegRecipe, dict[str, Any], dict[str, Any], LabelRule]:
+    """The recipe, the plan record, the splits and the label rule of a training config."""
+    recipe, overrides = resolve_recipe(config)
+    rule = label_rule(config, recipe.num_labels, overrides.get("num_labels"))
     recipe = replace(recipe, num_labels=rule.num_labels)
-    splits = data_splits(args)
+    splits = data_splits(config.data_path, config.train, config.val)
     data = describe_data(splits, rule, recipe.max_iter, recipe.batch_size)
-    record = plan(recipe, launched_processes(), args.source, overrides, grad_checkpointing=args.grad_checkpointing,
-                  compile=args.compile, from_scratch=args.from_scratch, data=data, pictures=picture_plan(args, data))
-    if args.dry_run:
-        print_plan(record, args.json)
-        return None
+    record = plan(recipe, launched_processes(), config.source, overrides,
+                  grad_checkpointing=config.grad_checkpointing, compile=config.compile,
+                  from_scratch=config.from_scratch, data=data, pictures=picture_plan(config, data))
+    return recipe, record, splits, rule
+
+
+def segment_plan(config: SegmentConfig | None = None, /, **options: Any) -> dict[str, Any]:
+    """``lsmae segment --dry-run`` as a function: the resolved plan (recipe, batch per device, schedule, data,
+    each value's source), without data loading, weights or torch; :func:`print_plan` shows it."""
+    return _resolved(configure(SegmentConfig, config, options))[1]
+
+
+def segment(config: SegmentConfig | None = None, /, **options: Any) -> SegmentResult:
+    """``lsmae segment`` as a function: train (or resume) UperNet and evaluate it; the result is the final
+    model's evaluation, the best periodic one beside it (:class:`SegmentConfig` holds the options)."""
+    config = configure(SegmentConfig, config, options)
+    recipe, record, splits, rule = _resolved(config)
     if not splits:
-        raise LsmaeError("--data-path DIR (the ADE20K layout) or --train IMAGES:MASKS --val IMAGES:MASKS is needed "
-                         "to train")
+        raise OptionError("{data_path} DIR (the ADE20K layout) or {train} IMAGES:MASKS {val} IMAGES:MASKS is "
+                          "needed to train")
     from bridges.segmentation.training import train
 
-    return train(args, recipe, record, splits, rule)
+    return train(config, recipe, record, splits, rule)

@@ -34,11 +34,11 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from bridges.segmentation.data_spec import IGNORE_INDEX, LabelRule, SplitFolders, pairs
+from bridges.segmentation.recipes import SegRecipe
 from pretrain.data import normalize
 from pretrain.errors import DataError
 
-from bridges.segmentation.data_spec import IGNORE_INDEX, LabelRule, SplitFolders, pairs
-from bridges.segmentation.recipes import SegRecipe
 
 class MaskFolder(Dataset):
     """One split: images and their masks paired by file stem, the mask values read by a :class:`LabelRule`."""

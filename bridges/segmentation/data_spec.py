@@ -9,12 +9,11 @@ the user's, and the reduction is off unless asked for.
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pretrain.errors import DataError, LsmaeError, MissingDataError
+from pretrain.errors import DataError, MissingDataError, OptionError
 
 IGNORE_INDEX = 255  # the label the loss, the padding and the metrics skip, whatever the mask files use
 SPLITS = {"train": "training", "val": "validation"}
@@ -57,28 +56,27 @@ def layout_split(root: str | Path, split: str) -> SplitFolders:
     return SplitFolders(root / "images" / SPLITS[split], root / "annotations" / SPLITS[split])
 
 
-def parse_split(option: str, value: str) -> SplitFolders:
-    """``IMAGES:MASKS`` of ``--train`` / ``--val``."""
+def parse_split(field: str, value: str) -> SplitFolders:
+    """``IMAGES:MASKS`` of ``train`` / ``val``."""
     images, sep, masks = value.rpartition(":")
     if not sep or not images or not masks:
-        raise LsmaeError(f"{option} {value}: expected IMAGES:MASKS (an images folder and its masks folder)")
+        raise OptionError(f"{{{field}}} {value}: expected IMAGES:MASKS (an images folder and its masks folder)")
     return SplitFolders(Path(images).expanduser(), Path(masks).expanduser())
 
 
-def data_splits(args: argparse.Namespace) -> dict[str, SplitFolders]:
-    """The splits this run reads: ``--train``/``--val`` or the layout of ``--data-path`` (empty when
-    neither is given, as for a plan)."""
-    if args.train or args.val:
-        if args.data_path is not None:
-            raise LsmaeError("give --data-path DIR or --train IMAGES:MASKS --val IMAGES:MASKS, not both")
-        splits = {name: parse_split(f"--{name}", value) for name, value in (("train", args.train), ("val", args.val))
-                  if value}
+def data_splits(data_path: str | None, train: str | None = None, val: str | None = None) -> dict[str, SplitFolders]:
+    """The splits this run reads: ``train``/``val`` (``IMAGES:MASKS``) or the layout of ``data_path`` (empty
+    when neither is given, as for a plan)."""
+    if train or val:
+        if data_path is not None:
+            raise OptionError("give {data_path} DIR or {train} IMAGES:MASKS {val} IMAGES:MASKS, not both")
+        splits = {name: parse_split(name, value) for name, value in (("train", train), ("val", val)) if value}
         if "val" not in splits:
-            raise LsmaeError("--train needs --val IMAGES:MASKS (the evaluation set)")
+            raise OptionError("{train} needs {val} IMAGES:MASKS (the evaluation set)")
         return splits
-    if args.data_path is None:
+    if data_path is None:
         return {}
-    return {split: layout_split(args.data_path, split) for split in SPLITS}
+    return {split: layout_split(data_path, split) for split in SPLITS}
 
 
 def listing(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
@@ -117,30 +115,32 @@ def read_class_names(path: str | Path) -> tuple[str, ...]:
     try:
         text = Path(path).expanduser().read_text(encoding="utf-8")
     except OSError as e:
-        raise DataError(f"--class-names {path}: {e.strerror or e}") from None
+        raise OptionError(f"{{class_names}} {path}: {e.strerror or e}") from None
     return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
-def label_rule(args: argparse.Namespace, recipe_labels: int, overridden: int | None) -> LabelRule:
-    """The labels of this run: ``--num-labels`` (or the ``num_labels`` override, or the recipe's), the
-    mask value ``--ignore-index``, ``--reduce-zero-label`` (default: on for the recipe's benchmark, i.e.
-    without ``--num-labels``; off for data of one's own) and ``--class-names``."""
-    given = {v for v in (args.num_labels, overridden) if v is not None}
+def label_rule(config: Any, recipe_labels: int, overridden: int | None) -> LabelRule:
+    """The labels of a run's config: ``num_labels`` (or the ``num_labels`` override, or the recipe's), the
+    mask value ``ignore_index``, ``reduce_zero_label`` (default: on for the recipe's benchmark, i.e.
+    without ``num_labels``; off for data of one's own) and ``class_names``."""
+    given = {v for v in (config.num_labels, overridden) if v is not None}
     if len(given) > 1:
-        raise LsmaeError(f"--num-labels {args.num_labels} and num_labels={overridden} differ: give the number once")
+        raise OptionError(f"{{num_labels}} {config.num_labels} and num_labels={overridden} differ: give the number "
+                          "once")
     num_labels = given.pop() if given else recipe_labels
     if not 1 <= num_labels <= IGNORE_INDEX:
-        raise LsmaeError(f"--num-labels {num_labels}: must be 1..{IGNORE_INDEX} ({IGNORE_INDEX} marks ignored pixels)")
-    ignore = IGNORE_INDEX if args.ignore_index is None else args.ignore_index
+        raise OptionError(f"{{num_labels}} {num_labels}: must be 1..{IGNORE_INDEX} ({IGNORE_INDEX} marks ignored "
+                          "pixels)")
+    ignore = IGNORE_INDEX if config.ignore_index is None else config.ignore_index
     if not 0 <= ignore <= 255:
-        raise LsmaeError(f"--ignore-index {ignore}: must be a mask value, 0..255")
-    reduce = args.reduce_zero_label if args.reduce_zero_label is not None else args.num_labels is None
-    names = read_class_names(args.class_names) if args.class_names else ()
+        raise OptionError(f"{{ignore_index}} {ignore}: must be a mask value, 0..255")
+    reduce = config.reduce_zero_label if config.reduce_zero_label is not None else config.num_labels is None
+    names = read_class_names(config.class_names) if config.class_names else ()
     if names and len(names) != num_labels:
-        raise DataError(f"--class-names {args.class_names}: {len(names)} names for {num_labels} classes")
+        raise OptionError(f"{{class_names}} {config.class_names}: {len(names)} names for {num_labels} classes")
     rule = LabelRule(num_labels, ignore, reduce, names)
     if ignore in range(1 if reduce else 0, num_labels + (1 if reduce else 0)):
-        raise LsmaeError(f"--ignore-index {ignore} is one of the class values {rule.class_values()}")
+        raise OptionError(f"{{ignore_index}} {ignore} is one of the class values {rule.class_values()}")
     return rule
 
 

@@ -1,22 +1,24 @@
-"""``lsmae segment --eval-only MODEL_DIR``: a saved model folder evaluated on a validation split with the
-settings stored in it (:func:`bridges.segmentation.training.evaluate`), its pictures drawn by the main process."""
+"""``lsmae segment --eval-only MODEL_DIR`` (:func:`evaluate_segmentation`): a saved model folder evaluated on a
+validation split with the settings stored in it (:func:`bridges.segmentation.training.evaluate`), its pictures
+drawn by the main process."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from pathlib import Path
 from typing import Any
 
-from pretrain.engine.backends import make_backend
-from pretrain.engine.run_plan import resolve_precision
-from pretrain.errors import LsmaeError
-
+from bridges.segmentation.config import SegmentEvalConfig, SegmentEvaluation
 from bridges.segmentation.data import MaskFolder
 from bridges.segmentation.data_spec import data_splits
 from bridges.segmentation.model import load_upernet
-from bridges.segmentation.pictures import FOLDER as PICTURES, pictures_line
+from bridges.segmentation.pictures import FOLDER as PICTURES
+from bridges.segmentation.pictures import pictures_line
 from bridges.segmentation.recipes import EVAL_KEYS, SegRecipe, apply_overrides, get_recipe, recipe_for_depth
 from bridges.segmentation.training import class_table, evaluate, save_pictures, stored_rule
+from pretrain.configs import configure
+from pretrain.engine.backends import make_backend
+from pretrain.engine.run_plan import resolve_precision
+from pretrain.errors import LsmaeError, OptionError
 
 
 def load_segmentation_model(folder: str | Path) -> Any:
@@ -41,42 +43,45 @@ def recipe_of(model: Any) -> SegRecipe:
                                out_indices=tuple(model.config.lsmae_block_taps))
 
 
-def run_eval(args: argparse.Namespace) -> dict[str, Any]:
-    unused = [o for o in args.overrides if o.partition("=")[0] not in EVAL_KEYS]
+def evaluate_segmentation(config: SegmentEvalConfig | None = None, /, **options: Any) -> SegmentEvaluation:
+    """``lsmae segment --eval-only MODEL_DIR`` as a function: mIoU/mAcc/aAcc of a model folder on the validation
+    split, with the settings stored in it (:class:`SegmentEvalConfig`); its pictures drawn by the main process."""
+    config = configure(SegmentEvalConfig, config, options)
+    unused = [o for o in config.overrides if o.partition("=")[0] not in EVAL_KEYS]
     if unused:
-        raise LsmaeError(f"--eval-only takes only the evaluation overrides ({', '.join(EVAL_KEYS)}), not {unused[0]}")
-    if args.train:
-        raise LsmaeError("--eval-only reads only --val IMAGES:MASKS (or --data-path), not --train")
-    if args.compile:
-        raise LsmaeError("--compile compiles training steps: --eval-only runs the model uncompiled (its windows "
-                         "take other sizes, each one a compilation)")
-    val = data_splits(args).get("val")
+        raise OptionError(f"{{eval_only}} takes only the evaluation overrides ({', '.join(EVAL_KEYS)}), not "
+                          f"{unused[0]}")
+    val = data_splits(config.data_path, None, config.val).get("val")
     if val is None:
-        raise LsmaeError("--eval-only needs --data-path DIR or --val IMAGES:MASKS")
-    model = load_segmentation_model(args.eval_only)
+        raise OptionError("{eval_only} needs {data_path} DIR or {val} IMAGES:MASKS")
+    model = load_segmentation_model(config.eval_only)
     rule = stored_rule(model.config)
-    given = {"--num-labels": (args.num_labels, rule.num_labels), "--ignore-index": (args.ignore_index, rule.ignore_index),
-             "--reduce-zero-label": (args.reduce_zero_label, rule.reduce_zero_label)}
-    for option, (value, stored) in given.items():
+    given = {"num_labels": (config.num_labels, rule.num_labels), "ignore_index": (config.ignore_index,
+                                                                                  rule.ignore_index),
+             "reduce_zero_label": (config.reduce_zero_label, rule.reduce_zero_label)}
+    for field, (value, stored) in given.items():
         if value is not None and value != stored:
-            raise LsmaeError(f"{option} {value}: {args.eval_only} was trained with {stored} (stored in its config)")
-    recipe = apply_overrides(recipe_of(model), args.overrides)[0]
+            raise OptionError(f"{{{field}}} {value}: {config.eval_only} was trained with {stored} (stored in its "
+                              "config)")
+    recipe = apply_overrides(recipe_of(model), config.overrides)[0]
     dataset = MaskFolder(val, rule)
-    backend = make_backend(args.device)
+    backend = make_backend(config.device)
     try:
         model.to(backend.device)
-        dtype = resolve_precision(args.precision, backend)
-        result = evaluate(model, dataset, recipe, backend, dtype, args.aug_test)
+        dtype = resolve_precision(config.precision, backend)
+        result = evaluate(model, dataset, recipe, backend, dtype, config.aug_test)
     finally:
         backend.shutdown()  # the pictures below run no collective: the other processes may end
-    result["pictures"] = []
+    pictures: list[Path] = []
     if backend.is_main:
         print(f"mIoU {100 * result['mIoU']:.2f} mAcc {100 * result['mAcc']:.2f} aAcc {100 * result['aAcc']:.2f} "
-              f"on {result['images']} images" + (" (multi-scale + flip)" if args.aug_test else ""))
+              f"on {result['images']} images" + (" (multi-scale + flip)" if config.aug_test else ""))
         print(class_table(result, rule))
-        folder = Path(args.output_dir or args.eval_only).expanduser() / PICTURES
-        result["pictures"] = save_pictures(model, dataset, recipe, backend, dtype, args.save_pictures, folder,
-                                           args.aug_test)
-        if result["pictures"]:
-            print(pictures_line(result["pictures"], folder))
-    return result
+        folder = Path(config.output_dir or config.eval_only).expanduser() / PICTURES
+        pictures = save_pictures(model, dataset, recipe, backend, dtype, config.save_pictures, folder,
+                                 config.aug_test)
+        if pictures:
+            print(pictures_line(pictures, folder))
+    per_class = {k: v for k, v in result.items() if k not in ("mIoU", "mAcc", "aAcc", "images")}
+    return SegmentEvaluation(result["mIoU"], result["mAcc"], result["aAcc"], result["images"], per_class,
+                             tuple(pictures))

@@ -17,11 +17,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from pretrain.data import normalize
-
 from bridges.segmentation.data import resize_image, test_size
-from bridges.segmentation.recipes import SegRecipe
 from bridges.segmentation.model import IGNORE_INDEX
+from bridges.segmentation.recipes import SegRecipe
+from pretrain.data import normalize
 
 Logits = Callable[[torch.Tensor], torch.Tensor]  # normalised [B, 3, h, w] -> [B, C, h', w']
 

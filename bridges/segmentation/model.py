@@ -27,18 +27,22 @@ from typing import Any
 import torch
 from torch import nn
 
+from bridges.conversion import ConversionReport
+from bridges.errors import ConversionError
+from bridges.hf.support import card_license, encoder_config, layer_tensors, provenance_record, zoo_entry_of
+from bridges.mae_weights import (
+    ENCODER_KEYS,
+    Provenance,
+    load_mae_weights,
+    resample_pos_embed,
+    split_qkv_bias,
+    untrained_mae_weights,
+)
+from bridges.segmentation.data_spec import IGNORE_INDEX
+from bridges.segmentation.recipes import ADE20K_CLASSES
 from pretrain.atomic import write_folder
 from pretrain.optional import require
 from zoo.checkpoint import CheckpointInfo, check_structure
-
-from bridges.segmentation.data_spec import IGNORE_INDEX
-from bridges.segmentation.recipes import ADE20K_CLASSES
-from bridges.hf.support import card_license, encoder_config, layer_tensors, provenance_record, zoo_entry_of
-
-from bridges.conversion import ConversionReport
-from bridges.errors import ConversionError
-from bridges.mae_weights import (ENCODER_KEYS, Provenance, load_mae_weights, resample_pos_embed, split_qkv_bias,
-                                 untrained_mae_weights)
 
 HEAD_DROPOUT = 0.1  # mmsegmentation's decode heads (UPerHead and FCNHead): ``dropout_ratio=0.1``
 
@@ -299,7 +303,8 @@ def save_upernet(model: nn.Module, folder: str | Path, state: str) -> Path:
         arch=record.get("arch", ""), pretrain_px=pretrain_px, pretrain_grid=pretrain_px // cfg.patch_size,
         img_size=cfg.image_size, dataset=record.get("dataset", "data of its own"),
         epochs=f", {record['epochs']} epochs" if record.get("epochs") else "", taps=cfg.lsmae_block_taps,
-        num_labels=cfg.num_labels, ignore=cfg.semantic_loss_ignore_index, dropout=getattr(cfg, "lsmae_head_dropout", 0.0), state=state, folder=folder,
+        num_labels=cfg.num_labels, ignore=cfg.semantic_loss_ignore_index,
+        dropout=getattr(cfg, "lsmae_head_dropout", 0.0), state=state, folder=folder,
         license_text=license_text)
 
     def write(tmp: Path) -> None:

@@ -15,13 +15,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from pretrain.atomic import write_image
-from pretrain.panels import Colour, labelled_grid
-
 from bridges.segmentation.data import MaskFolder
 from bridges.segmentation.data_spec import IGNORE_INDEX, LabelRule
 from bridges.segmentation.evaluation import Logits, predict
 from bridges.segmentation.recipes import SegRecipe
+from pretrain.atomic import write_image
+from pretrain.panels import Colour, labelled_grid
 
 FOLDER = "pictures"  # under the run's output folder (--eval-only: under the model folder)
 TITLES = ("image", "ground truth", "prediction")

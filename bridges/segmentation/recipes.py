@@ -8,9 +8,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from pretrain.errors import LsmaeError
-
 from bridges.batch_scaling import scale_iterations
+from pretrain.errors import LsmaeError
 
 ADE20K_CLASSES = 150  # SceneParse150
 

@@ -6,7 +6,6 @@ Checkpoints: ``OUTPUT_DIR/last.pth`` (resume: weights, optimizer, position, best
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 from pathlib import Path
@@ -15,20 +14,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from pretrain.engine.backends import TorchBackend, make_backend
-from pretrain.errors import CheckpointError
-from pretrain.engine.resume import resume_run, run_identity
-from pretrain.engine.run_logging import setup_logging
-from pretrain.safe_load import load_checkpoint
-from pretrain.engine.run_plan import precision_name, resolve_precision
-from pretrain.engine.trainer import LoopConfig, Progress, Trainer
-
+from bridges.segmentation.config import SegmentConfig, SegmentResult
 from bridges.segmentation.data import MaskFolder, TrainingCrops, normalize_crops
 from bridges.segmentation.data_spec import IGNORE_INDEX, LabelRule, SplitFolders
 from bridges.segmentation.evaluation import Logits, SegMetrics, predict
-from bridges.segmentation.pictures import FOLDER as PICTURES, pictures_line, write_pictures
-from bridges.segmentation.recipes import SegRecipe
 from bridges.segmentation.model import convert_to_upernet, save_upernet
+from bridges.segmentation.pictures import FOLDER as PICTURES
+from bridges.segmentation.pictures import pictures_line, write_pictures
+from bridges.segmentation.recipes import SegRecipe
+from pretrain.engine.backends import TorchBackend, make_backend
+from pretrain.engine.resume import resume_run, run_identity
+from pretrain.engine.run_logging import setup_logging
+from pretrain.engine.run_plan import precision_name, resolve_precision
+from pretrain.engine.trainer import LoopConfig, Progress, Trainer
+from pretrain.errors import CheckpointError
+from pretrain.safe_load import load_checkpoint
 
 CKPT_FORMAT = "lsmae segmentation"
 log = logging.getLogger("bridges.segmentation")
@@ -59,13 +59,13 @@ def param_groups(model: Any, weight_decay: float, layer_decay: float) -> list[di
     return list(groups.values())
 
 
-def build_model(args: argparse.Namespace, recipe: SegRecipe, rule: LabelRule | None = None) -> tuple[Any, str]:
-    """The UperNet model from SOURCE (or its untrained architecture) and the conversion report; the
-    label rule (class names, ignore value, reduction) goes into its config, for ``--eval-only``."""
-
-    conversion = convert_to_upernet(args.source, img_size=recipe.crop_size, num_labels=recipe.num_labels,
+def build_model(source: Any, recipe: SegRecipe, rule: LabelRule | None = None, *,
+                from_scratch: bool = False) -> tuple[Any, str]:
+    """The UperNet model from SOURCE (or, ``from_scratch``, its untrained architecture) and the conversion
+    report; the label rule (class names, ignore value, reduction) goes into its config, for ``--eval-only``."""
+    conversion = convert_to_upernet(source, img_size=recipe.crop_size, num_labels=recipe.num_labels,
                                     block_taps=list(recipe.out_indices), drop_path=recipe.drop_path,
-                                    pretrained=not args.from_scratch, head_dropout=recipe.head_dropout)
+                                    pretrained=not from_scratch, head_dropout=recipe.head_dropout)
     conversion.model.config.auxiliary_loss_weight = recipe.auxiliary_weight  # read by the loss at every step
     if rule is not None:
         store_rule(conversion.model.config, rule)
@@ -138,11 +138,10 @@ def class_table(result: dict[str, Any], rule: LabelRule) -> str:
 class SegmentationTask:
     """UperNet training on padded uint8 crops (normalised on the device), evaluated every N iterations."""
 
-    def __init__(self, model: nn.Module, wrapped: nn.Module, val_set: MaskFolder, args: argparse.Namespace,
-                 recipe: SegRecipe, backend: TorchBackend, dtype: torch.dtype | None, output_dir: Path,
-                 logger: logging.Logger) -> None:
+    def __init__(self, model: nn.Module, wrapped: nn.Module, val_set: MaskFolder, recipe: SegRecipe,
+                 backend: TorchBackend, dtype: torch.dtype | None, output_dir: Path, logger: logging.Logger) -> None:
         self.plain, self.model, self.val_set = model, wrapped, val_set
-        self.args, self.recipe, self.backend, self.dtype = args, recipe, backend, dtype
+        self.recipe, self.backend, self.dtype = recipe, backend, dtype
         self.output_dir, self.log = output_dir, logger
         self.best = {"mIoU": -1.0, "step": -1}
         self.latest: dict[str, Any] = {}  # the last evaluation: at the end of training, the final model's
@@ -176,7 +175,8 @@ class SegmentationTask:
 
     def checkpoint_extra(self, at: Progress) -> dict[str, Any]:
         return {"format": CKPT_FORMAT, "model": {k: v.detach().cpu() for k, v in self.plain.state_dict().items()},
-                "best": dict(self.best), "latest": dict(self.latest), "evaluations": self.evaluations, "recipe": dataclasses.asdict(self.recipe), "source": self.plain.config.lsmae}
+                "best": dict(self.best), "latest": dict(self.latest), "evaluations": self.evaluations,
+                "recipe": dataclasses.asdict(self.recipe), "source": self.plain.config.lsmae}
 
     def _save_folder(self, name: str, state: str) -> Path:
         import copy
@@ -203,7 +203,7 @@ def _load_resumable(path: Path) -> dict[str, Any]:
     return ckpt
 
 
-def _run_identity(args: argparse.Namespace, recipe: SegRecipe, overrides: dict[str, Any], provenance: dict[str, Any],
+def _run_identity(config: SegmentConfig, recipe: SegRecipe, overrides: dict[str, Any], provenance: dict[str, Any],
                   splits: dict[str, SplitFolders], rule: LabelRule, images: int) -> dict[str, Any]:
     """This run's identity (:func:`pretrain.engine.resume.run_identity`): the encoder, the digest of its
     source, the recipe at this batch size and the KEY=VALUE overrides (not the run's length or cadence,
@@ -211,66 +211,68 @@ def _run_identity(args: argparse.Namespace, recipe: SegRecipe, overrides: dict[s
     initialisation and seed, and the data: its folders, size and label rule. Not how the steps run
     (``--compile``, gradient checkpointing): a run resumes with or without them."""
     left_out = {"source", "max_iter", "eval_period", "checkpoint_period"}  # ``source``: the recipe's citation
-    folders = {"path": str(Path(args.data_path).expanduser().resolve())} if args.data_path is not None else {
+    folders = {"path": str(Path(config.data_path).expanduser().resolve())} if config.data_path is not None else {
         name: [str(split.images.resolve()), str(split.masks.resolve())] for name, split in splits.items()}
     return run_identity(
         "segment", input_size=recipe.crop_size, source=provenance.get("source_sha256"),
         model={"arch": provenance["arch"]},
         recipe={**{k: v for k, v in dataclasses.asdict(recipe).items() if k not in left_out},
                 "overrides": {k: v for k, v in overrides.items() if k not in left_out},
-                "init": "scratch" if args.from_scratch else "pretrained", "seed": args.seed},
+                "init": "scratch" if config.from_scratch else "pretrained", "seed": config.seed},
         data={**folders, "images": images, "ignore_index": rule.ignore_index,
               "reduce_zero_label": rule.reduce_zero_label, "class_names": list(rule.class_names)})
 
 
-def train(args: argparse.Namespace, recipe: SegRecipe, plan: dict[str, Any], splits: dict[str, SplitFolders],
-          rule: LabelRule) -> dict[str, Any]:
+def train(config: SegmentConfig, recipe: SegRecipe, plan: dict[str, Any], splits: dict[str, SplitFolders],
+          rule: LabelRule) -> SegmentResult:
     """Train (or resume) and evaluate. The result is the final model's evaluation (``mIoU``, as the reference
     reports it); the best of the periodic evaluations is returned beside it (``best_mIoU``, ``best_step``),
     with the folders ``final`` and ``best``."""
-    backend = make_backend(args.device)
+    backend = make_backend(config.device)
     try:
-        return _train(args, recipe, plan, splits, rule, backend)
+        return _train(config, recipe, plan, splits, rule, backend)
     finally:
         backend.shutdown()
 
 
-def _train(args: argparse.Namespace, recipe: SegRecipe, plan: dict[str, Any], splits: dict[str, SplitFolders],
-           rule: LabelRule, backend: TorchBackend) -> dict[str, Any]:
+def _train(config: SegmentConfig, recipe: SegRecipe, plan: dict[str, Any], splits: dict[str, SplitFolders],
+           rule: LabelRule, backend: TorchBackend) -> SegmentResult:
     setup_logging(log, backend.is_main)
-    output_dir = Path(args.output_dir)
-    dtype = resolve_precision(args.precision, backend)
+    output_dir = Path(config.output_dir)
+    dtype = resolve_precision(config.precision, backend)
     per_device = plan["batch_per_device"]
     dataset = TrainingCrops(MaskFolder(splits["train"], rule), recipe)
     val_set = MaskFolder(splits["val"], rule)  # a missing validation split fails now, not after the first period
-    torch.manual_seed(args.seed)
-    model, report = build_model(args, recipe, rule)
-    if args.grad_checkpointing:
+    torch.manual_seed(config.seed)
+    model, report = build_model(config.source, recipe, rule, from_scratch=config.from_scratch)
+    if config.grad_checkpointing:
         model.gradient_checkpointing_enable()
     model.to(backend.device)
     synced = backend.sync_batchnorm(model, log)
     # --compile: the training steps only; evaluation slides windows of other sizes through the plain model
-    wrapped = backend.wrap_model(torch.compile(synced) if args.compile else synced)
+    wrapped = backend.wrap_model(torch.compile(synced) if config.compile else synced)
     optimizer = torch.optim.AdamW(param_groups(model, recipe.weight_decay, recipe.layer_decay), lr=recipe.lr,
                                   betas=recipe.betas, **backend.optimizer_options())
-    config = loop_config(recipe, args.seed, args.print_freq)
-    trainer = Trainer(backend, optimizer, dataset, batch=per_device, accum=1, num_workers=args.num_workers,
-                      dtype=dtype, config=config, output_dir=output_dir, log=log,
+    trainer = Trainer(backend, optimizer, dataset, batch=per_device, accum=1, num_workers=config.num_workers,
+                      dtype=dtype, config=loop_config(recipe, config.seed, config.print_freq), output_dir=output_dir,
+                      log=log,
                       stop_hint=f"Resume from {output_dir / 'last.pth'} (the default) after lowering the lr or "
                                 "switching --precision",
-                      identity=_run_identity(args, recipe, plan["overrides"], model.config.lsmae, splits, rule,
+                      identity=_run_identity(config, recipe, plan["overrides"], model.config.lsmae, splits, rule,
                                              len(dataset)))
-    task = SegmentationTask(model, wrapped, val_set, args, recipe, backend, dtype, output_dir, log)
-    resumed = resume_run(trainer, model, args.resume, [output_dir / "last.pth"], load=_load_resumable, log=log)
+    task = SegmentationTask(model, wrapped, val_set, recipe, backend, dtype, output_dir, log)
+    resumed = resume_run(trainer, model, config.resume, [output_dir / "last.pth"], load=_load_resumable, log=log)
+    resumed_from = None
     if resumed is not None:
-        path, ckpt = resumed
+        resumed_from, ckpt = resumed
         task.best, task.latest, task.evaluations = dict(ckpt["best"]), dict(ckpt["latest"]), ckpt["evaluations"]
-        log.info("resumed from %s at iteration %d (best mIoU %.2f)", path, trainer.step, 100 * task.best["mIoU"])
+        log.info("resumed from %s at iteration %d (best mIoU %.2f)", resumed_from, trainer.step,
+                 100 * task.best["mIoU"])
     else:
         log.info("%s", report.replace("\n", "; "))
     log.info("segment %s: %d train images, %d devices x %d = %d per step, %d iterations, lr %.3g, precision %s%s",
              recipe.name, len(dataset), backend.world_size, per_device, recipe.batch_size, recipe.max_iter,
-             recipe.lr, precision_name(dtype), " (torch.compile'd steps)" if args.compile else "")
+             recipe.lr, precision_name(dtype), " (torch.compile'd steps)" if config.compile else "")
     trainer.fit(task)
     pictures: list[Path] = []
     if backend.is_main:
@@ -278,13 +280,14 @@ def _train(args: argparse.Namespace, recipe: SegRecipe, plan: dict[str, Any], sp
         print(report_lines(task.latest, task.best, task.evaluations, output_dir))
         print(class_table(task.latest, rule))
         print(final)
-        pictures = save_pictures(model, val_set, recipe, backend, dtype, args.save_pictures, output_dir / PICTURES)
+        pictures = save_pictures(model, val_set, recipe, backend, dtype, config.save_pictures, output_dir / PICTURES)
         if pictures:
             log.info(pictures_line(pictures, output_dir / PICTURES))
     backend.barrier()  # the other processes wait here while the main one saves and draws
-    return {**{k: task.latest[k] for k in ("mIoU", "mAcc", "aAcc")}, "best_mIoU": task.best["mIoU"],
-            "best_step": task.best["step"], "final": output_dir / "model_final", "best": output_dir / "model_best",
-            "pictures": pictures}
+    latest = task.latest
+    return SegmentResult(latest["mIoU"], latest["mAcc"], latest["aAcc"], task.best["mIoU"], task.best["step"],
+                         output_dir / "model_final", output_dir / "model_best", output_dir, tuple(pictures),
+                         resumed_from)
 
 
 def report_lines(final: dict[str, Any], best: dict[str, Any], evaluations: int, output_dir: Path) -> str:

@@ -43,15 +43,15 @@ def test_segmentation_reports_the_final_model_when_it_is_worse_than_the_best(
 
     monkeypatch.setattr(training.SegmentationTask, "evaluate", worse_at_the_end)
     results = []
-    run = command.run
-    monkeypatch.setattr(command, "run", lambda *a, **k: results.append(run(*a, **k)) or results[-1])
+    segment = command.segment
+    monkeypatch.setattr(command, "segment", lambda *a, **k: results.append(segment(*a, **k)) or results[-1])
     out = tmp_path / "run"
     assert _segment(texture_set, out) == 0
     (result,) = results
     first, last = _records(out, "eval")
     assert (first["step"], last["step"]) == (3, 6) and last["mIoU"] < first["mIoU"]  # the premise
-    assert result["mIoU"] == last["mIoU"] and (result["mAcc"], result["aAcc"]) == (last["mAcc"], last["aAcc"])
-    assert (result["best_mIoU"], result["best_step"]) == (first["mIoU"], 3)
+    assert result.mIoU == last["mIoU"] and (result.mAcc, result.aAcc) == (last["mAcc"], last["aAcc"])
+    assert (result.best_mIoU, result.best_step, result.final) == (first["mIoU"], 3, out / "model_final")
     printed = capsys.readouterr().out.splitlines()
     assert f"final mIoU {100 * last['mIoU']:.2f} mAcc {100 * last['mAcc']:.2f} aAcc {100 * last['aAcc']:.2f} at " \
            f"iteration 6: the result ({out / 'model_final'})" in printed

@@ -3,7 +3,6 @@ optimizer groups, the schedule, and the model's reference settings (head dropout
 relative position bias)."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 
@@ -11,8 +10,14 @@ import pytest
 import torch
 
 from bridges.cli import main
-from bridges.segmentation.recipes import (CITATIONS, RECIPES, apply_overrides, get_recipe, overridable_keys,
-                                          scale_to_batch)
+from bridges.segmentation.recipes import (
+    CITATIONS,
+    RECIPES,
+    apply_overrides,
+    get_recipe,
+    overridable_keys,
+    scale_to_batch,
+)
 from pretrain.errors import LsmaeError
 
 REFERENCE = dict(  # BEiT's UperNet ADE20K 512 configs / mmsegmentation, as the authors followed them
@@ -57,7 +62,8 @@ def test_dry_run_marks_the_estimate_and_shows_its_sources_and_the_overrides(lsma
     assert "source of drop_path: estimate: ViT-B's 0.1 doubled" in text
     assert "source of lr (overridden above; the recipe's value): estimate: the authors' ViT-B lr" in text
     base = _plan_text(capsys, "vit_base/coco/4000")
-    assert "ESTIMATED" not in base and "overrides" not in base and "source of lr, layer_decay, drop_path, batch_size, max_iter, crop_size: long_seq_mae#1" in base
+    assert "ESTIMATED" not in base and "overrides" not in base
+    assert "source of lr, layer_decay, drop_path, batch_size, max_iter, crop_size: long_seq_mae#1" in base
 
 
 def _plan(capsys, *argv) -> dict:
@@ -113,8 +119,7 @@ def upernet():
     from tests.conftest import perturbed_mae
 
     recipe = get_recipe("demo")
-    args = argparse.Namespace(source=perturbed_mae(scale=0.02, img_size=64).state_dict(), from_scratch=False)
-    model, _ = build_model(args, recipe)
+    model, _ = build_model(perturbed_mae(scale=0.02, img_size=64).state_dict(), recipe)
     return model
 
 
@@ -219,7 +224,6 @@ def test_the_model_takes_the_recipes_head_dropout_and_auxiliary_weight(upernet):
     from tests.conftest import perturbed_mae
 
     recipe = apply_overrides(get_recipe("demo"), ["head_dropout=0.3", "auxiliary_weight=0.25"])[0]
-    args = argparse.Namespace(source=perturbed_mae(scale=0.02, img_size=64).state_dict(), from_scratch=False)
-    model, _ = build_model(args, recipe)
+    model, _ = build_model(perturbed_mae(scale=0.02, img_size=64).state_dict(), recipe)
     assert model.config.auxiliary_loss_weight == 0.25
     assert model.decode_head.classifier.dropout.p == model.auxiliary_head.classifier.dropout.p == 0.3
