@@ -53,12 +53,14 @@ def spelling(field: dataclasses.Field) -> str:
 
 def check_choices(config: Any) -> None:
     """The checks argparse makes on the command line, made on a config: each field with choices holds one.
-    Called by every config's ``__post_init__``; also registers the fields' command-line spellings for
-    :class:`~pretrain.errors.OptionError`."""
+    Called by every config's ``__post_init__``; lists become tuples (a config compares equal however it was
+    built), and the fields' command-line spellings are registered for :class:`~pretrain.errors.OptionError`."""
     for field in dataclasses.fields(config):
         register_spelling(field.name, spelling(field))
         choices = field.metadata.get("choices")
         value = getattr(config, field.name)
+        if isinstance(value, list):
+            object.__setattr__(config, field.name, tuple(value))
         if choices is not None and value is not None and value not in choices:
             raise OptionError(f"{{{field.name}}} {value!r}: choose one of {', '.join(map(str, choices))}")
 

@@ -121,3 +121,101 @@ def test_the_zoo_imports_nothing_of_the_training_engine():
               if dep.split(".")[:2] == ["pretrain", "engine"]]
     assert not engine, engine
 
+
+
+# --------------------------------------------------------------------------- bridges' sub-packages
+TASK_PACKAGES = ("classification", "detection", "segmentation", "hf", "curves")  # one task (or tool) each
+EDGE_PACKAGES = ("cli", "demo", "bench")  # what calls the task packages: the command line, the demo, the benches
+# what the task packages share: bridges' own modules, and the transformers helpers of the hf package
+SHARED = ("bridges.hf.support",)
+
+
+def _bridges_edges() -> list[tuple[str, str]]:
+    """(module, imported module) for every import between bridges' modules."""
+    return [(_module_name(path), dep) for path in sorted((REPO / "bridges").rglob("*.py")) for dep in _imports(path)
+            if dep.startswith("bridges.")]
+
+
+def _subpackage(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (REPO / "bridges" / parts[-1]).is_dir() else None
+
+
+def test_the_task_packages_import_each_other_only_through_what_they_share():
+    crossing = [(m, d) for m, d in _bridges_edges() if _subpackage(m) in TASK_PACKAGES
+                and _subpackage(d) not in (None, _subpackage(m)) and not d.startswith(SHARED)]
+    assert not crossing, crossing
+
+
+def test_the_task_packages_never_reach_up_to_the_command_line_the_demo_or_the_benches():
+    upward = [(m, d) for m, d in _bridges_edges()
+              if _subpackage(m) in TASK_PACKAGES and _subpackage(d) in EDGE_PACKAGES]
+    assert not upward, upward
+
+
+def test_the_demo_calls_the_api_not_the_command_line():
+    assert not [(m, d) for m, d in _bridges_edges() if _subpackage(m) == "demo" and _subpackage(d) == "cli"]
+
+
+def test_bridges_own_modules_reach_the_task_packages_only_through_the_conversion_table():
+    """``bridges/operations.py`` and the other modules directly under ``bridges/`` import no sub-package: the
+    conversion table names converters and savers by dotted name, imported when a conversion runs
+    (``bridges/__main__.py`` is ``python -m bridges``, the command line itself)."""
+    reaching = [(m, d) for m, d in _bridges_edges() if _subpackage(m) is None and m != "bridges.__main__"
+                and _subpackage(d) is not None]
+    assert not reaching, reaching
+    from bridges.convert_targets import TARGETS
+
+    named = {getattr(t, part).partition(":")[0] for t in TARGETS for part in ("converter", "saver")}
+    assert {_subpackage(n) for n in named} - {None} <= set(TASK_PACKAGES), named
+
+
+# --------------------------------------------------------------------------- argparse at the edge
+# the command line's own modules (`python -m pretrain`'s too), and the benches, which keep their argparse handling
+ARGPARSE_EDGE = ("bridges/cli/", "pretrain/main_pretrain.py", "pretrain/bench/", "bridges/bench/")
+EDGE_FUNCTIONS = {"pretrain/configs.py from_namespace"}  # what the command lines turn their options into configs with
+
+
+def test_no_library_function_takes_an_argparse_namespace():
+    import ast
+
+    taking = []
+    for pkg in PACKAGES:
+        for path in sorted((REPO / pkg).rglob("*.py")):
+            relative = path.relative_to(REPO).as_posix()
+            if relative.startswith(ARGPARSE_EDGE):
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    arguments = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+                    if f"{relative} {node.name}" in EDGE_FUNCTIONS:
+                        continue
+                    if any(a.annotation is not None and "Namespace" in ast.unparse(a.annotation) or a.arg == "args"
+                           for a in arguments):
+                        taking.append(f"{relative}:{node.lineno} {node.name}")
+    assert not taking, taking
+
+
+# --------------------------------------------------------------------------- sizes
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 350, 80
+
+
+def test_modules_and_functions_stay_small():
+    """Package modules (not tests) at most 350 lines, functions at most 80, except the command line's tables of
+    options (``add_*arguments``: one ``add_argument`` per option)."""
+    import ast
+
+    too_long = []
+    for pkg in PACKAGES:
+        for path in sorted((REPO / pkg).rglob("*.py")):
+            source = path.read_text()
+            relative = path.relative_to(REPO).as_posix()
+            if len(source.splitlines()) > MAX_MODULE_LINES:
+                too_long.append(f"{relative}: {len(source.splitlines())} lines")
+            for node in ast.walk(ast.parse(source)):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    lines = node.end_lineno - node.lineno + 1
+                    table = node.name.startswith("add_") and node.name.endswith("arguments")
+                    if lines > MAX_FUNCTION_LINES and not table:
+                        too_long.append(f"{relative}:{node.lineno} {node.name}: {lines} lines")
+    assert not too_long, too_long

@@ -1,11 +1,15 @@
 """``lsmae detect``: its options (standard library only: the ``lsmae`` parser registers them without
-importing torch or detectron2) and its run, which imports :mod:`bridges.detection.detect`."""
+importing torch or detectron2) and its run, which calls :func:`bridges.detection.detect`."""
 from __future__ import annotations
 
 import argparse
+import json
+from typing import Any
 
 from bridges.cli.intermixed import IntermixedParser
 from bridges.detection.configs import config_names
+from pretrain.configs import from_namespace
+from pretrain.errors import LsmaeError
 from pretrain.shared_options import add_shared
 
 DESCRIPTION = ("Fine-tune a long-seq MAE encoder as a ViTDet (Cascade) Mask R-CNN on COCO, or on a COCO-format set of "
@@ -89,7 +93,20 @@ def add_detect_arguments(p: argparse.ArgumentParser) -> None:
     add_arguments(p)
 
 
-def run_detect(args: argparse.Namespace) -> None:
-    from bridges.detection.detect import run
+def run_detect(args: argparse.Namespace) -> Any:
+    """The plan (--dry-run, --json) or the run, by the API."""
+    from bridges.detection.config import DetectConfig
 
-    run(args)
+    if args.json and not args.dry_run:
+        raise LsmaeError("--json prints the plan of --dry-run: add --dry-run")
+    config = from_namespace(DetectConfig, args)
+    if args.dry_run:
+        from bridges.detection import detect_plan
+        from bridges.detection.plan import plan_lines
+
+        report = detect_plan(config)
+        print(json.dumps(report) if args.json else "\n".join(plan_lines(report)))
+        return report
+    from bridges.detection import detect
+
+    return detect(config)

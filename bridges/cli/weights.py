@@ -49,8 +49,8 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--img-size", type=int, default=None,
                    help="; ".join(f"{t.name}: {t.img_size_is} (default {t.img_size})" for t in TARGETS if t.img_size)
                    + "; pos_embed is resampled to its grid")
-    p.add_argument("--num-labels", type=int, default=ADE20K_CLASSES,
-                   help=f"{_taking('num_labels')}: classes (default %(default)s, ADE20K)")
+    p.add_argument("--num-labels", type=int, default=None,
+                   help=f"{_taking('num_labels')}: classes (default {ADE20K_CLASSES}, ADE20K)")
     p.add_argument("--global-pool", choices=["avg", "token"], default="avg",
                    help=f"{_taking('global_pool')}: avg (fine-tuning recipe: drops the final norm, timm adds fc_norm) "
                         "or token (linear probing: keeps it)")

@@ -153,30 +153,31 @@ def vitdet_step(demo: Demo) -> str:
 
 
 def segment_step(demo: Demo) -> str:
-    from bridges.cli.segmentation import build_parser as segment_parser
-    from bridges.operations import convert
-    from bridges.segmentation import command as segment
+    from bridges.operations import ConvertConfig, convert
+    from bridges.segmentation import SegmentConfig, segment
     from bridges.segmentation.recipes import get_recipe
 
     recipe = get_recipe("demo")
-    upernet = outputs(demo)["upernet"]
-    with demo.logged("convert-upernet", ["convert", "demo", "--to", "upernet", "--img-size", str(recipe.crop_size),
-                                         "--num-labels", str(recipe.num_labels), "-o", str(upernet)]):
-        convert("demo", "upernet", upernet, img_size=recipe.crop_size, num_labels=recipe.num_labels)
-    demo.artefacts["UperNet folder (initialised)"] = upernet
+    upernet = ConvertConfig(source="demo", to="upernet", output=str(outputs(demo)["upernet"]),
+                            img_size=recipe.crop_size, num_labels=recipe.num_labels)
+    with demo.logged("convert-upernet", command_line("convert", upernet)):
+        convert(**vars(upernet))
+    demo.artefacts["UperNet folder (initialised)"] = Path(upernet.output)
+    textures = demo.data / "textures"  # a set of one's own: mask value = class (0 is brick), 255 ignored
     miou = {}
-    for init, extra in (("pretrained", []), ("scratch", ["--from-scratch"])):
-        textures = demo.data / "textures"  # a set of one's own: mask value = class (0 is brick), 255 ignored
-        argv = ["demo", "--train", f"{textures}/train/images:{textures}/train/masks", "--val",
-                f"{textures}/val/images:{textures}/val/masks", "--num-labels", str(recipe.num_labels),
-                "--class-names", str(textures / "classes.txt"), "--output-dir", str(demo.workdir / "segment" / init),
-                "--num-workers", "0", "--save-pictures", str(PICTURES), "--resume", "", *extra, *demo.device_option()]
-        with demo.logged(f"segment-{init}", ["segment", *argv], logger=logging.getLogger("bridges.segmentation"),
-                         echo=EVALUATED):
-            result = segment.run(segment_parser().parse_args(argv))
-        miou[init] = 100 * result["mIoU"]  # the final model's, as the reference reports
-        demo.artefacts[f"segmentation model ({init})"] = result["final"]
-        for picture in result["pictures"]:
+    for init in ("pretrained", "scratch"):
+        config = SegmentConfig(source="demo", train=f"{textures}/train/images:{textures}/train/masks",
+                               val=f"{textures}/val/images:{textures}/val/masks", num_labels=recipe.num_labels,
+                               class_names=str(textures / "classes.txt"),
+                               output_dir=str(demo.workdir / "segment" / init), num_workers=0,
+                               save_pictures=PICTURES, resume="", from_scratch=init == "scratch",
+                               device=demo.options.device)
+        with demo.logged(f"segment-{init}", command_line("segment", config),
+                         logger=logging.getLogger("bridges.segmentation"), echo=EVALUATED):
+            result = segment(config)
+        miou[init] = 100 * result.mIoU  # the final model's, as the reference reports
+        demo.artefacts[f"segmentation model ({init})"] = result.final
+        for picture in result.pictures:
             demo.show(picture, f"{init}: {picture.stem} (image | ground truth | prediction; label PNG beside it)")
     curves(demo, "segment", [demo.workdir / "segment" / init for init in miou],
            "textures: the pretrained run and its from-scratch twin")
@@ -185,13 +186,16 @@ def segment_step(demo: Demo) -> str:
 
 
 def detect_step(demo: Demo) -> str:
+    from bridges.detection.config import DetectConfig
+
     run_dir = demo.workdir / "detect"
     shapes = demo.data / "shapes"
-    demo.lsmae_child("detect", ["detect", str(outputs(demo)["vitdet"]), "--config", DETECT_CONFIG,
-                                "--train", f"{shapes / 'train.json'}:{shapes / 'train'}",
-                                "--val", f"{shapes / 'val.json'}:{shapes / 'val'}", "--save-pictures", str(PICTURES),
-                                f"train.output_dir={run_dir}"],
-                     progress=r"iter: \d+ |Total inference time")
+    config = DetectConfig(source=str(outputs(demo)["vitdet"]), config=DETECT_CONFIG,
+                          train=f"{shapes / 'train.json'}:{shapes / 'train'}",
+                          val=f"{shapes / 'val.json'}:{shapes / 'val'}", save_pictures=PICTURES,
+                          overrides=(f"train.output_dir={run_dir}",))
+    # a child process: detectron2's launcher owns its processes and logging
+    demo.lsmae_child("detect", command_line("detect", config), progress=r"iter: \d+ |Total inference time")
     results = json.loads((run_dir / "eval_results.json").read_text())
     demo.artefacts["detector"] = run_dir / "model_final.pth"
     demo.artefacts["detection metrics"] = run_dir / "eval_results.json"

@@ -59,9 +59,6 @@ class Demo:
     def heldout(self) -> list[Path]:
         return sorted((self.data / "photos" / "heldout").glob("*.png"))
 
-    def device_option(self) -> list[str]:
-        return ["--device", self.options.device] if self.options.device else []
-
     def log_path(self, name: str) -> Path:
         self.logs.mkdir(parents=True, exist_ok=True)
         return self.logs / f"{name}.log"
@@ -106,9 +103,6 @@ class Demo:
                 logger.addHandler(handler)
             try:
                 yield log
-            except SystemExit as e:  # argparse refused the options (usage is in the log)
-                raise DemoError(f"`lsmae {shlex.join(argv)}` failed (exit {e.code}): {_last_error(log)} "
-                                f"(log: {log})") from None
             except LsmaeError as e:
                 raise type(e)(f"{e} (log: {log})") from None
             finally:

@@ -14,12 +14,11 @@ from typing import Any
 
 import torch
 
-from pretrain.models.pos_embed import grid_size_of
-from zoo.checkpoint import CheckpointInfo, check_structure
-
 from bridges.conversion import ConversionReport, save_pth
 from bridges.detection.errors import LoadContractError
 from bridges.mae_weights import load_mae_weights, merge_qv_bias
+from pretrain.models.pos_embed import grid_size_of
+from zoo.checkpoint import CheckpointInfo, check_structure
 
 BACKBONE_PREFIX = "backbone.net."
 VITDET_KEEP = ("pos_embed", "patch_embed.", "blocks.")

@@ -14,10 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pretrain.errors import DataError, MissingDataError
-
 from bridges.detection.errors import DetectError
-
+from pretrain.errors import DataError, MissingDataError
 
 NUM_CLASSES_KEY = "model.roi_heads.num_classes"
 EVALUATOR_KEY = "dataloader.evaluator.dataset_name"

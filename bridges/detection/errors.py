@@ -2,9 +2,8 @@
 only."""
 from __future__ import annotations
 
-from pretrain.errors import LsmaeError
-
 from bridges.errors import ConversionError
+from pretrain.errors import LsmaeError
 
 
 class DetectError(LsmaeError):

@@ -1,5 +1,5 @@
-"""``lsmae detect``: ViTDet (Cascade) Mask R-CNN on COCO, or on a COCO-format set of your own (``--train``,
-``--val``), from a long-seq MAE checkpoint, with Detectron2.
+"""``lsmae detect`` (:func:`detect`, :func:`detect_plan`): ViTDet (Cascade) Mask R-CNN on COCO, or on a
+COCO-format set of your own (``--train``, ``--val``), from a long-seq MAE checkpoint, with Detectron2.
 
     lsmae detect vit_large/coco/4000 --config mask_rcnn_vitdet_l_100ep --num-gpus 8 train.output_dir=out/vitl
     lsmae detect vit_large/coco/4000 --config mask_rcnn_vitdet_l_100ep --eval-only \\
@@ -26,107 +26,152 @@ from typing import Any
 
 import torch
 
-from pretrain.engine.resume import check_same_run, run_identity
-from pretrain.atomic import write_json
-from pretrain.optional import require
-
+from bridges.detection.config import DetectConfig, DetectResult
 from bridges.detection.configs import resolve_config
 from bridges.detection.data import NAMES_KEYS, NUM_CLASSES_KEY, read_sets, register
 from bridges.detection.errors import DetectError
 from bridges.detection.pictures import check_pictures, check_visualizer, save_pictures
-from bridges.detection.plan import (BATCH_KEY, Plan, build_config, check_act_checkpoint, check_batch, check_classes,
-                                    check_datasets, check_schedule, gpus_per_machine, is_cpu, override_key, plan_lines,
-                                    plan_report, resolve_plan)
-from bridges.detection.source import (INIT_KEY, PRETRAIN_IMG_SIZE_KEY, backbone_init_shapes, enforce_load_contract,
-                                      summarise_missing)
-
+from bridges.detection.plan import (
+    BATCH_KEY,
+    Plan,
+    build_config,
+    check_act_checkpoint,
+    check_batch,
+    check_classes,
+    check_datasets,
+    check_schedule,
+    gpus_per_machine,
+    is_cpu,
+    override_key,
+    plan_lines,
+    plan_report,
+    resolve_plan,
+)
+from bridges.detection.source import (
+    INIT_KEY,
+    PRETRAIN_IMG_SIZE_KEY,
+    backbone_init_shapes,
+    enforce_load_contract,
+    summarise_missing,
+)
+from pretrain.atomic import write_json
+from pretrain.configs import configure
+from pretrain.engine.resume import check_same_run, run_identity
+from pretrain.errors import OptionError
+from pretrain.optional import require
 
 log = logging.getLogger("bridges.detection")
 RUN_DATA = "lsmae_run.json"  # in the output folder: the data a run trains on, checked when it resumes
 
 
-# --------------------------------------------------------------------------- the run
-def run(args: argparse.Namespace) -> None:
-    config = resolve_config(args.config)
-    keys = [override_key(o) for o in args.overrides]
-    if args.json and not args.dry_run:
-        raise DetectError("--json prints the plan of --dry-run: add --dry-run")
-    if args.batch_size is not None and BATCH_KEY in keys:
-        raise DetectError(f"--batch-size and {BATCH_KEY}: give the batch once (--batch-size also scales the lr and "
-                          "the schedule)")
-    check_pictures(args.save_pictures, args.score_thresh)
-    datasets = read_sets(args.train, args.val, args.eval_only)
-    launch = require("detectron2.engine", "lsmae detect").launch
-    from omegaconf import OmegaConf
+# --------------------------------------------------------------------------- the API
+def _prepared(options: DetectConfig, fetch: bool) -> tuple[Plan, Any, Any, dict[str, Any], int]:
+    """The plan, its config, SOURCE's initialisation, the plan's report and the processes per machine; SOURCE
+    is fetched and converted only when ``fetch`` (not for a plan, nor when an override names the weights)."""
+    config = resolve_config(options.config)
+    keys = [override_key(o) for o in options.overrides]
+    if options.batch_size is not None and BATCH_KEY in keys:
+        raise OptionError(f"{{batch_size}} and {BATCH_KEY}: give the batch once ({{batch_size}} also scales the lr "
+                          "and the schedule)")
+    check_pictures(options.save_pictures, options.score_thresh)
+    datasets = read_sets(options.train, options.val, options.eval_only)
+    require("detectron2.engine", "lsmae detect")
+    from bridges.detection import paths as vitdet_paths  # noqa: F401  (lsmae:// in train.init_checkpoint)
 
-    from bridges.detection import paths as vitdet_paths  # noqa: F401  (lsmae:// in train.init_checkpoint, whatever the config imports)
-
-    plan, cfg, init = resolve_plan(args, config, not args.dry_run and INIT_KEY not in keys, datasets)
+    plan, cfg, init = resolve_plan(options, config, fetch and INIT_KEY not in keys, datasets)
     if datasets:
         check_classes(cfg, datasets)
-    cpu = is_cpu(cfg)
-    num_gpus = gpus_per_machine(args, cpu)
-    report = plan_report(plan, cfg, init.description, num_gpus * args.num_machines)
-    if not args.eval_only:
+    num_gpus = gpus_per_machine(options, is_cpu(cfg))
+    report = plan_report(plan, cfg, init.description, num_gpus * options.num_machines)
+    if not options.eval_only:
         check_batch(report)
         check_schedule(cfg)
-    if args.dry_run:
-        print(json.dumps(report) if args.json else "\n".join(plan_lines(report)))
-        return
+    return plan, cfg, init, report, num_gpus
 
+
+def detect_plan(config: DetectConfig | None = None, /, **options: Any) -> dict[str, Any]:
+    """``lsmae detect --dry-run`` as a function: the plan (lr, schedule, devices, data, pictures) read from the
+    final config, before anything is fetched or converted; :func:`bridges.detection.plan.plan_lines` shows it."""
+    return _prepared(configure(DetectConfig, config, options), fetch=False)[3]
+
+
+def detect(config: DetectConfig | None = None, /, **options: Any) -> DetectResult:
+    """``lsmae detect`` as a function: check SOURCE's load contract, print the plan, then train (or evaluate,
+    ``eval_only``) through Detectron2's ``launch``, one process per GPU (:class:`DetectConfig`)."""
+    from omegaconf import OmegaConf
+
+    config = configure(DetectConfig, config, options)
+    plan, cfg, init, report, num_gpus = _prepared(config, fetch=True)
     if init.report:
         print(init.report)
     net_size = OmegaConf.select(cfg, PRETRAIN_IMG_SIZE_KEY)
     print(f"source {init.description}: {init.grid_size}x{init.grid_size} pos_embed grid -> "
           f"{PRETRAIN_IMG_SIZE_KEY}={init.pretrain_img_size}"
           + ("" if net_size == init.pretrain_img_size else f" (overridden to {net_size})"))
-    if not args.eval_only:
+    if not config.eval_only:
         print("\n".join(plan_lines(report)))
+    dist_url = _check_devices(config, cfg, num_gpus)
+    check_act_checkpoint(cfg)
+    check_visualizer(config.save_pictures)
+    register(plan.datasets)
+    check_datasets(cfg, config.eval_only)
+    output_dir = Path(report["output_dir"])
+    resuming = config.resume and not config.eval_only and (output_dir / "last_checkpoint").is_file()
+    if not config.eval_only:
+        record_or_check_data(output_dir, run_data(report, cfg), resuming)
+    if resuming:
+        print(f"resuming from the last checkpoint in {output_dir} (the load contract applies to initialisation only)")
+    else:
+        _check_initialisation(config, cfg)
+    launch = require("detectron2.engine", "lsmae detect").launch
+    launch(_worker, num_gpus, num_machines=config.num_machines, machine_rank=config.machine_rank,
+           dist_url=dist_url, args=(plan,))
+    print(output_dir / ("eval_results.json" if config.eval_only else "model_final.pth"))
+    return _result(output_dir, config, resuming)
 
-    if cpu:
-        print(f"note: train.device=cpu (AMP off): CPU runs are for testing only ({num_gpus * args.num_machines} "
+
+def _check_devices(config: DetectConfig, cfg: Any, num_gpus: int) -> str:
+    """The devices the config asks for are there; the rendezvous address of the processes."""
+    if is_cpu(cfg):
+        print(f"note: train.device=cpu (AMP off): CPU runs are for testing only ({num_gpus * config.num_machines} "
               "process(es), gloo)")
     elif not torch.cuda.is_available():
         raise DetectError(f"train.device={cfg.train.device} but no GPU is visible; add train.device=cpu for a CPU "
                           "smoke run (testing only)")
-    if not cpu and num_gpus > torch.cuda.device_count():
-        raise DetectError(f"--num-gpus {num_gpus} but only {torch.cuda.device_count()} GPUs are visible")
-    dist_url = args.dist_url
-    if dist_url is None:
-        if args.num_machines > 1:
-            raise DetectError("--dist-url tcp://HOST:PORT (of machine 0) is needed with --num-machines > 1")
-        dist_url = "auto"
+    if not is_cpu(cfg) and num_gpus > torch.cuda.device_count():
+        raise OptionError(f"{{num_gpus}} {num_gpus} but only {torch.cuda.device_count()} GPUs are visible")
+    if config.dist_url is not None:
+        return config.dist_url
+    if config.num_machines > 1:
+        raise OptionError("{dist_url} tcp://HOST:PORT (of machine 0) is needed with {num_machines} > 1")
+    return "auto"
 
-    check_act_checkpoint(cfg)
-    check_visualizer(args.save_pictures)
-    register(plan.datasets)
-    check_datasets(cfg, args.eval_only)
 
-    output_dir = report["output_dir"]
+def _check_initialisation(config: DetectConfig, cfg: Any) -> None:
+    """A fresh run's backbone checkpoint loads into the model without gaps (the load contract), or the run
+    says that it starts from random weights."""
+    from omegaconf import OmegaConf
+
     init_checkpoint = str(OmegaConf.select(cfg, INIT_KEY, default="") or "")
-    resuming = args.resume and not args.eval_only and (Path(output_dir) / "last_checkpoint").is_file()
-    if not args.eval_only:
-        record_or_check_data(Path(output_dir), run_data(report, cfg), resuming)
-    if resuming:
-        print(f"resuming from the last checkpoint in {output_dir} (the load contract applies to initialisation only)")
-    else:
-        shapes = backbone_init_shapes(init_checkpoint)
-        if shapes is not None:
-            missing = enforce_load_contract(cfg, shapes)
-            print(f"load contract holds: {len(shapes)} checkpoint tensors load into backbone.net with their shapes; "
-                  f"left to initialise: {summarise_missing(missing)}")
-            if args.eval_only:
-                print(f"warning: evaluating a detector whose heads are untrained ({INIT_KEY} is a backbone "
-                      f"initialisation); pass {INIT_KEY}=OUTPUT/model_final.pth", file=sys.stderr)
-        elif not init_checkpoint:
-            print(f"warning: {INIT_KEY} is empty: the model starts from random weights", file=sys.stderr)
+    shapes = backbone_init_shapes(init_checkpoint)
+    if shapes is not None:
+        missing = enforce_load_contract(cfg, shapes)
+        print(f"load contract holds: {len(shapes)} checkpoint tensors load into backbone.net with their shapes; "
+              f"left to initialise: {summarise_missing(missing)}")
+        if config.eval_only:
+            print(f"warning: evaluating a detector whose heads are untrained ({INIT_KEY} is a backbone "
+                  f"initialisation); pass {INIT_KEY}=OUTPUT/model_final.pth", file=sys.stderr)
+    elif not init_checkpoint:
+        print(f"warning: {INIT_KEY} is empty: the model starts from random weights", file=sys.stderr)
 
-    launch(_worker, num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank, dist_url=dist_url,
-           args=(plan,))
-    if args.eval_only:
-        print(Path(output_dir) / "eval_results.json")
-    else:
-        print(Path(output_dir) / "model_final.pth")
+
+def _result(output_dir: Path, config: DetectConfig, resumed: bool) -> DetectResult:
+    """What the processes left in the output folder."""
+    results = output_dir / "eval_results.json"
+    pictures = tuple(sorted((output_dir / "pictures").glob("*.png"))) if config.save_pictures else ()
+    return DetectResult(output_dir, None if config.eval_only else output_dir / "model_final.pth",
+                        results if results.is_file() else None,
+                        json.loads(results.read_text()) if results.is_file() else {}, pictures, resumed)
 
 
 def run_data(report: dict[str, Any], cfg: Any) -> dict[str, Any]:

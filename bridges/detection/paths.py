@@ -13,10 +13,9 @@ from typing import IO, Any
 from detectron2.utils.file_io import PathManager
 from iopath.common.file_io import PathHandler
 
+from bridges.detection.convert import convert_to_vitdet, save_vitdet
 from zoo.cache import entry_path, expected_digest
 from zoo.registry import Entry, get_entry
-
-from bridges.detection.convert import convert_to_vitdet, save_vitdet
 
 SCHEME = "lsmae://"
 

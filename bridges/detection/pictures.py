@@ -4,7 +4,7 @@ in ``OUTPUT/pictures``: to look at what a detector finds, which AP alone does no
 192 px are drawn larger by a whole factor (nearest), as every picture of this project is.
 
 Drawn after the evaluation by the main process alone, with the unwrapped model (no collective: the other
-processes wait at the barrier that follows in :mod:`bridges.detection.detect`). Each image goes through the
+processes wait at the barrier that follows in :mod:`bridges.detection.launch`). Each image goes through the
 config's own test mapper, as the test loader feeds it, so the predictions come back at the image's size.
 Standard library only, but :func:`save_pictures`.
 """
@@ -15,10 +15,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pretrain.optional import installed, missing
-
 from bridges.detection.errors import DetectError
-
+from pretrain.optional import installed, missing
 
 if TYPE_CHECKING:
     import torch

@@ -4,11 +4,9 @@
 classes, data sets, processes)."""
 from __future__ import annotations
 
-import argparse
 import difflib
 import inspect
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,13 +14,15 @@ from typing import Any
 
 import torch
 
-from pretrain.optional import installed, missing
-
 from bridges.batch_scaling import scale_iterations
-from bridges.detection.errors import DetectError
+from bridges.detection.config import DetectConfig
 from bridges.detection.data import EVALUATOR_KEY, NUM_CLASSES_KEY, CocoSet, data_lines, data_report, data_settings
+from bridges.detection.errors import DetectError
 from bridges.detection.pictures import pictures_lines, pictures_report
 from bridges.detection.source import INIT_KEY, PRETRAIN_IMG_SIZE_KEY, Init, prepare_source
+from pretrain.configs import command_line
+from pretrain.errors import OptionError
+from pretrain.optional import installed, missing
 
 ACT_CHECKPOINT_KEY = "model.backbone.net.use_act_checkpoint"  # --grad-checkpointing
 BATCH_KEY = "dataloader.train.total_batch_size"
@@ -177,24 +177,25 @@ def batch_settings(recipe: Any, batch_size: int) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- the plan
-def resolve_plan(args: argparse.Namespace, config: Path, convert: bool,
+def resolve_plan(options: DetectConfig, config: Path, convert: bool,
                  datasets: Sequence[CocoSet] = ()) -> tuple[Plan, Any, Init]:
     """The plan every process rebuilds the config from: the recipe at --batch-size, --grad-checkpointing, the
     ``datasets`` of --train/--val and what SOURCE dictates (fetched and converted only when ``convert``), then the
     overrides; and the config it builds."""
     from omegaconf import OmegaConf
 
-    plan = Plan(str(config), {}, list(args.overrides), args.eval_only, args.resume, argv=list(sys.argv),
-                datasets=list(datasets), pictures=args.save_pictures, score_thresh=args.score_thresh)
-    if args.batch_size is not None:
-        plan.settings.update(batch_settings(build_config(Plan(plan.config, {}, [])), args.batch_size))
-    if args.grad_checkpointing:
+    plan = Plan(str(config), {}, list(options.overrides), options.eval_only, options.resume,
+                argv=["lsmae", *command_line("detect", options)], datasets=list(datasets),
+                pictures=options.save_pictures, score_thresh=options.score_thresh)
+    if options.batch_size is not None:
+        plan.settings.update(batch_settings(build_config(Plan(plan.config, {}, [])), options.batch_size))
+    if options.grad_checkpointing:
         plan.settings[ACT_CHECKPOINT_KEY] = True
     if datasets:
         plan.settings.update(data_settings(plan.datasets))
     # the output folder (where a SOURCE file's conversion goes) as the overrides will set it
     output_dir = str(OmegaConf.select(build_config(plan), "train.output_dir", default="./output"))
-    init = prepare_source(args.source, output_dir, convert)
+    init = prepare_source(options.source, output_dir, convert)
     plan.settings[PRETRAIN_IMG_SIZE_KEY] = init.pretrain_img_size
     if convert:
         plan.settings[INIT_KEY] = init.checkpoint
@@ -252,12 +253,12 @@ def plan_lines(report: dict[str, Any]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- checks before launching
-def gpus_per_machine(args: argparse.Namespace, cpu: bool) -> int:
-    """--num-gpus, else the visible GPUs (one on CPU, and in a plan made where none is visible)."""
-    num_gpus = args.num_gpus if args.num_gpus is not None else (1 if cpu else torch.cuda.device_count() or 1)
-    if num_gpus < 1 or args.num_machines < 1 or not 0 <= args.machine_rank < args.num_machines:
-        raise DetectError(f"--num-gpus {num_gpus}, --num-machines {args.num_machines}, --machine-rank "
-                          f"{args.machine_rank}: need num-gpus >= 1 and 0 <= machine-rank < num-machines")
+def gpus_per_machine(options: DetectConfig, cpu: bool) -> int:
+    """``num_gpus``, else the visible GPUs (one on CPU, and in a plan made where none is visible)."""
+    num_gpus = options.num_gpus if options.num_gpus is not None else (1 if cpu else torch.cuda.device_count() or 1)
+    if num_gpus < 1 or options.num_machines < 1 or not 0 <= options.machine_rank < options.num_machines:
+        raise OptionError(f"{{num_gpus}} {num_gpus}, {{num_machines}} {options.num_machines}, {{machine_rank}} "
+                          f"{options.machine_rank}: need num-gpus >= 1 and 0 <= machine-rank < num-machines")
     return num_gpus
 
 
@@ -307,10 +308,9 @@ def check_classes(cfg: Any, datasets: list[CocoSet]) -> None:
 
 def check_datasets(cfg: Any, eval_only: bool) -> None:
     """Every dataset the run reads is registered and its image folder and annotation file exist."""
-    from omegaconf import OmegaConf
-
     import detectron2.data  # noqa: F401  (registers the builtin datasets under $DETECTRON2_DATASETS)
     from detectron2.data import DatasetCatalog, MetadataCatalog
+    from omegaconf import OmegaConf
 
     sections = ["test"] if eval_only else ["train", "test"]
     if OmegaConf.select(cfg, "dataloader.test", default=None) is None:

@@ -11,15 +11,13 @@ from typing import Any
 
 import torch
 
+from bridges.detection.convert import BACKBONE_PREFIX, check_load_contract, convert_to_vitdet, save_vitdet
+from bridges.detection.errors import DetectError
 from pretrain.errors import CheckpointError, LsmaeError
 from pretrain.models.pos_embed import grid_size_of
 from zoo.checkpoint import check_structure, load_checkpoint, model_state_dict, read_checkpoint
 from zoo.errors import UnknownSourceError
 from zoo.registry import resolve_source
-
-from bridges.detection.convert import BACKBONE_PREFIX, check_load_contract, convert_to_vitdet, save_vitdet
-from bridges.detection.errors import DetectError
-
 
 INIT_KEY = "train.init_checkpoint"
 PRETRAIN_IMG_SIZE_KEY = "model.backbone.net.pretrain_img_size"

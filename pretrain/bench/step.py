@@ -13,8 +13,8 @@ from pretrain.bench.args import build_parser
 from pretrain.bench.process import BenchStep, main, repeating_loader
 from pretrain.data import collate, normalize, pretrain_dataset
 from pretrain.engine.backends import make_backend
-from pretrain.models.masking import block_mask_indices
 from pretrain.models.mae import MaskedAutoencoderViT, model_config
+from pretrain.models.masking import block_mask_indices
 
 BASELINE = "release"
 

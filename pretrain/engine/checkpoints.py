@@ -2,7 +2,6 @@
 record, export."""
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 from collections.abc import Callable, Iterable
@@ -52,12 +51,6 @@ def newest_loadable(newest_first: Iterable[Path], load: Callable[[Path], dict[st
     if failures:
         raise CheckpointError(f"no checkpoint loads ({'; '.join(failures)})")
     return None
-
-
-def json_safe_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The command line as plain values (paths as strings), as checkpoints record it."""
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-            if isinstance(v, (str, int, float, bool, list, tuple, Path, type(None)))}
 
 
 def export_release(source: Path, out: Path) -> Path:

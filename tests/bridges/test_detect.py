@@ -27,8 +27,8 @@ from bridges.detection.convert import (
     convert_to_vitdet,
     save_vitdet,
 )
-from zoo.checkpoint import expected_shapes
 from tests.conftest import REPO, TEST_DATA, TINY_MODEL
+from zoo.checkpoint import expected_shapes
 
 KEYS_DIR = TEST_DATA / "vitdet_keys"
 CONFIG_DIR = REPO / "detection_configs"
@@ -348,13 +348,13 @@ def test_overrides_apply_after_the_scaling(d2, lsmae_home, capsys):
 
 
 def test_grad_checkpointing_reaches_the_vit(d2, lsmae_home, capsys, monkeypatch):
-    from bridges.detection.plan import ACT_CHECKPOINT_KEY, check_act_checkpoint, resolve_plan
+    from bridges.detection import DetectConfig
     from bridges.detection.configs import resolve_config
+    from bridges.detection.plan import ACT_CHECKPOINT_KEY, check_act_checkpoint, resolve_plan
     from pretrain.errors import MissingDependencyError
 
-    args = build_parser().parse_args(["detect", "vit_large/coco/4000", "--config", "mask_rcnn_vitdet_l_100ep",
-                                      "--grad-checkpointing"])
-    plan, cfg, _ = resolve_plan(args, resolve_config(args.config), convert=False)
+    config = DetectConfig(source="vit_large/coco/4000", config="mask_rcnn_vitdet_l_100ep", grad_checkpointing=True)
+    plan, cfg, _ = resolve_plan(config, resolve_config(config.config), convert=False)
     assert cfg.model.backbone.net.use_act_checkpoint is True
     assert plan.settings[ACT_CHECKPOINT_KEY] is True  # what each worker rebuilds its config from
     assert dry_run(capsys, "vit_large/coco/4000", "--config", "mask_rcnn_vitdet_l_100ep",
@@ -365,7 +365,8 @@ def test_grad_checkpointing_reaches_the_vit(d2, lsmae_home, capsys, monkeypatch)
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *rest: None if name == "fairscale" else find_spec(name, *rest))
-    with pytest.raises(MissingDependencyError, match=r"needs fairscale \(not installed\): pip install -e '\.\[detect\]'"):
+    needs = r"needs fairscale \(not installed\): pip install -e '\.\[detect\]'"
+    with pytest.raises(MissingDependencyError, match=needs):
         check_act_checkpoint(cfg)
 
 

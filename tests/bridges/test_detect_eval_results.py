@@ -11,14 +11,14 @@ from types import ModuleType, SimpleNamespace
 import numpy as np
 import pytest
 
-from bridges.detection import detect
+from bridges.detection import launch
 
 RESULTS = {"bbox": {"AP": 41.25, "AP50": np.float32(60.5)}, "segm": {"AP": 37.0}}  # detectron2 gives numpy floats too
 
 
 @pytest.fixture
 def fake_detectron2(monkeypatch):
-    """Just what ``detect._evaluate`` imports: the evaluation returns ``RESULTS`` in the main process."""
+    """Just what ``launch._evaluate`` imports: the evaluation returns ``RESULTS`` in the main process."""
     modules = {name: ModuleType(name) for name in ("detectron2", "detectron2.config", "detectron2.evaluation",
                                                     "detectron2.utils", "detectron2.utils.comm")}
     modules["detectron2.config"].instantiate = lambda node: node
@@ -37,7 +37,7 @@ def _cfg(output_dir: Path) -> SimpleNamespace:
 
 def test_eval_results_are_written_whole_or_not_at_all(fake_detectron2, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    assert detect._evaluate(_cfg(out), model=None) == RESULTS
+    assert launch._evaluate(_cfg(out), model=None) == RESULTS
     written = (out / "eval_results.json").read_text()
     assert json.loads(written) == RESULTS and written == json.dumps(RESULTS, indent=1, default=float)
 
@@ -49,7 +49,7 @@ def test_eval_results_are_written_whole_or_not_at_all(fake_detectron2, tmp_path,
 
     monkeypatch.setattr(Path, "write_text", disk_full_half_way)
     with pytest.raises(OSError, match="No space left"):
-        detect._evaluate(_cfg(out), model=None)
+        launch._evaluate(_cfg(out), model=None)
     monkeypatch.undo()
     assert (out / "eval_results.json").read_text() == written  # the previous results, whole
     assert sorted(p.name for p in out.iterdir()) == ["eval_results.json"]  # no temporary file left

@@ -19,8 +19,8 @@ from PIL import Image
 
 from bridges.cli import build_parser, main
 from bridges.demo.sample_data import OWN_CLASSES, write_shapes_own_classes
-from tests.bridges.test_detect import DEMO_CONFIG, d2, dry_run  # noqa: F401  (fixture)
 from pretrain.panels import scale_factor
+from tests.bridges.test_detect import DEMO_CONFIG, d2, dry_run  # noqa: F401  (fixture)
 from tests.conftest import REPO
 
 NAMES = list(OWN_CLASSES.values())  # in id order: square (7), triangle (12), disc (40)
@@ -173,13 +173,16 @@ def test_benchmark_plan_has_no_data_part(d2, lsmae_home, capsys):
 def test_every_head_of_the_cascade_gets_the_classes(d2, sets, lsmae_home, capsys):
     from omegaconf import OmegaConf
 
+    from bridges.detection.config import DetectConfig
     from bridges.detection.configs import resolve_config
     from bridges.detection.data import read_sets
     from bridges.detection.plan import resolve_plan
+    from pretrain.configs import from_namespace
 
     args = build_parser().parse_args(["detect", "vit_base/coco/4000", "--config", "cascade_mask_rcnn_vitdet_b_100ep",
                                       *sets.argv()])
-    _, cfg, _ = resolve_plan(args, resolve_config(args.config), False, read_sets(args.train, args.val, False))
+    config = from_namespace(DetectConfig, args)
+    _, cfg, _ = resolve_plan(config, resolve_config(config.config), False, read_sets(config.train, config.val, False))
     heads = cfg.model.roi_heads
     assert [OmegaConf.select(p, "num_classes") for p in heads.box_predictors] == [3, 3, 3]
     assert heads.mask_head.num_classes == 3

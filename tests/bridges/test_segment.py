@@ -1,4 +1,5 @@
-"""Segmentation bridge: exact conversion, the recipe's taps, data, plans, training (evaluation: test_segment_eval.py)."""
+"""Segmentation bridge: exact conversion, the recipe's taps, data, plans, training (evaluation:
+test_segment_eval.py)."""
 from __future__ import annotations
 
 import json
@@ -65,14 +66,16 @@ def test_no_k_bias_checkpoint_and_resampled_grid():
     assert "resampled pos_embed 8x8 -> 12x12" in resampled.report.text()
     assert resampled.model.beit.embeddings.position_embeddings.shape == (1, 145, 96)
     with torch.no_grad():
-        assert resampled.model.eval()(torch.randn(1, 3, 96, 96)).logits.shape == (1, 150, 48, 48)  # patch 8: the x4 level is H/2
+        logits = resampled.model.eval()(torch.randn(1, 3, 96, 96)).logits
+        assert logits.shape == (1, 150, 48, 48)  # patch 8: the x4 level is H/2
 
 
 def test_save_and_load_round_trip_keeps_taps_and_outputs(tmp_path):
     conversion = convert_to_upernet(perturbed_mae(scale=0.02, img_size=64).state_dict(), img_size=64, num_labels=4)
     folder = save_upernet(conversion.model, tmp_path / "seg", "initialised (not trained)")
     config = json.loads((folder / "config.json").read_text())
-    assert config["lsmae_block_taps"] == [0, 1, 2, 3] and config["architectures"] == ["MaeUperNetForSemanticSegmentation"]
+    assert config["lsmae_block_taps"] == [0, 1, 2, 3]
+    assert config["architectures"] == ["MaeUperNetForSemanticSegmentation"]
     assert (folder / "model.safetensors").is_file()
     assert "model_class().from_pretrained" in (folder / "README.md").read_text()
     loaded = model_class().from_pretrained(str(folder)).eval()

@@ -16,10 +16,22 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import tv_tensors
 
+from bridges.segmentation.data import (
+    CategoryBalancedCrop,
+    MaskFolder,
+    PhotoMetricDistortion,
+    RandomResizeRatio,
+    TrainingCrops,
+    hsv8_to_rgb,
+    mask_labels,
+    normalize_crops,
+    resize_image,
+    resize_labels,
+    rgb_to_hsv8,
+    scale_to_fit,
+    train_transform,
+)
 from bridges.segmentation.data_spec import LabelRule, layout_split
-from bridges.segmentation.data import (MaskFolder, CategoryBalancedCrop, PhotoMetricDistortion, RandomResizeRatio,
-                                       TrainingCrops, hsv8_to_rgb, normalize_crops, mask_labels, resize_image,
-                                       resize_labels, rgb_to_hsv8, scale_to_fit, train_transform)
 from bridges.segmentation.model import IGNORE_INDEX
 from bridges.segmentation.recipes import get_recipe
 from pretrain.data import normalize
@@ -121,7 +133,8 @@ def test_labels_reduce_zero_and_ignore(tmp_path):
     write_ade(tmp_path, names=("x",), size=labels.shape, labels=labels)
     image, label = MaskFolder(layout_split(tmp_path, "train"), LabelRule(150))[0]
     assert image.dtype == torch.uint8 and image.shape == (3, *labels.shape)
-    expected = torch.tensor([[IGNORE_INDEX, 0, 1], [149, IGNORE_INDEX, 2]]).repeat_interleave(4, 0).repeat_interleave(4, 1)
+    expected = torch.tensor([[IGNORE_INDEX, 0, 1], [149, IGNORE_INDEX, 2]])
+    expected = expected.repeat_interleave(4, 0).repeat_interleave(4, 1)
     assert torch.equal(label, expected)
     # mmsegmentation's rule: 255 stays ignored after the reduction (it does not become class 254)
     assert mask_labels(torch.tensor([0, 1, 150, 255], dtype=torch.uint8), LabelRule(150)).tolist() == [

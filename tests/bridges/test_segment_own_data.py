@@ -40,7 +40,8 @@ def check_pictures(folder: Path, images: Path, masks: Path, count: int, names, r
 
     stems = sorted(p.stem for p in images.iterdir())[:count]
     evaluation_prediction = _evaluation_predictor(model_dir, images, masks, precision) if model_dir else None
-    assert sorted(p.name for p in folder.iterdir()) == sorted([f"{s}.png" for s in stems] + [f"{s}_pred.png" for s in stems])
+    expected = [f"{s}.png" for s in stems] + [f"{s}_pred.png" for s in stems]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(expected)
     shift, n = int(reduce), len(names)
     for stem in stems:
         mask = np.asarray(Image.open(masks / f"{stem}.png"))
@@ -66,7 +67,8 @@ def check_pictures(folder: Path, images: Path, masks: Path, count: int, names, r
         panels = []
         for c in range(3):
             left, top, right, bottom = layout.panel_box(c, 0)
-            assert (page[top:bottom, left - GAP:left] == 255).all() and (page[top:bottom, right:right + GAP] == 255).all()
+            assert (page[top:bottom, left - GAP:left] == 255).all()
+            assert (page[top:bottom, right:right + GAP] == 255).all()
             panels.append(page[top:bottom, left:right])
             assert panels[-1].shape[:2] == (h * k, w * k) and not (panels[-1] == 255).all()
         photo = np.asarray(Image.open(images / f"{stem}.jpg").convert("RGB")).astype(int)
@@ -83,8 +85,8 @@ def _evaluation_predictor(model_dir: Path, images: Path, masks: Path, precision:
     """The model's prediction of an image (by stem) as the evaluation makes it; model and data loaded once."""
     from bridges.segmentation.data import MaskFolder
     from bridges.segmentation.data_spec import SplitFolders
-    from bridges.segmentation.evaluation import predict
     from bridges.segmentation.eval_only import load_segmentation_model, recipe_of
+    from bridges.segmentation.evaluation import predict
     from bridges.segmentation.training import logits_function, stored_rule
     from pretrain.engine.backends import TorchBackend
     from pretrain.engine.run_plan import resolve_precision
@@ -236,7 +238,8 @@ def test_the_plan_shows_the_data_the_classes_and_the_passes(own, lsmae_home, cap
     (["--num-labels", "5", "num_labels=4"], "--num-labels 5 and num_labels=4 differ: give the number once"),
     (["--num-labels", "5", "--ignore-index", "3"], "--ignore-index 3 is one of the class values 0..4"),
     (["--num-labels", "5", "--save-pictures", "-1"], "--save-pictures -1: the number of pictures must be 0 or more"),
-    (["--num-labels", "5", "--train", "images_only"], "--train images_only: expected IMAGES:MASKS (an images folder and its masks folder)"),
+    (["--num-labels", "5", "--train", "images_only"],
+     "--train images_only: expected IMAGES:MASKS (an images folder and its masks folder)"),
 ])
 def test_bad_label_settings_are_one_line_errors(own, tmp_path, lsmae_home, capsys, extra, message):
     names4 = tmp_path / "four.txt"

@@ -1,1 +1,2 @@
-"""Tests of ``pretrain``: models and masking, the data, the engine (trainer, resume, backends, XLA), the pretraining task, the bench, the errors."""
+"""Tests of ``pretrain``: models and masking, the data, the engine (trainer, resume, backends, XLA), the pretraining
+task, the bench, the errors."""
