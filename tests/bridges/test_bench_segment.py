@@ -21,8 +21,8 @@ from bridges.bench.sample_sets import ADE20K_SIZE, write_ade20k_like
 from bridges.bench.segment import SegmentBench, build_parser, main, training_crops
 from bridges.bench.segment_step import SegmentStep
 from bridges.bench.training_bench import mae_weights
-from bridges.segmentation.flops import upernet_flops
 from bridges.segmentation import model as segmentation_model
+from bridges.segmentation.flops import upernet_flops
 from bridges.segmentation.model import convert_to_upernet, model_class, upernet_config, upernet_taps
 from bridges.segmentation.recipes import get_recipe
 from bridges.segmentation.training import param_groups

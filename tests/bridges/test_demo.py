@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
+from bridges.classification.convert import convert_to_timm, create_timm_model
+from bridges.cli import main
 from bridges.demo import chain as demo
 from bridges.demo.config import DEFAULT_WORKDIR
 from pretrain.optional import installed
 from pretrain.panels import Layout
-from bridges.cli import main
-from bridges.classification.convert import create_timm_model, convert_to_timm
 from tests.conftest import REPO
 
 DETECTION = next(step for step in demo.STEPS if step.run is demo.detect_step)

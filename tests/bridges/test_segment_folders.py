@@ -20,8 +20,8 @@ transformers = pytest.importorskip("transformers")
 from transformers import AutoModelForSemanticSegmentation, pipeline  # noqa: E402
 
 from bridges.segmentation import modeling_upernet  # noqa: E402
-from bridges.segmentation.model import convert_to_upernet, save_upernet  # noqa: E402
 from bridges.segmentation.eval_only import load_segmentation_model  # noqa: E402
+from bridges.segmentation.model import convert_to_upernet, save_upernet  # noqa: E402
 from pretrain.data import normalize  # noqa: E402
 from tests.conftest import perturbed_mae  # noqa: E402
 

@@ -20,8 +20,11 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from transformers.models.beit.modeling_beit import BeitRelativePositionBias  # noqa: E402
 
 from bridges.segmentation.model import convert_to_upernet, model_class, stock_upernet  # noqa: E402
-from bridges.segmentation.modeling_upernet import (DeviceRelativePositionBias,  # noqa: E402
-                                                   cached_relative_position_index, relative_position_index)
+from bridges.segmentation.modeling_upernet import (  # noqa: E402
+    DeviceRelativePositionBias,
+    cached_relative_position_index,
+    relative_position_index,
+)
 from bridges.segmentation.recipes import get_recipe  # noqa: E402
 from tests.conftest import perturbed_mae  # noqa: E402
 
