@@ -26,7 +26,7 @@ from torch.utils.data import Dataset, default_collate
 from torchvision import transforms
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
-from pretrain.errors import DataError, MissingDataError
+from pretrain.errors import DataError, MissingDataError, OptionError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 JPEG_EXTENSIONS = (".jpg", ".jpeg")
@@ -120,7 +120,7 @@ class PretrainImages(Dataset):
 
     def __init__(self, roots: Sequence[str | Path], load: Callable[[Path], torch.Tensor], repeat: int = 1) -> None:
         if repeat < 1:
-            raise DataError(f"--repeat must be at least 1, got {repeat}")
+            raise OptionError(f"{{repeat}} must be at least 1, got {repeat}")
         self.files = [f for root in roots for f in list_images(root)]
         self.load = load
         self.repeat = repeat

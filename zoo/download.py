@@ -35,7 +35,7 @@ import requests
 from tqdm import tqdm
 
 from .errors import DownloadError
-from .retry import RetriesExhausted, Retryable, RetryPolicy, reason, with_retries
+from .retry import RetryPolicy, _RetriesExhausted, _Retryable, reason, with_retries
 from .settings import CHUNK_SIZE
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
@@ -97,11 +97,11 @@ def _content_range(value: str) -> tuple[int | None, int | None]:
 @contextmanager
 def _open_http(session: requests.Session, url: str, start: int, timeout: float) -> Iterator[_Response]:
     """GET ``url`` from byte ``start`` (a Range request when resuming) and check that the answer is
-    what was asked for: raises Retryable, _RestartFromZero or DownloadError otherwise."""
+    what was asked for: raises _Retryable, _RestartFromZero or DownloadError otherwise."""
     headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={start}-"} if start else {})}
     with session.get(url, headers=headers, stream=True, timeout=timeout) as r:
         if r.status_code in RETRY_STATUS:
-            raise Retryable(f"HTTP {r.status_code}", _retry_after(r.headers.get("Retry-After")))
+            raise _Retryable(f"HTTP {r.status_code}", _retry_after(r.headers.get("Retry-After")))
         length = int(r.headers["Content-Length"]) if "Content-Length" in r.headers else None
         if r.status_code == 416 and start:
             if _content_range(r.headers.get("Content-Range", ""))[1] == start:  # the partial file is complete
@@ -231,7 +231,7 @@ def _receive(open_at: Opener, part: PartialFile, bar: tqdm) -> int | None:
         for n in part.append(resp.chunks, end, resp.url):
             bar.update(n)
     if end is not None and part.size < end:
-        raise Retryable(f"connection closed after {part.size} of {end} bytes")
+        raise _Retryable(f"connection closed after {part.size} of {end} bytes")
     return resp.total
 
 
@@ -289,7 +289,7 @@ def download(
             total = with_retries(RetryPolicy(retries, backoff),
                                  functools.partial(_attempt, _opener(url, session, timeout), part, bar),
                                  functools.partial(_note_retry, bar, retries))
-    except RetriesExhausted as e:
+    except _RetriesExhausted as e:
         raise DownloadError(f"{url}: giving up after {retries} retries ({e}); {part.size} bytes kept in "
                             f"{part.path}, the next fetch resumes from there") from None
     finally:

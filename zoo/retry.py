@@ -13,7 +13,7 @@ import requests
 T = TypeVar("T")
 
 
-class Retryable(Exception):
+class _Retryable(Exception):
     """A failure that trying again may cure (an overloaded server, a cut connection); ``wait`` is
     what the server asked for (Retry-After), None for the policy's backoff."""
 
@@ -23,7 +23,7 @@ class Retryable(Exception):
 
 
 RETRYABLE: tuple[type[BaseException], ...] = (
-    Retryable, requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+    _Retryable, requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 
 
 @dataclass(frozen=True)
@@ -34,11 +34,11 @@ class RetryPolicy:
     backoff: float = 1.0
 
     def wait(self, retry: int, failure: BaseException) -> float:
-        asked = failure.wait if isinstance(failure, Retryable) else None
+        asked = failure.wait if isinstance(failure, _Retryable) else None
         return asked if asked is not None else self.backoff * 2 ** (retry - 1)
 
 
-class RetriesExhausted(Exception):
+class _RetriesExhausted(Exception):
     """Every retry failed; ``failure`` is the last failure."""
 
     def __init__(self, failure: BaseException) -> None:
@@ -50,7 +50,7 @@ def with_retries(policy: RetryPolicy, attempt: Callable[[], T],
                  on_retry: Callable[[int, float, BaseException], None] = lambda *_: None) -> T:
     """Run ``attempt`` until it returns, and return what it returns; a :data:`RETRYABLE` failure is
     followed by ``on_retry``, a wait and another try, ``policy.retries`` times at most, then
-    :class:`RetriesExhausted`. Other errors pass through: they are not cured by asking again."""
+    :class:`_RetriesExhausted`. Other errors pass through: they are not cured by asking again."""
     retry = 0
     while True:
         try:
@@ -58,7 +58,7 @@ def with_retries(policy: RetryPolicy, attempt: Callable[[], T],
         except RETRYABLE as failure:
             retry += 1
             if retry > policy.retries:
-                raise RetriesExhausted(failure) from None
+                raise _RetriesExhausted(failure) from None
             wait = policy.wait(retry, failure)
             on_retry(retry, wait, failure)
             time.sleep(wait)

@@ -20,7 +20,7 @@ from typing import Any
 
 from bridges.demo.config import DemoConfig
 from bridges.demo.errors import DemoError
-from pretrain.errors import LsmaeError
+from pretrain.errors import LsmaeError, OptionError
 
 EPOCH_DONE = re.compile(r"epoch \d+/\d+ done")
 
@@ -103,8 +103,8 @@ class Demo:
                 logger.addHandler(handler)
             try:
                 yield log
-            except LsmaeError as e:
-                raise type(e)(f"{e} (log: {log})") from None
+            except LsmaeError as e:  # the same error, the log named (an option's keeps its field placeholders)
+                raise type(e)(f"{e.template if isinstance(e, OptionError) else e} (log: {log})") from None
             finally:
                 if logger is not None:
                     logger.removeHandler(handler)

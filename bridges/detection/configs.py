@@ -6,7 +6,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from bridges.detection.errors import DetectError
+from pretrain.errors import OptionError
 
 CONFIG_PACKAGE = "detection_configs"
 
@@ -43,4 +43,4 @@ def resolve_config(name_or_path: str) -> Path:
         if candidate.is_file() and name in config_names():
             return candidate
     names = ", ".join(config_names()) or f"none found in {config_dir()}"
-    raise DetectError(f"--config {name_or_path}: neither a config file nor a shipped config name ({names})")
+    raise OptionError(f"{{config}} {name_or_path}: neither a config file nor a shipped config name ({names})")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bridges.detection.errors import DetectError
-from pretrain.errors import DataError, MissingDataError
+from pretrain.errors import DataError, MissingDataError, OptionError
 
 NUM_CLASSES_KEY = "model.roi_heads.num_classes"
 EVALUATOR_KEY = "dataloader.evaluator.dataset_name"
@@ -46,9 +46,9 @@ def read_sets(train: str | None, val: str | None, eval_only: bool) -> list[CocoS
     if train is None and val is None:
         return []
     if val is None:
-        raise DetectError("--train needs --val JSON:IMAGE_DIR: the set to evaluate on, with the same classes")
+        raise OptionError("{train} needs {val} JSON:IMAGE_DIR: the set to evaluate on, with the same classes")
     if train is None and not eval_only:
-        raise DetectError("--val without --train would train on COCO's 80 classes: add --train JSON:IMAGE_DIR "
+        raise OptionError("{val} without {train} would train on COCO's 80 classes: add {train} JSON:IMAGE_DIR "
                           "(or --eval-only)")
     sets = ([read_set("train", train)] if train is not None else []) + [read_set("val", val)]
     _check_same_classes(sets[0], sets[-1])

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bridges.detection.errors import DetectError
+from pretrain.errors import OptionError
 from pretrain.optional import installed, missing
 
 if TYPE_CHECKING:
@@ -26,9 +26,9 @@ PICTURES_DIR = "pictures"  # in train.output_dir
 
 def check_pictures(count: int, score_thresh: float) -> None:
     if count < 0:
-        raise DetectError(f"--save-pictures {count}: the number of validation images to draw (0: none)")
+        raise OptionError(f"{{save_pictures}} {count}: the number of validation images to draw (0: none)")
     if not 0 <= score_thresh <= 1:
-        raise DetectError(f"--score-thresh {score_thresh:g}: a score between 0 and 1")
+        raise OptionError(f"{{score_thresh}} {score_thresh:g}: a score between 0 and 1")
 
 
 def check_visualizer(count: int) -> None:

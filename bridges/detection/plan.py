@@ -161,7 +161,7 @@ def batch_settings(recipe: Any, batch_size: int) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     if batch_size < 1:
-        raise DetectError(f"--batch-size {batch_size}: need at least one image per step")
+        raise OptionError(f"{{batch_size}} {batch_size}: need at least one image per step")
     recipe_batch = _required(recipe, BATCH_KEY, "the recipe batch --batch-size scales from")
     ratio = batch_size / recipe_batch
     settings: dict[str, Any] = {BATCH_KEY: batch_size}

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from bridges.batch_scaling import scale_iterations
-from pretrain.errors import LsmaeError
+from pretrain.errors import LsmaeError, OptionError
 
 ADE20K_CLASSES = 150  # SceneParse150
 
@@ -183,7 +183,7 @@ def scale_to_batch(recipe: SegRecipe, batch_size: int | None) -> SegRecipe:
     if batch_size is None or batch_size == recipe.batch_size:
         return recipe
     if batch_size < 1:
-        raise LsmaeError(f"--batch-size must be at least 1, got {batch_size}")
+        raise OptionError(f"{{batch_size}} must be at least 1, got {batch_size}")
     ratio = recipe.batch_size / batch_size
 
     def iters(n: int) -> int:
@@ -199,7 +199,7 @@ def plan(recipe: SegRecipe, devices: int, source: str | None, overrides: dict[st
     """What a run will do, as one JSON-ready record (``--dry-run --json``): the recipe's values, the
     sources of its values, the overrides applied."""
     if recipe.batch_size % devices:
-        raise LsmaeError(f"batch size {recipe.batch_size} is not divisible by {devices} devices: set --batch-size")
+        raise OptionError(f"batch size {recipe.batch_size} is not divisible by {devices} devices: set {{batch_size}}")
     record = asdict(recipe)
     record.update(config=record.pop("name"), out_indices=list(recipe.out_indices), devices=devices,
                   batch_per_device=recipe.batch_size // devices, source=source,

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from pretrain.atomic import save_torch
 from pretrain.engine.launch_env import launched_processes, launched_rank, local_rank
-from pretrain.errors import LsmaeError
+from pretrain.errors import LsmaeError, OptionError
 from pretrain.optional import require
 
 
@@ -65,7 +65,7 @@ class TorchBackend:
         self.num_processes, self.local_devices = self.world_size, 1
         if device == "cuda":
             if not torch.cuda.is_available():
-                raise LsmaeError("--device cuda: no CUDA device is available (use --device cpu)")
+                raise OptionError("{device} cuda: no CUDA device is available (use {device} cpu)")
             torch.cuda.set_device(local_rank())
             self.device = torch.device("cuda", local_rank())
         else:
@@ -316,5 +316,5 @@ def make_backend(device: str | None) -> TorchBackend:
     if device == "xla":
         return XLABackend()
     if device not in ("cuda", "cpu"):
-        raise LsmaeError(f"unknown --device {device!r}: use cuda, cpu or xla")
+        raise OptionError(f"unknown {{device}} {device!r}: use cuda, cpu or xla")
     return TorchBackend(device)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from pretrain.engine.backends import TorchBackend, bf16_supported_on_cpu
-from pretrain.errors import LsmaeError
+from pretrain.errors import OptionError
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -34,22 +34,22 @@ def resolve_batch(effective: int, batch: int | None, accum: int | None, world: i
     ``cap`` that divides the per-device share (the rest is accumulation)."""
     if batch is None and accum is None and cap is not None:
         if effective % world:
-            raise LsmaeError(f"--effective-batch-size {effective} is not divisible by {world} devices")
+            raise OptionError(f"{{effective_batch_size}} {effective} is not divisible by {world} devices")
         share = effective // world
         batch = max(d for d in range(1, min(cap, share) + 1) if share % d == 0)
         return batch, share // batch
     if batch is None:
         accum = accum or 1
         if effective % (world * accum):
-            raise LsmaeError(f"--effective-batch-size {effective} is not divisible by {world} devices x "
-                             f"{accum} accumulation steps")
+            raise OptionError(f"{{effective_batch_size}} {effective} is not divisible by {world} devices x "
+                              f"{accum} accumulation steps")
         return effective // (world * accum), accum
     if accum is None:
         if effective % (world * batch):
-            raise LsmaeError(f"--effective-batch-size {effective} is not divisible by {world} devices x "
-                             f"batch {batch}")
+            raise OptionError(f"{{effective_batch_size}} {effective} is not divisible by {world} devices x "
+                              f"batch {batch}")
         return batch, effective // (world * batch)
     if batch * accum * world != effective:
-        raise LsmaeError(f"--batch-size {batch} x --accum-iter {accum} x {world} devices != "
-                         f"--effective-batch-size {effective}")
+        raise OptionError(f"{{batch_size}} {batch} x {{accum_iter}} {accum} x {world} devices != "
+                          f"{{effective_batch_size}} {effective}")
     return batch, accum

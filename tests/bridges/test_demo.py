@@ -182,15 +182,15 @@ def test_pretraining_shows_in_reconstructions_and_fine_tuning(quickstart):
 
 
 def test_a_failing_step_stops_with_its_log_and_exit_status(tmp_path, lsmae_home, monkeypatch, capsys):
-    monkeypatch.setattr(demo, "FINETUNE_RECIPE", (*demo.FINETUNE_RECIPE, "--lr", "fast"))
+    monkeypatch.setattr(demo, "FINETUNE_RECIPE", {**demo.FINETUNE_RECIPE, "effective_batch_size": 63,
+                                                             "batch_size": 2})
     assert main(["demo", "--workdir", str(tmp_path / "w"), "--epochs", "1"]) == 1
     out, err = capsys.readouterr()
     finetune_step = [step.run for step in demo.planned_steps()].index(demo.finetune_step) + 1
     assert f"[{finetune_step}/" in out and f"[{finetune_step + 1}/" not in out
     log = tmp_path / "w" / "logs" / "finetune-pretrained.log"
     assert err.strip().splitlines() == [err.strip()]  # one line, no traceback
-    assert "failed (exit 2)" in err and str(log) in err
-    assert "invalid float value: 'fast'" in log.read_text()
+    assert "--effective-batch-size 63 is not divisible by 1 devices x batch 2" in err and f"(log: {log})" in err
 
 
 def test_demo_without_its_extra_says_how_to_install(tmp_path, monkeypatch, capsys):

@@ -30,6 +30,7 @@ from pretrain.data import (
     read_rgb,
     release_dataset,
 )
+from pretrain.errors import OptionError
 from tests.conftest import TINY_MODEL
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -104,7 +105,7 @@ def test_repeat_cycles_items(photos):
 
 
 def test_repeat_must_be_positive(photos):
-    with pytest.raises(DataError, match="--repeat"):
+    with pytest.raises(OptionError, match="^repeat must be at least 1, got 0$"):
         PretrainImages([photos], _exact(32), repeat=0)
 
 

@@ -25,7 +25,7 @@ import pretrain
 import zoo
 from pretrain.engine.checkpoints import export_release
 from pretrain.engine.run_plan import resolve_batch
-from pretrain.errors import LsmaeError, NonFiniteLossError
+from pretrain.errors import LsmaeError, NonFiniteLossError, OptionError
 from pretrain.main_pretrain import build_parser, main, run
 from tests.conftest import REPO, TINY_MODEL
 
@@ -263,14 +263,15 @@ def test_resolve_batch(effective, batch, accum, world, expected):
 
 
 @pytest.mark.parametrize("effective, batch, accum, world, message", [
-    (4096, 64, 4, 8, "--batch-size 64 x --accum-iter 4 x 8 devices != --effective-batch-size 4096"),
+    (4096, 64, 4, 8, "batch_size 64 x accum_iter 4 x 8 devices != effective_batch_size 4096"),
     (100, None, None, 8, "not divisible by 8 devices"),
     (100, None, 3, 1, "not divisible by 1 devices x 3 accumulation"),
     (100, 12, None, 1, "not divisible by 1 devices x batch 12"),
 ])
 def test_resolve_batch_inconsistent(effective, batch, accum, world, message):
-    with pytest.raises(LsmaeError, match=message.replace("+", r"\+")):
+    with pytest.raises(OptionError, match=message.replace("+", r"\+")) as refused:
         resolve_batch(effective, batch, accum, world)
+    assert refused.value.command_line_message().startswith(("--batch-size 64 x --accum-iter 4", "--effective-batch"))
 
 
 def test_gradient_accumulation_run(photos, tmp_path, caplog):

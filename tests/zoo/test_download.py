@@ -618,9 +618,9 @@ def test_same_basename_entries_are_cached_side_by_side(tiny_zoo):
 def test_retry_policy_backs_off_honours_the_server_and_gives_up(sleeps):
     import requests
 
-    from zoo.retry import RetriesExhausted, Retryable, RetryPolicy, with_retries
+    from zoo.retry import RetryPolicy, _RetriesExhausted, _Retryable, with_retries
 
-    failures = [Retryable("HTTP 500"), Retryable("HTTP 503", wait=0.5), requests.ConnectionError("reset")]
+    failures = [_Retryable("HTTP 500"), _Retryable("HTTP 503", wait=0.5), requests.ConnectionError("reset")]
 
     def attempt() -> str:
         if failures:
@@ -632,11 +632,11 @@ def test_retry_policy_backs_off_honours_the_server_and_gives_up(sleeps):
     assert sleeps.calls == [1.0, 0.5, 4.0] and notes == [(1, 1.0), (2, 0.5), (3, 4.0)]
 
     def never() -> None:
-        raise Retryable("HTTP 502")
+        raise _Retryable("HTTP 502")
 
-    with pytest.raises(RetriesExhausted, match="HTTP 502") as info:
+    with pytest.raises(_RetriesExhausted, match="HTTP 502") as info:
         with_retries(RetryPolicy(retries=2, backoff=0.25), never)
-    assert isinstance(info.value.failure, Retryable)
+    assert isinstance(info.value.failure, _Retryable)
     assert sleeps.calls[3:] == [0.25, 0.5]
 
     def broken() -> None:  # not a network failure: asking again would not cure it
