@@ -98,10 +98,10 @@ def detect_plan(config: DetectConfig | None = None, /, **options: Any) -> dict[s
 def detect(config: DetectConfig | None = None, /, **options: Any) -> DetectResult:
     """``lsmae detect`` as a function: check SOURCE's load contract, print the plan, then train (or evaluate,
     ``eval_only``) through Detectron2's ``launch``, one process per GPU (:class:`DetectConfig`)."""
+    config = configure(DetectConfig, config, options)
+    plan, cfg, init, report, num_gpus = _prepared(config, fetch=True)  # detectron2's absence first, in one line
     from omegaconf import OmegaConf
 
-    config = configure(DetectConfig, config, options)
-    plan, cfg, init, report, num_gpus = _prepared(config, fetch=True)
     if init.report:
         print(init.report)
     net_size = OmegaConf.select(cfg, PRETRAIN_IMG_SIZE_KEY)
