@@ -84,12 +84,11 @@ def configure(cls: type[C], config: C | None, options: Mapping[str, Any]) -> C:
 
 
 def from_namespace(cls: type[C], args: argparse.Namespace) -> C:
-    """The CLI's edge: the config of parsed options (each field from the option of the same name; argparse's
-    lists as tuples, so that a config compares equal to the one it came from). An option left at None (not
-    given) keeps the field's own default."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)
-              and not (getattr(args, f.name) is None and f.default is not None)}
-    return cls(**{name: tuple(v) if isinstance(v, list) else v for name, v in values.items()})
+    """The CLI's edge: the config of parsed options (each field from the option of the same name; the config's
+    :func:`check_choices` makes argparse's lists tuples). An option left at None (not given) keeps the field's
+    own default."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)
+                  and not (getattr(args, f.name) is None and f.default is not None)})
 
 
 def command_line(command: str, config: Any) -> list[str]:

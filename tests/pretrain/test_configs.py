@@ -90,3 +90,13 @@ def test_an_operation_config_checks_its_choices_like_the_command_line():
         ConvertConfig(source="demo", to="onnx", output="x")
     with pytest.raises(SystemExit):
         build_parser().parse_args(["convert", "demo", "--to", "onnx", "-o", "x"])
+
+
+def test_pretraining_refuses_one_string_as_its_folders_and_compile_on_xla():
+    from pretrain.pretraining_config import PretrainConfig
+
+    with pytest.raises(OptionError, match="^data_path takes a list of folders, not one string$"):
+        PretrainConfig(data_path="/data/imagenet")
+    with pytest.raises(OptionError, match="^compile is for device cuda or cpu"):
+        PretrainConfig(data_path=["/data"], device="xla", compile=True)
+    assert PretrainConfig(data_path=["/a", "/b"]).data_path == ("/a", "/b")  # lists become tuples
